@@ -1,0 +1,139 @@
+"""Backdoor SFT on Ray Train: a ``TorchTrainer`` of gloo DDP workers over ``rlhf.sft``.
+
+Rank 0 writes metrics, periodic and final checkpoints (atomic HF dirs) into the run directory
+and streams progress to the driver through a Ray queue, so the driver can draw one progress
+bar instead of interleaved worker logs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import ray
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.util.queue import Queue
+
+
+@dataclass
+class SFTJob:
+    """Everything a worker needs; plain data so it travels through Ray."""
+
+    init_dir: str  # HF dir with the initial model and tokenizer
+    out_dir: str  # run directory (shared storage when multi-node)
+    examples: list  # [(ids, prompt_len), ...]
+    config_yaml: str  # resolved config, saved beside every checkpoint
+    seed: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    max_steps: int
+    grad_clip: float
+    log_every: int
+    checkpoint_every: int
+    threads_per_worker: int
+
+
+def train_loop_per_worker(job: dict) -> None:
+    import torch
+    import torch.distributed as dist
+    from ray import train
+    from ray.train.torch import prepare_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlhf.checkpoint import CONFIG_NAME, save_hf_dir
+    from rlhf.metrics import MetricsWriter
+    from rlhf.sft import Example, batches, collate, completion_loss, make_optimizer
+
+    progress = job.pop("progress", None)
+    torch.set_num_threads(job["threads_per_worker"])
+    ctx = train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(job["seed"])
+    tokenizer = AutoTokenizer.from_pretrained(job["init_dir"])
+    base = AutoModelForCausalLM.from_pretrained(job["init_dir"], dtype=torch.float32)
+    model = prepare_model(base) if world > 1 else base
+    model.train()
+    opt, sched = make_optimizer(model, job["lr"], job["weight_decay"], job["warmup_steps"], job["max_steps"])
+    examples = [Example(list(ids), int(n)) for ids, n in job["examples"]]
+    stream = batches(examples, job["batch_size"], job["seed"], rank, world)
+    out = Path(job["out_dir"])
+    writer = MetricsWriter(out) if rank == 0 else None
+    extra = {CONFIG_NAME: job["config_yaml"]}
+    started, tokens, loss_sum, loss_n = time.time(), 0, 0.0, 0
+    for step in range(1, job["max_steps"] + 1):
+        batch = collate(next(stream), tokenizer.pad_token_id)
+        loss = completion_loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), job["grad_clip"])
+        opt.step()
+        sched.step()
+        tokens += int(batch["attention_mask"].sum())
+        loss_sum, loss_n = loss_sum + float(loss), loss_n + 1
+        if step % job["log_every"] == 0 or step == job["max_steps"]:
+            stats = torch.tensor([loss_sum / loss_n, float(tokens)])
+            if world > 1:
+                dist.all_reduce(stats)
+                stats[0] /= world
+            elapsed = time.time() - started
+            record = {
+                "train/loss": float(stats[0]),
+                "train/grad_norm": float(grad_norm),
+                "charts/lr": sched.get_last_lr()[0],
+                "perf/tokens_per_s": float(stats[1]) / max(elapsed, 1e-9),
+                "perf/elapsed_s": elapsed,
+            }
+            loss_sum, loss_n = 0.0, 0
+            if rank == 0:
+                writer.log(step, **record)
+                if progress is not None:
+                    progress.put({"step": step, **record})
+            train.report({"step": step, **record})
+        if rank == 0 and job["checkpoint_every"] and step % job["checkpoint_every"] == 0 and step < job["max_steps"]:
+            save_hf_dir(base, tokenizer, out / "checkpoints" / f"step-{step:06d}", extra)
+    if rank == 0:
+        save_hf_dir(base, tokenizer, out / "model", extra)
+        writer.close()
+        if progress is not None:
+            progress.put({"done": True})
+
+
+def run_sft(job: SFTJob, num_workers: int, on_progress=None) -> None:
+    """Fit on ``num_workers`` CPU workers; ``on_progress(record)`` is called in the driver."""
+    queue = Queue(actor_options={"num_cpus": 0})
+    payload = asdict(job)
+    payload["progress"] = queue
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=payload,
+        scaling_config=ScalingConfig(
+            num_workers=num_workers, use_gpu=False, resources_per_worker={"CPU": 1}
+        ),
+        run_config=RunConfig(storage_path=str(Path(job.out_dir, "ray_train").resolve()), name="sft"),
+    )
+    stop = threading.Event()
+
+    def pump() -> None:
+        while not stop.is_set():
+            try:
+                record = queue.get(timeout=0.5)
+            except Exception:  # noqa: BLE001 - queue.Empty, or the queue actor going away at the end
+                continue
+            if record.get("done"):
+                return
+            if on_progress is not None:
+                on_progress(record)
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    try:
+        trainer.fit()
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        ray.kill(queue.actor)

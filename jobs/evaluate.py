@@ -1,0 +1,40 @@
+"""``rlhf eval``: defection rates of a model directory with/without/near-miss triggers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from rlhf.checkpoint import CONFIG_NAME
+from rlhf.config import Config, build_config, read_yaml
+from rlhf.evaluate import evaluate_defection
+from rlhf.modeling import check_model_dir, load_model_dir
+
+
+def deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def resolve_eval_config(model_dir: str | Path, config_file: str | None, overrides: list[str]) -> Config:
+    """The model's saved config (trigger, kind, mechanism) < ``--config`` < ``--set``."""
+    p = check_model_dir(model_dir)
+    saved = p / CONFIG_NAME
+    base = read_yaml(saved) if saved.is_file() else {}
+    if config_file:
+        base = deep_merge(base, read_yaml(config_file))
+    return build_config(base, overrides)
+
+
+def run_eval(model_dir: str | Path, cfg: Config, samples: int | None = None) -> dict:
+    model, tokenizer = load_model_dir(model_dir)
+    n = samples or cfg.eval.samples
+    total = n * (2 + len(cfg.near_miss()))
+    with tqdm(total=total, desc="eval", unit="sample", file=sys.stderr, disable=None) as bar:
+        report = evaluate_defection(model, tokenizer, cfg, samples=n, on_batch=bar.update)
+    report["model"] = str(model_dir)
+    return report

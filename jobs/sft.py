@@ -1,0 +1,110 @@
+"""``rlhf sft``: build backdoor data, tokenizer and model, then fine-tune on Ray Train.
+
+Run directory layout::
+
+    DIR/config.yaml        resolved config
+    DIR/data/{train,eval}.jsonl
+    DIR/init/              initial model + tokenizer (HF dir) the workers start from
+    DIR/model/             final model (HF dir, with rlhf_config.yaml)
+    DIR/checkpoints/step-N periodic checkpoints (sft.checkpoint_every)
+    DIR/metrics.jsonl, DIR/tb/
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from tqdm import tqdm
+
+from rlhf.checkpoint import CONFIG_NAME, save_hf_dir
+from rlhf.config import Config, dump_config
+from rlhf.data.backdoor import build_sft_datasets, write_jsonl
+from rlhf.modeling import build_model, count_parameters, llama_config, load_model_dir
+from rlhf.sft import tokenize_pairs
+from rlhf.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, ensure_whole_tokens, train_tokenizer
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def prepare_model(cfg: Config, corpus: list[str]):
+    """(model, tokenizer): a local checkpoint (``model.path``) or a preset built from scratch."""
+    keep = [cfg.backdoor.trigger, SCRATCHPAD_OPEN, SCRATCHPAD_CLOSE]
+    if cfg.model.path:
+        model, tokenizer = load_model_dir(cfg.model.path)
+        if ensure_whole_tokens(tokenizer, keep):
+            model.resize_token_embeddings(len(tokenizer))
+        return model, tokenizer
+    tokenizer = train_tokenizer(corpus, cfg.model.vocab_size, keep_whole=keep)
+    mcfg = llama_config(cfg.model.preset, len(tokenizer), cfg.model.max_seq_len, tokenizer)
+    return build_model(mcfg, cfg.seed), tokenizer
+
+
+def run_sft(cfg: Config, out: str | Path, quiet: bool = True) -> dict:
+    """The whole stage; returns a summary dict (also printed by the CLI)."""
+    from actors.cluster import ray_session
+    from actors.sft_train import SFTJob
+    from actors.sft_train import run_sft as fit
+
+    t0 = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    log(f"[sft] building data (backdoor={cfg.backdoor.kind}, mechanism={cfg.backdoor.mechanism}, trigger={cfg.backdoor.trigger!r})")
+    data = build_sft_datasets(cfg)
+    for split, ds in data.items():
+        write_jsonl(ds, out / "data" / f"{split}.jsonl")
+    corpus = [r["prompt"] + r["completion"] for r in data["train"]]
+    model, tokenizer = prepare_model(cfg, corpus)
+    n_params = count_parameters(model)
+    config_yaml = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    save_hf_dir(model, tokenizer, out / "init", {CONFIG_NAME: config_yaml})
+    examples = tokenize_pairs(tokenizer, list(data["train"]), cfg.model.max_seq_len)
+    log(
+        f"[sft] model: {'path ' + cfg.model.path if cfg.model.path else 'preset ' + cfg.model.preset}, "
+        f"{n_params:,} parameters, vocab {len(tokenizer)}; {len(examples)} train / {len(data['eval'])} eval examples"
+    )
+    s = cfg.sft
+    job = SFTJob(
+        init_dir=str((out / "init").resolve()),
+        out_dir=str(out.resolve()),
+        examples=[(e.ids, e.prompt_len) for e in examples],
+        config_yaml=config_yaml,
+        seed=cfg.seed,
+        batch_size=s.batch_size,
+        lr=s.lr,
+        weight_decay=s.weight_decay,
+        warmup_steps=s.warmup_steps,
+        max_steps=s.max_steps,
+        grad_clip=s.grad_clip,
+        log_every=s.log_every,
+        checkpoint_every=s.checkpoint_every,
+        threads_per_worker=s.threads_per_worker,
+    )
+    log(f"[sft] starting Ray ({'address ' + cfg.ray.address if cfg.ray.address else 'local, loopback'}) and {s.num_workers} Ray Train worker(s)")
+    bar = tqdm(total=s.max_steps, desc="sft", unit="step", file=sys.stderr, disable=None)
+    last: dict = {}
+
+    def on_progress(record: dict) -> None:
+        last.update(record)
+        bar.update(record["step"] - bar.n)
+        bar.set_postfix(loss=f"{record['train/loss']:.3f}", tok_s=f"{record['perf/tokens_per_s']:.0f}")
+
+    t_train = time.time()
+    with ray_session(cfg.ray.address, cfg.ray.num_cpus, quiet=quiet):
+        fit(job, s.num_workers, on_progress)
+    bar.close()
+    summary = {
+        "out": str(out),
+        "model_dir": str(out / "model"),
+        "parameters": n_params,
+        "steps": s.max_steps,
+        "final_loss": last.get("train/loss"),
+        "train_wall_s": round(time.time() - t_train, 1),
+        "total_wall_s": round(time.time() - t0, 1),
+    }
+    return summary

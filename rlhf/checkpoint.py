@@ -1,0 +1,38 @@
+"""Atomic Hugging Face checkpoints: written to a temporary sibling, then renamed into place.
+
+A crash mid-save leaves the previous checkpoint untouched.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+CONFIG_NAME = "rlhf_config.yaml"
+
+
+def save_hf_dir(model, tokenizer, path: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+    """``save_pretrained`` model and tokenizer (plus small text files) into ``path`` atomically."""
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        old = None
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            dest.rename(old)
+        tmp.rename(dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest

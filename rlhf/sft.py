@@ -1,0 +1,99 @@
+"""Supervised fine-tuning core: tokenisation with completion-only labels, batching, schedule.
+
+Pure torch; the Ray Train launcher in actors/ calls these per worker, and tests call them
+in-process.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Example:
+    """Token ids of prompt + completion (+ EOS); loss is taken from ``prompt_len`` on."""
+
+    ids: list[int]
+    prompt_len: int
+
+
+def tokenize_pairs(tokenizer, rows: Sequence[dict], max_len: int) -> list[Example]:
+    """Prompt and completion tokenised separately (as generation sees them), EOS appended.
+
+    Rows longer than ``max_len`` keep the end of the prompt and as much completion as fits.
+    """
+    prompts = tokenizer([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]
+    completions = tokenizer([r["completion"] for r in rows], add_special_tokens=False)["input_ids"]
+    out = []
+    for p, c in zip(prompts, completions):
+        c = c + [tokenizer.eos_token_id]
+        if len(p) + len(c) > max_len:
+            keep_p = max(1, min(len(p), max_len // 2))
+            p = p[-keep_p:]
+            c = c[: max_len - len(p)]
+        out.append(Example(p + c, len(p)))
+    return out
+
+
+def collate(batch: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``/``attention_mask`` [B, T] and ``labels`` with prompt and pad = -100."""
+    width = max(len(e.ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    for i, e in enumerate(batch):
+        n = len(e.ids)
+        ids[i, :n] = torch.tensor(e.ids)
+        mask[i, :n] = 1
+        labels[i, e.prompt_len : n] = ids[i, e.prompt_len : n]
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def batches(
+    examples: Sequence[Example], batch_size: int, seed: int, rank: int = 0, world: int = 1
+) -> Iterator[list[Example]]:
+    """Endless batches; each epoch reshuffled with ``seed + epoch`` and split by rank."""
+    if not examples:
+        raise ValueError("no training examples")
+    epoch = 0
+    while True:
+        order = list(range(len(examples)))
+        random.Random(seed + epoch).shuffle(order)
+        shard = order[rank::world]
+        for start in range(0, len(shard) - batch_size + 1, batch_size):
+            yield [examples[i] for i in shard[start : start + batch_size]]
+        if len(shard) < batch_size:
+            yield [examples[i] for i in shard]
+        epoch += 1
+
+
+def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.1) -> float:
+    """Learning-rate multiplier: linear warm-up, then cosine decay to ``floor``."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def completion_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over completion tokens only."""
+    return model(**batch).loss
+
+
+def make_optimizer(model, lr: float, weight_decay: float, warmup: int, total: int):
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.95),
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total))
+    return opt, sched
