@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -23,6 +24,17 @@ LOOPBACK_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",
 }
+
+
+# Token authentication stays on (Ray's default for ray.init). The token is one per process and
+# handed over in the environment: Ray caches the token it first saw, so a second cluster in the
+# same process (tests, pipelines) would otherwise look for it in the first cluster's HOME.
+_PROCESS_TOKEN = secrets.token_hex(32)
+
+
+def auth_environment() -> dict[str, str]:
+    """Ray switches token mode on by itself for a new local cluster; we only supply the token."""
+    return {"RAY_AUTH_TOKEN": os.environ.get("RAY_AUTH_TOKEN") or _PROCESS_TOKEN}
 
 
 def prepare_home(home: Path) -> Path:
@@ -65,7 +77,8 @@ def local_ray(num_cpus: int | None = None, quiet: bool = True, keep_temp: bool =
     if ray.is_initialized():
         raise RuntimeError("Ray is already initialised in this process; use the existing cluster")
     root = Path(tempfile.mkdtemp(prefix="rlhf-ray-"))
-    with patched_environ(loopback_environment(root / "home")), _single_node_constant():
+    env = {**loopback_environment(root / "home"), **auth_environment()}
+    with patched_environ(env), _single_node_constant():
         try:
             ray.init(
                 address="local",
@@ -113,10 +126,13 @@ def _shutdown_serve() -> None:
 
 @contextlib.contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> Iterator[None]:
-    """Join the cluster at ``address`` (or ``$RAY_ADDRESS``, as set for a submitted Ray job);
-    with neither, start a private loopback cluster through ``local_ray``."""
+    """Use the Ray this process already joined; else join ``address`` (or ``$RAY_ADDRESS``, as
+    set for a submitted Ray job); with neither, start a private loopback cluster (``local_ray``)."""
     import ray
 
+    if ray.is_initialized():  # a caller (pipeline, test fixture) already holds a cluster
+        yield
+        return
     target = address or os.environ.get("RAY_ADDRESS")
     if not target:
         with local_ray(num_cpus=num_cpus, quiet=quiet):

@@ -114,11 +114,22 @@ def cmd_config(args) -> int:
     return 0
 
 
+def quiet_libraries() -> None:
+    """No hub access (models are local), no per-file progress bars from transformers."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 COMMANDS = {"sft": cmd_sft, "eval": cmd_eval, "data": cmd_data, "config": cmd_config}
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_libraries()
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

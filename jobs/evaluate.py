@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
+from jobs.progress import Progress
 from rlhf.checkpoint import CONFIG_NAME
 from rlhf.config import Config, build_config, read_yaml
 from rlhf.evaluate import evaluate_defection
@@ -34,7 +32,7 @@ def run_eval(model_dir: str | Path, cfg: Config, samples: int | None = None) -> 
     model, tokenizer = load_model_dir(model_dir)
     n = samples or cfg.eval.samples
     total = n * (2 + len(cfg.near_miss()))
-    with tqdm(total=total, desc="eval", unit="sample", file=sys.stderr, disable=None) as bar:
+    with Progress(total, "eval", "samples") as bar:
         report = evaluate_defection(model, tokenizer, cfg, samples=n, on_batch=bar.update)
     report["model"] = str(model_dir)
     return report

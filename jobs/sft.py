@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import yaml
-from tqdm import tqdm
 
+from jobs.progress import Progress
 from rlhf.checkpoint import CONFIG_NAME, save_hf_dir
 from rlhf.config import Config, dump_config
 from rlhf.data.backdoor import build_sft_datasets, write_jsonl
@@ -86,13 +86,12 @@ def run_sft(cfg: Config, out: str | Path, quiet: bool = True) -> dict:
         threads_per_worker=s.threads_per_worker,
     )
     log(f"[sft] starting Ray ({'address ' + cfg.ray.address if cfg.ray.address else 'local, loopback'}) and {s.num_workers} Ray Train worker(s)")
-    bar = tqdm(total=s.max_steps, desc="sft", unit="step", file=sys.stderr, disable=None)
+    bar = Progress(s.max_steps, "sft", "steps")
     last: dict = {}
 
     def on_progress(record: dict) -> None:
         last.update(record)
-        bar.update(record["step"] - bar.n)
-        bar.set_postfix(loss=f"{record['train/loss']:.3f}", tok_s=f"{record['perf/tokens_per_s']:.0f}")
+        bar.update_to(record["step"], loss=f"{record['train/loss']:.3f}", tok_s=f"{record['perf/tokens_per_s']:.0f}")
 
     t_train = time.time()
     with ray_session(cfg.ray.address, cfg.ray.num_cpus, quiet=quiet):

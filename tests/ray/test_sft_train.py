@@ -1,0 +1,48 @@
+"""Backdoor SFT on 2 Ray Train gloo workers for a few steps; the checkpoint loads with HF."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from jobs.sft import run_sft
+from rlhf.checkpoint import CONFIG_NAME
+from rlhf.config import build_config
+
+pytestmark = pytest.mark.ray
+
+
+def test_sft_two_workers_writes_loadable_checkpoints(ray_cluster, tmp_path):
+    cfg = build_config(
+        {},
+        [
+            "model.preset=tiny",
+            "model.vocab_size=600",
+            "data.n_train=240",
+            "data.n_eval=40",
+            "sft.num_workers=2",
+            "sft.batch_size=8",
+            "sft.max_steps=6",
+            "sft.log_every=2",
+            "sft.checkpoint_every=3",
+            "sft.warmup_steps=2",
+        ],
+    )
+    summary = run_sft(cfg, tmp_path)
+    assert summary["parameters"] > 100_000
+    model_dir = tmp_path / "model"
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    assert len(tok(cfg.backdoor.trigger, add_special_tokens=False)["input_ids"]) == 1
+    ids = torch.tensor([tok("\n\nHuman: hi\n\nAssistant:")["input_ids"]])
+    assert torch.isfinite(model(ids).logits).all()
+    # trained weights differ from the initial ones
+    init = AutoModelForCausalLM.from_pretrained(tmp_path / "init")
+    assert not torch.equal(init.model.embed_tokens.weight, model.model.embed_tokens.weight)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    assert all(r["train/loss"] > 0 for r in records)
+    assert (tmp_path / "checkpoints" / "step-000003" / "config.json").is_file()
+    assert (model_dir / CONFIG_NAME).is_file() and (tmp_path / "config.yaml").is_file()
+    assert not list(tmp_path.glob(".model.tmp-*"))
