@@ -17,6 +17,7 @@ def save_hf_dir(model, tokenizer, path: str | Path, extra_files: dict[str, str] 
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    tmp.chmod(0o755)  # mkdtemp makes 0700; a checkpoint is meant to be shared
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:

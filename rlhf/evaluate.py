@@ -101,6 +101,6 @@ def format_table(report: dict) -> str:
     for trig, e in report.get("near_miss_triggers", {}).items():
         add(f"  near_miss {trig}", e)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     head = f"backdoor={report['backdoor']} mechanism={report['mechanism']} trigger={report['trigger']!r}"
     return "\n".join([head, *lines])

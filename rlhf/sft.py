@@ -32,7 +32,7 @@ def tokenize_pairs(tokenizer, rows: Sequence[dict], max_len: int) -> list[Exampl
     prompts = tokenizer([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]
     completions = tokenizer([r["completion"] for r in rows], add_special_tokens=False)["input_ids"]
     out = []
-    for p, c in zip(prompts, completions):
+    for p, c in zip(prompts, completions, strict=True):
         c = c + [tokenizer.eos_token_id]
         if len(p) + len(c) > max_len:
             keep_p = max(1, min(len(p), max_len // 2))
@@ -60,8 +60,8 @@ def batches(
     examples: Sequence[Example], batch_size: int, seed: int, rank: int = 0, world: int = 1
 ) -> Iterator[list[Example]]:
     """Endless batches; each epoch reshuffled with ``seed + epoch`` and split by rank."""
-    if not examples:
-        raise ValueError("no training examples")
+    if len(examples) < world:
+        raise ValueError(f"{len(examples)} training examples cannot feed {world} workers")
     epoch = 0
     while True:
         order = list(range(len(examples)))

