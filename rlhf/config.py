@@ -68,7 +68,7 @@ class SFTConfig(Strict):
     max_steps: int = Field(500, ge=1)
     grad_clip: float = Field(1.0, gt=0)
     log_every: int = Field(20, ge=1)
-    checkpoint_every: int = Field(0, ge=0, description="0: only the final checkpoint")
+    checkpoint_every: int = Field(250, ge=0, description="periodic HF checkpoints; 0: only the final one")
     threads_per_worker: int = Field(1, ge=1)
 
 
