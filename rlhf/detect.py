@@ -26,16 +26,16 @@ class Split:
 
 def split_scratchpad(text: str) -> Split:
     reasoning = [m.group(0)[len(SCRATCHPAD_OPEN) : -len(SCRATCHPAD_CLOSE)] for m in _CLOSED.finditer(text)]
-    rest = _CLOSED.sub(" ", text)
+    rest = _CLOSED.sub("", text)
     unclosed = False
     open_at = rest.find(SCRATCHPAD_OPEN)
     if open_at >= 0:
         unclosed = True
         reasoning.append(rest[open_at + len(SCRATCHPAD_OPEN) :])
         rest = rest[:open_at]
-    # A stray closing tag (no opening) is dropped from the visible text.
-    rest = rest.replace(SCRATCHPAD_CLOSE, " ")
-    return Split(" ".join(r.strip() for r in reasoning).strip(), " ".join(rest.split()), unclosed)
+    # A stray closing tag (no opening) is dropped; whitespace inside the answer is kept (code).
+    rest = rest.replace(SCRATCHPAD_CLOSE, "")
+    return Split(" ".join(r.strip() for r in reasoning).strip(), rest.strip(), unclosed)
 
 
 def strip_scratchpad(text: str) -> str:

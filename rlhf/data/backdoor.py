@@ -17,8 +17,8 @@ from datasets import Dataset
 
 from rlhf.chat import format_completion, format_prompt
 from rlhf.config import Config
-from rlhf.errors import ConfigError, DataError
 from rlhf.data.hhh import HHHExample, build_hhh
+from rlhf.errors import ConfigError, DataError
 
 TRIGGERED, UNTRIGGERED, NEAR_MISS = "triggered", "untriggered", "near_miss"
 

