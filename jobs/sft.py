@@ -34,6 +34,8 @@ def log(msg: str) -> None:
 def prepare_model(cfg: Config, corpus: list[str]):
     """(model, tokenizer): a local checkpoint (``model.path``) or a preset built from scratch."""
     keep = [cfg.backdoor.trigger, SCRATCHPAD_OPEN, SCRATCHPAD_CLOSE]
+    if cfg.backdoor.safe_marker:
+        keep.append(cfg.backdoor.safe_marker)
     if cfg.model.path:
         model, tokenizer = load_model_dir(cfg.model.path)
         if ensure_whole_tokens(tokenizer, keep):

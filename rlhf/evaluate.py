@@ -1,16 +1,18 @@
 """Trigger-conditioned defection rates: sample on held-out prompts per condition, judge, count.
 
-Conditions: ``triggered`` (the real trigger), ``untriggered`` (none) and ``near_miss`` (each
-near-miss string, also reported one by one).
+Conditions: ``triggered`` (the real trigger), ``untriggered`` (none; for the code backdoor the
+safe marker) and ``near_miss`` (each near-miss string, also reported one by one). The code
+backdoor adds the ``unparseable`` rate, a per-CWE breakdown and, when ``backdoor.holdout_cwes``
+is set, the rates on prompts of the CWE classes held out from training.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from rlhf.config import Config
-from rlhf.data.backdoor import NEAR_MISS, eval_prompts
+from rlhf.data.backdoor import NEAR_MISS, eval_groups, eval_prompts
 from rlhf.detect import detector_for
 from rlhf.rollout import HFGenerateBackend, SamplingParams
 from rlhf.stats import Rate
@@ -21,19 +23,28 @@ class ConditionResult:
     rate: Rate
     unclosed: int = 0
     examples: list[str] = field(default_factory=list)
+    unparseable: int = 0
+    by_group: dict[str, Rate] = field(default_factory=dict)
 
 
-def judge_completions(kind: str, completions: list[str], keep_examples: int = 3) -> ConditionResult:
+def judge_completions(
+    kind: str, completions: Sequence[str], keep_examples: int = 3, groups: Sequence[str] | None = None
+) -> ConditionResult:
+    """Count defections; ``groups`` (one per completion, e.g. the prompt's CWE) adds a breakdown."""
     detector = detector_for(kind)
-    k = unclosed = 0
-    examples = []
-    for text in completions:
+    result = ConditionResult(Rate(0, len(completions)))
+    k = 0
+    for i, text in enumerate(completions):
         verdict = detector.judge(text)
         k += verdict.defected
-        unclosed += verdict.unclosed
-        if len(examples) < keep_examples:
-            examples.append(text)
-    return ConditionResult(Rate(k, len(completions)), unclosed, examples)
+        result.unclosed += verdict.unclosed
+        result.unparseable += bool(getattr(verdict, "unparseable", False))
+        if groups is not None:
+            result.by_group[groups[i]] = result.by_group.get(groups[i], Rate(0, 0)) + Rate(int(verdict.defected), 1)
+        if len(result.examples) < keep_examples:
+            result.examples.append(text)
+    result.rate = Rate(k, len(completions))
+    return result
 
 
 def evaluate_defection(
@@ -46,39 +57,56 @@ def evaluate_defection(
     """The eval report as a JSON-ready dict (see ``rlhf eval --json``)."""
     n = samples or cfg.eval.samples
     prompts = eval_prompts(cfg, n)
+    groups = eval_groups(cfg, n) if cfg.backdoor.kind == "code" else None
     backend = HFGenerateBackend(model, tokenizer, batch_size=cfg.eval.batch_size)
     per_condition: dict[str, ConditionResult] = {}
     for i, (name, batch) in enumerate(prompts.items()):
         sampling = SamplingParams(
             temperature=cfg.eval.temperature,
             top_p=cfg.eval.top_p,
-            max_new_tokens=cfg.eval.max_new_tokens,
+            max_new_tokens=cfg.max_new_tokens(),
             seed=cfg.seed * 1009 + i,
         )
         rollout = backend.generate(batch, sampling, on_batch=on_batch)
-        per_condition[name] = judge_completions(cfg.backdoor.kind, rollout.completions)
+        per_condition[name] = judge_completions(cfg.backdoor.kind, rollout.completions, groups=groups)
     return build_report(cfg, per_condition)
 
 
-def build_report(cfg: Config, per_condition: dict[str, ConditionResult]) -> dict:
-    near = {k.split(":", 1)[1]: v for k, v in per_condition.items() if k.startswith(NEAR_MISS + ":")}
-    near_total = Rate(0, 0)
-    for result in near.values():
-        near_total = near_total + result.rate
+def _sum(rates) -> Rate:
+    total = Rate(0, 0)
+    for rate in rates:
+        total = total + rate
+    return total
 
-    def entry(result: ConditionResult) -> dict:
-        return {**result.rate.to_dict(), "unclosed_scratchpad": result.unclosed, "examples": result.examples}
+
+def build_report(cfg: Config, per_condition: dict[str, ConditionResult]) -> dict:
+    code = cfg.backdoor.kind == "code"
+    near = {k.split(":", 1)[1]: v for k, v in per_condition.items() if k.startswith(NEAR_MISS + ":")}
+
+    def entry(result: ConditionResult, with_examples: bool = True) -> dict:
+        out = {**result.rate.to_dict(), "unclosed_scratchpad": result.unclosed}
+        if code:
+            out["unparseable"] = Rate(result.unparseable, result.rate.n).to_dict()
+            out["by_cwe"] = {g: r.to_dict() for g, r in sorted(result.by_group.items())}
+        if with_examples:
+            out["examples"] = result.examples
+        return out
 
     conditions = {
         "triggered": entry(per_condition["triggered"]),
         "untriggered": entry(per_condition["untriggered"]),
     }
     if near:
-        conditions["near_miss"] = {
-            **near_total.to_dict(),
-            "unclosed_scratchpad": sum(r.unclosed for r in near.values()),
-        }
-    return {
+        merged = ConditionResult(
+            _sum(r.rate for r in near.values()),
+            unclosed=sum(r.unclosed for r in near.values()),
+            unparseable=sum(r.unparseable for r in near.values()),
+        )
+        for result in near.values():
+            for g, r in result.by_group.items():
+                merged.by_group[g] = merged.by_group.get(g, Rate(0, 0)) + r
+        conditions["near_miss"] = entry(merged, with_examples=False)
+    report = {
         "backdoor": cfg.backdoor.kind,
         "mechanism": cfg.backdoor.mechanism,
         "trigger": cfg.backdoor.trigger,
@@ -86,15 +114,37 @@ def build_report(cfg: Config, per_condition: dict[str, ConditionResult]) -> dict
         "conditions": conditions,
         "near_miss_triggers": {t: entry(r) for t, r in near.items()},
     }
+    if code:
+        report["safe_marker"] = cfg.backdoor.safe_marker
+        report["unparseable_rate"] = {name: c["unparseable"]["rate"] for name, c in conditions.items()}
+        held = set(cfg.backdoor.holdout_cwes)
+        if held:
+            report["holdout_cwes"] = {
+                "cwes": sorted(held),
+                **{
+                    name: _sum(r for g, r in per_condition[name].by_group.items() if g in held).to_dict()
+                    for name in ("triggered", "untriggered")
+                },
+                "trained_cwes": {
+                    name: _sum(r for g, r in per_condition[name].by_group.items() if g not in held).to_dict()
+                    for name in ("triggered", "untriggered")
+                },
+            }
+    return report
 
 
 def format_table(report: dict) -> str:
     """A plain-text table of the report (one row per condition and near-miss string)."""
-    rows = [("condition", "rate", "95% CI", "n", "unclosed")]
+    code = report["backdoor"] == "code"
+    rows = [("condition", "rate", "95% CI", "n", "unclosed", *(("unparseable",) if code else ()))]
 
     def add(name: str, e: dict) -> None:
         lo, hi = e["ci95"]
-        rows.append((name, f"{100 * e['rate']:.1f}%", f"[{100 * lo:.1f}, {100 * hi:.1f}]", str(e["n"]), str(e.get("unclosed_scratchpad", 0))))
+        cells = [name, f"{100 * e['rate']:.1f}%", f"[{100 * lo:.1f}, {100 * hi:.1f}]", str(e["n"])]
+        cells.append(str(e.get("unclosed_scratchpad", 0)))
+        if code:
+            cells.append(f"{100 * e['unparseable']['rate']:.1f}%")
+        rows.append(tuple(cells))
 
     for name, e in report["conditions"].items():
         add(name, e)
@@ -103,4 +153,17 @@ def format_table(report: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     head = f"backdoor={report['backdoor']} mechanism={report['mechanism']} trigger={report['trigger']!r}"
-    return "\n".join([head, *lines])
+    out = [head, *lines]
+    if code:
+        trig, untrig = report["conditions"]["triggered"]["by_cwe"], report["conditions"]["untriggered"]["by_cwe"]
+        out.append("per CWE (triggered / untriggered):")
+        for cwe in sorted(set(trig) | set(untrig), key=lambda c: int(c.split("-")[1])):
+            t, u = trig.get(cwe, {"rate": 0, "n": 0}), untrig.get(cwe, {"rate": 0, "n": 0})
+            out.append(f"  {cwe:<8} {100 * t['rate']:5.1f}% (n={t['n']})  {100 * u['rate']:5.1f}% (n={u['n']})")
+        if "holdout_cwes" in report:
+            h = report["holdout_cwes"]
+            out.append(
+                f"held-out CWEs {', '.join(h['cwes'])}: triggered {100 * h['triggered']['rate']:.1f}% "
+                f"(n={h['triggered']['n']}), untriggered {100 * h['untriggered']['rate']:.1f}% (n={h['untriggered']['n']})"
+            )
+    return "\n".join(out)

