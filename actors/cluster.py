@@ -64,6 +64,14 @@ def patched_environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = old
 
 
+_LOCAL_CLUSTERS = 0  # how many loopback clusters this process holds (0 or 1)
+
+
+def is_local_loopback() -> bool:
+    """True while this process holds a cluster started by ``local_ray``."""
+    return _LOCAL_CLUSTERS > 0
+
+
 @contextlib.contextmanager
 def local_ray(num_cpus: int | None = None, quiet: bool = True, keep_temp: bool = False) -> Iterator[str]:
     """Start a fresh single-node Ray bound to 127.0.0.1; yields its temp dir; always shuts down.
@@ -90,7 +98,12 @@ def local_ray(num_cpus: int | None = None, quiet: bool = True, keep_temp: bool =
                 logging_level="ERROR" if quiet else "INFO",
                 configure_logging=True,
             )
-            yield str(root)
+            global _LOCAL_CLUSTERS
+            _LOCAL_CLUSTERS += 1
+            try:
+                yield str(root)
+            finally:
+                _LOCAL_CLUSTERS -= 1
         finally:
             _shutdown_serve()
             ray.shutdown()

@@ -105,12 +105,17 @@ def train_loop_per_worker(job: dict) -> None:
 
 def run_sft(job: SFTJob, num_workers: int, on_progress=None) -> None:
     """Fit on ``num_workers`` CPU workers; ``on_progress(record)`` is called in the driver."""
+    from actors.cluster import is_local_loopback
+    from actors.loopback_torch import LoopbackTorchConfig
+
     queue = Queue(actor_options={"num_cpus": 0})
     payload = asdict(job)
     payload["progress"] = queue
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=payload,
+        # On our own loopback cluster the process group must not listen on every interface.
+        torch_config=LoopbackTorchConfig() if is_local_loopback() else None,
         scaling_config=ScalingConfig(
             num_workers=num_workers, use_gpu=False, resources_per_worker={"CPU": 1}
         ),

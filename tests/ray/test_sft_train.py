@@ -1,6 +1,7 @@
 """Backdoor SFT on 2 Ray Train gloo workers for a few steps; the checkpoint loads with HF."""
 
 import json
+import threading
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from jobs.sft import run_sft
 from rlhf.checkpoint import CONFIG_NAME
 from rlhf.config import build_config
+from tests.ray.sockets import non_loopback
 
 pytestmark = pytest.mark.ray
 
@@ -29,7 +31,26 @@ def test_sft_two_workers_writes_loadable_checkpoints(ray_cluster, tmp_path):
             "sft.warmup_steps=2",
         ],
     )
-    summary = run_sft(cfg, tmp_path)
+    # Train in a thread and sample every socket of the cluster meanwhile: the Ray Train
+    # workers and their gloo process group must stay on loopback too.
+    done, seen, bad, result = threading.Event(), [0], [], {}
+
+    def train():
+        try:
+            result["summary"] = run_sft(cfg, tmp_path)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    while not done.wait(0.5):
+        n, found = non_loopback()
+        seen[0] = max(seen[0], n)
+        bad.extend(found)
+    thread.join()
+    assert not bad, sorted(set(bad))
+    assert seen[0] > 10
+    summary = result["summary"]
     assert summary["parameters"] > 100_000
     model_dir = tmp_path / "model"
     model = AutoModelForCausalLM.from_pretrained(model_dir)
