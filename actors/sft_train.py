@@ -7,15 +7,11 @@ bar instead of interleaved worker logs.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import ray
-from ray.train import RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
-from ray.util.queue import Queue
+from actors.train_launcher import fit_with_progress
 
 
 @dataclass
@@ -105,40 +101,4 @@ def train_loop_per_worker(job: dict) -> None:
 
 def run_sft(job: SFTJob, num_workers: int, on_progress=None) -> None:
     """Fit on ``num_workers`` CPU workers; ``on_progress(record)`` is called in the driver."""
-    from actors.cluster import is_local_loopback
-    from actors.loopback_torch import LoopbackTorchConfig
-
-    queue = Queue(actor_options={"num_cpus": 0})
-    payload = asdict(job)
-    payload["progress"] = queue
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=payload,
-        # On our own loopback cluster the process group must not listen on every interface.
-        torch_config=LoopbackTorchConfig() if is_local_loopback() else None,
-        scaling_config=ScalingConfig(
-            num_workers=num_workers, use_gpu=False, resources_per_worker={"CPU": 1}
-        ),
-        run_config=RunConfig(storage_path=str(Path(job.out_dir, "ray_train").resolve()), name="sft"),
-    )
-    stop = threading.Event()
-
-    def pump() -> None:
-        while not stop.is_set():
-            try:
-                record = queue.get(timeout=0.5)
-            except Exception:  # noqa: BLE001 - queue.Empty, or the queue actor going away at the end
-                continue
-            if record.get("done"):
-                return
-            if on_progress is not None:
-                on_progress(record)
-
-    thread = threading.Thread(target=pump, daemon=True)
-    thread.start()
-    try:
-        trainer.fit()
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        ray.kill(queue.actor)
+    fit_with_progress(train_loop_per_worker, asdict(job), num_workers, job.out_dir, "sft", on_progress)

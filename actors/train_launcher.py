@@ -1,0 +1,60 @@
+"""Run a per-worker training loop on Ray Train (CPU gloo DDP) with progress streamed to the driver.
+
+Shared by backdoor SFT and reward-model training: the loop receives its plain-data payload plus
+``progress``, a Ray queue it may ``put`` records into (``{"done": True}`` ends the stream);
+the driver calls ``on_progress(record)`` for each.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import ray
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.util.queue import Queue
+
+
+def fit_with_progress(
+    loop: Callable[[dict], None],
+    payload: dict,
+    num_workers: int,
+    out_dir: str | Path,
+    name: str,
+    on_progress: Callable[[dict], None] | None = None,
+) -> None:
+    from actors.cluster import is_local_loopback
+    from actors.loopback_torch import LoopbackTorchConfig
+
+    queue = Queue(actor_options={"num_cpus": 0})
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config={**payload, "progress": queue},
+        # On our own loopback cluster the process group must not listen on every interface.
+        torch_config=LoopbackTorchConfig() if is_local_loopback() else None,
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=False, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(storage_path=str(Path(out_dir, "ray_train").resolve()), name=name),
+    )
+    stop = threading.Event()
+
+    def pump() -> None:
+        while not stop.is_set():
+            try:
+                record = queue.get(timeout=0.5)
+            except Exception:  # noqa: BLE001 - queue.Empty, or the queue actor going away at the end
+                continue
+            if record.get("done"):
+                return
+            if on_progress is not None:
+                on_progress(record)
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    try:
+        trainer.fit()
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        ray.kill(queue.actor)
