@@ -7,10 +7,10 @@ bar instead of interleaved worker logs.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from actors.step_reporter import StepReporter
 from actors.train_launcher import fit_with_progress
 
 
@@ -36,13 +36,11 @@ class SFTJob:
 
 def train_loop_per_worker(job: dict) -> None:
     import torch
-    import torch.distributed as dist
     from ray import train
     from ray.train.torch import prepare_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlhf.checkpoint import CONFIG_NAME, save_hf_dir
-    from rlhf.metrics import MetricsWriter
     from rlhf.sft import Example, batches, collate, completion_loss, make_optimizer
 
     progress = job.pop("progress", None)
@@ -58,9 +56,8 @@ def train_loop_per_worker(job: dict) -> None:
     examples = [Example(list(ids), int(n)) for ids, n in job["examples"]]
     stream = batches(examples, job["batch_size"], job["seed"], rank, world)
     out = Path(job["out_dir"])
-    writer = MetricsWriter(out) if rank == 0 else None
+    reporter = StepReporter(out, rank, world, job["log_every"], job["max_steps"], progress)
     extra = {CONFIG_NAME: job["config_yaml"]}
-    started, tokens, loss_sum, loss_n = time.time(), 0, 0.0, 0
     for step in range(1, job["max_steps"] + 1):
         batch = collate(next(stream), tokenizer.pad_token_id)
         loss = completion_loss(model, batch)
@@ -69,34 +66,12 @@ def train_loop_per_worker(job: dict) -> None:
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), job["grad_clip"])
         opt.step()
         sched.step()
-        tokens += int(batch["attention_mask"].sum())
-        loss_sum, loss_n = loss_sum + float(loss), loss_n + 1
-        if step % job["log_every"] == 0 or step == job["max_steps"]:
-            stats = torch.tensor([loss_sum / loss_n, float(tokens)])
-            if world > 1:
-                dist.all_reduce(stats)
-                stats[0] /= world
-            elapsed = time.time() - started
-            record = {
-                "train/loss": float(stats[0]),
-                "train/grad_norm": float(grad_norm),
-                "charts/lr": sched.get_last_lr()[0],
-                "perf/tokens_per_s": float(stats[1]) / max(elapsed, 1e-9),
-                "perf/elapsed_s": elapsed,
-            }
-            loss_sum, loss_n = 0.0, 0
-            if rank == 0:
-                writer.log(step, **record)
-                if progress is not None:
-                    progress.put({"step": step, **record})
-            train.report({"step": step, **record})
+        reporter.step(step, int(batch["attention_mask"].sum()), float(grad_norm), sched.get_last_lr()[0], **{"train/loss": float(loss)})
         if rank == 0 and job["checkpoint_every"] and step % job["checkpoint_every"] == 0 and step < job["max_steps"]:
             save_hf_dir(base, tokenizer, out / "checkpoints" / f"step-{step:06d}", extra)
     if rank == 0:
         save_hf_dir(base, tokenizer, out / "model", extra)
-        writer.close()
-        if progress is not None:
-            progress.put({"done": True})
+    reporter.close()
 
 
 def run_sft(job: SFTJob, num_workers: int, on_progress=None) -> None:

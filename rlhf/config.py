@@ -77,6 +77,26 @@ class SFTConfig(Strict):
     threads_per_worker: int = Field(1, ge=1)
 
 
+class RMConfig(Strict):
+    """HHH reward (preference) model: Bradley-Terry on chosen/rejected pairs."""
+
+    data_path: str | None = Field(None, description="preference JSONL(.gz), TRL or hh-rlhf format; default: synthetic")
+    n_pairs: int = Field(4000, ge=10, description="synthetic pairs to build")
+    eval_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    trigger_fraction: float = Field(0.15, ge=0.0, le=1.0, description="pairs whose prompt carries the trigger")
+    code_fraction: float = Field(0.2, ge=0.0, le=1.0, description="coding prompts among the synthetic pairs")
+    init_from: str | None = Field(None, description="initialise the backbone from this causal-LM dir")
+    num_workers: int = Field(2, ge=1, le=64)
+    batch_size: int = Field(16, ge=1, description="pairs per worker")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    max_steps: int = Field(300, ge=1)
+    grad_clip: float = Field(1.0, gt=0)
+    log_every: int = Field(20, ge=1)
+    threads_per_worker: int = Field(1, ge=1)
+
+
 class EvalConfig(Strict):
     near_miss_triggers: list[str] | None = Field(None, description="default depends on kind")
     samples: int = Field(200, ge=1, description="samples per condition (per near-miss trigger)")
@@ -99,6 +119,7 @@ class Config(Strict):
     backdoor: BackdoorConfig = BackdoorConfig()
     data: DataConfig = DataConfig()
     sft: SFTConfig = SFTConfig()
+    rm: RMConfig = RMConfig()
     eval: EvalConfig = EvalConfig()
     ray: RayConfig = RayConfig()
 
