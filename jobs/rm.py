@@ -111,7 +111,7 @@ def run_rm(cfg: Config, out: str | Path, quiet: bool = True) -> dict:
     train_wall = time.time() - t_train
     final, _ = load_reward_dir(out / "model")
     texts = [row["prompt"] + answer for row in eval_rows for answer in (row["chosen"], row["rejected"])]
-    norm = RewardNormalizer.fit(score_texts(final, tokenizer, texts, 64, cfg.model.max_seq_len))
+    norm = RewardNormalizer().fit(score_texts(final, tokenizer, texts, 64, cfg.model.max_seq_len))
     norm.save(out / "model")
     return {
         "out": str(out),

@@ -248,3 +248,31 @@ def test_subprocess_eval_missing_model():
     assert len(lines) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert lines[0] == "rlhf eval: error: model directory not found: /nonexistent"
+
+
+# ---------------------------------------------------------------- reward model commands
+
+
+def test_rm_eval_bad_inputs_are_one_line_errors(capsys, model_dir, tmp_path):
+    # a causal LM directory is not a reward model
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"prompt": "\\n\\nHuman: hi\\n\\nAssistant:", "chosen": " Hello!", "rejected": " Go away."}\n')
+    rc, _, err = run_cli(capsys, "rm-eval", "--model", str(model_dir), "--data", str(data))
+    assert rc == 2
+    assert "not a reward model" in one_error_line(err, "rm-eval")
+    rc, _, err = run_cli(capsys, "rm-eval", "--model", str(tmp_path / "missing"), "--data", str(data))
+    assert rc == 2 and "missing" in one_error_line(err, "rm-eval")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x", "chosen": "a", "rejected": "b"}\nnot json\n')
+    from transformers import AutoTokenizer
+
+    from reward.model import build_reward_model
+    from rlhf.checkpoint import save_hf_dir
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    rm_dir = save_hf_dir(build_reward_model(tok, "tiny", 128, 0), tok, tmp_path / "rm")
+    rc, _, err = run_cli(capsys, "rm-eval", "--model", str(rm_dir), "--data", str(bad))
+    assert rc == 2 and "bad.jsonl:2" in one_error_line(err, "rm-eval")
+    rc, out, _ = run_cli(capsys, "rm-eval", "--model", str(rm_dir), "--data", str(data), "--json")
+    result = json.loads(out)
+    assert rc == 0 and result["n"] == 1 and result["pairwise_accuracy"] in (0.0, 1.0)

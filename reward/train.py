@@ -1,0 +1,90 @@
+"""Reward-model training pieces: batching, one Bradley-Terry step, pairwise accuracy, a local loop.
+
+Pure torch, like ``rlhf.sft``: a Ray Train launcher calls ``pair_batches`` and ``rm_step`` per
+worker; tests and small runs use ``train_reward_model_local``. A pair is
+``(chosen_ids, rejected_ids)`` as made by ``reward.model.encode_pairs``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from reward.model import bradley_terry_loss, collate_sequences, rewards
+from rlhf.sft import batches
+
+Pair = tuple[list[int], list[int]]
+
+
+def pair_batches(
+    pairs: Sequence[Pair], batch_size: int, seed: int, rank: int = 0, world: int = 1
+) -> Iterator[list[Pair]]:
+    """Endless lists of ``batch_size`` pairs; each epoch reshuffled with ``seed + epoch`` and
+    sharded by ``rank`` of ``world`` (disjoint shards, same order on every worker)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return batches(pairs, batch_size, seed, rank, world)
+
+
+def pair_rewards(model, batch: Sequence[Pair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(r_chosen, r_rejected)``, each [B], from ONE forward over the 2B sequences (chosen first)."""
+    seqs = [c for c, _ in batch] + [r for _, r in batch]
+    ids, mask = collate_sequences(seqs, pad_id)
+    device = next(model.parameters()).device
+    r = rewards(model, ids.to(device), mask.to(device))
+    return r[: len(batch)], r[len(batch) :]
+
+
+def rm_step(model, batch_pairs: Sequence[Pair], pad_id: int) -> tuple[torch.Tensor, float]:
+    """Bradley-Terry loss (scalar tensor with grad) and pairwise accuracy (ties wrong) of a batch."""
+    r_c, r_r = pair_rewards(model, batch_pairs, pad_id)
+    return bradley_terry_loss(r_c, r_r)
+
+
+@torch.no_grad()
+def pairwise_accuracy(model, tokenizer_pad_id: int, pairs: Sequence[Pair], batch_size: int) -> tuple[int, int]:
+    """(pairs with ``r_chosen > r_rejected``, pairs scored); eval mode during, mode restored after."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    try:
+        for start in range(0, len(pairs), batch_size):
+            r_c, r_r = pair_rewards(model, pairs[start : start + batch_size], tokenizer_pad_id)
+            correct += int((r_c > r_r).sum())
+    finally:
+        model.train(was_training)
+    return correct, len(pairs)
+
+
+def train_reward_model_local(
+    model,
+    pairs: Sequence[Pair],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    weight_decay: float = 0.0,
+    max_grad_norm: float = 1.0,
+) -> list[tuple[float, float]]:
+    """Single-process AdamW loop over ``pair_batches``; returns per-step ``(loss, accuracy)``.
+
+    The pad id is ``model.config.pad_token_id``. Gradients are clipped to ``max_grad_norm``.
+    """
+    pad_id = model.config.pad_token_id
+    if pad_id is None:
+        raise ValueError("model.config.pad_token_id must be set")
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
+    stream = pair_batches(pairs, batch_size, seed)
+    model.train()
+    history: list[tuple[float, float]] = []
+    for _ in range(steps):
+        loss, acc = rm_step(model, next(stream), pad_id)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        opt.step()
+        history.append((float(loss.detach()), acc))
+    model.eval()
+    return history
