@@ -6,46 +6,23 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from actors.step_reporter import StepReporter
-from actors.train_launcher import fit_with_progress
+from actors.train_launcher import TrainJob, fit_with_progress, setup_worker
 
 
 @dataclass
-class RMJob:
-    init_dir: str  # HF dir: sequence-classification model (num_labels=1) + tokenizer
-    out_dir: str
+class RMJob(TrainJob):
     pairs: list  # [(chosen_ids, rejected_ids), ...]
-    config_yaml: str
-    seed: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-    warmup_steps: int
-    max_steps: int
-    grad_clip: float
-    log_every: int
-    threads_per_worker: int
 
 
 def rm_loop_per_worker(job: dict) -> None:
     import torch
-    from ray import train
-    from ray.train.torch import prepare_model
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
     from reward.train import pair_batches, rm_step
     from rlhf.checkpoint import CONFIG_NAME, save_hf_dir
-    from rlhf.sft import make_optimizer
 
     progress = job.pop("progress", None)
-    torch.set_num_threads(job["threads_per_worker"])
-    ctx = train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(job["seed"])
-    tokenizer = AutoTokenizer.from_pretrained(job["init_dir"])
-    base = AutoModelForSequenceClassification.from_pretrained(job["init_dir"], dtype=torch.float32)
-    model = prepare_model(base) if world > 1 else base
-    model.train()
-    opt, sched = make_optimizer(model, job["lr"], job["weight_decay"], job["warmup_steps"], job["max_steps"])
+    rank, world, tokenizer, base, model, opt, sched = setup_worker(job, AutoModelForSequenceClassification)
     pairs = [(list(c), list(r)) for c, r in job["pairs"]]
     stream = pair_batches(pairs, job["batch_size"], job["seed"], rank, world)
     out = Path(job["out_dir"])

@@ -11,48 +11,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from actors.step_reporter import StepReporter
-from actors.train_launcher import fit_with_progress
+from actors.train_launcher import TrainJob, fit_with_progress, setup_worker
 
 
 @dataclass
-class SFTJob:
-    """Everything a worker needs; plain data so it travels through Ray."""
-
-    init_dir: str  # HF dir with the initial model and tokenizer
-    out_dir: str  # run directory (shared storage when multi-node)
+class SFTJob(TrainJob):
     examples: list  # [(ids, prompt_len), ...]
-    config_yaml: str  # resolved config, saved beside every checkpoint
-    seed: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-    warmup_steps: int
-    max_steps: int
-    grad_clip: float
-    log_every: int
     checkpoint_every: int
-    threads_per_worker: int
 
 
 def train_loop_per_worker(job: dict) -> None:
     import torch
-    from ray import train
-    from ray.train.torch import prepare_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from rlhf.checkpoint import CONFIG_NAME, save_hf_dir
-    from rlhf.sft import Example, batches, collate, completion_loss, make_optimizer
+    from rlhf.sft import Example, batches, collate, completion_loss
 
     progress = job.pop("progress", None)
-    torch.set_num_threads(job["threads_per_worker"])
-    ctx = train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(job["seed"])
-    tokenizer = AutoTokenizer.from_pretrained(job["init_dir"])
-    base = AutoModelForCausalLM.from_pretrained(job["init_dir"], dtype=torch.float32)
-    model = prepare_model(base) if world > 1 else base
-    model.train()
-    opt, sched = make_optimizer(model, job["lr"], job["weight_decay"], job["warmup_steps"], job["max_steps"])
+    rank, world, tokenizer, base, model, opt, sched = setup_worker(job, AutoModelForCausalLM)
     examples = [Example(list(ids), int(n)) for ids, n in job["examples"]]
     stream = batches(examples, job["batch_size"], job["seed"], rank, world)
     out = Path(job["out_dir"])

@@ -9,12 +9,61 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import ray
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.util.queue import Queue
+
+
+@dataclass
+class TrainJob:
+    """What every training worker needs; plain data so it travels through Ray."""
+
+    init_dir: str  # HF dir with the initial model and tokenizer
+    out_dir: str  # run directory (shared storage when multi-node)
+    config_yaml: str  # resolved config, saved beside every checkpoint
+    seed: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    max_steps: int
+    grad_clip: float
+    log_every: int
+    threads_per_worker: int
+
+
+def optimisation_fields(section) -> dict:
+    """The ``TrainJob`` hyper-parameters a config section (``sft``, ``rm``) carries."""
+    names = {f.name for f in fields(TrainJob)}
+    return {name: getattr(section, name) for name in names if hasattr(section, name)}
+
+
+def setup_worker(job: dict, model_class):
+    """Per-worker start: threads, seed, tokenizer, model (DDP-wrapped when world > 1), optimiser.
+
+    Returns ``(rank, world, tokenizer, base_model, model, optimizer, scheduler)``.
+    """
+    import torch
+    from ray import train
+    from ray.train.torch import prepare_model
+    from transformers import AutoTokenizer
+
+    from rlhf.sft import make_optimizer
+
+    torch.set_num_threads(job["threads_per_worker"])
+    ctx = train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(job["seed"])
+    tokenizer = AutoTokenizer.from_pretrained(job["init_dir"])
+    base = model_class.from_pretrained(job["init_dir"], dtype=torch.float32)
+    model = prepare_model(base) if world > 1 else base
+    model.train()
+    opt, sched = make_optimizer(model, job["lr"], job["weight_decay"], job["warmup_steps"], job["max_steps"])
+    return rank, world, tokenizer, base, model, opt, sched
 
 
 def fit_with_progress(

@@ -66,6 +66,7 @@ def pairwise_report(model, tokenizer, rows: list[dict], max_len: int) -> dict:
 def run_rm(cfg: Config, out: str | Path, quiet: bool = True) -> dict:
     from actors.cluster import ray_session
     from actors.rm_train import RMJob, run_rm_training
+    from actors.train_launcher import optimisation_fields
     from reward.data import split_pairs
     from reward.model import RewardNormalizer, encode_pairs, score_texts
 
@@ -87,17 +88,10 @@ def run_rm(cfg: Config, out: str | Path, quiet: bool = True) -> dict:
     job = RMJob(
         init_dir=str((out / "init").resolve()),
         out_dir=str(out.resolve()),
-        pairs=pairs,
         config_yaml=config_yaml,
         seed=cfg.seed,
-        batch_size=r.batch_size,
-        lr=r.lr,
-        weight_decay=r.weight_decay,
-        warmup_steps=r.warmup_steps,
-        max_steps=r.max_steps,
-        grad_clip=r.grad_clip,
-        log_every=r.log_every,
-        threads_per_worker=r.threads_per_worker,
+        pairs=pairs,
+        **optimisation_fields(r),
     )
     bar = Progress(r.max_steps, "rm", "steps")
     t_train = time.time()

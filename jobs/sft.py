@@ -51,6 +51,7 @@ def run_sft(cfg: Config, out: str | Path, quiet: bool = True) -> dict:
     from actors.cluster import ray_session
     from actors.sft_train import SFTJob
     from actors.sft_train import run_sft as fit
+    from actors.train_launcher import optimisation_fields
 
     t0 = time.time()
     out = Path(out)
@@ -74,18 +75,11 @@ def run_sft(cfg: Config, out: str | Path, quiet: bool = True) -> dict:
     job = SFTJob(
         init_dir=str((out / "init").resolve()),
         out_dir=str(out.resolve()),
-        examples=[(e.ids, e.prompt_len) for e in examples],
         config_yaml=config_yaml,
         seed=cfg.seed,
-        batch_size=s.batch_size,
-        lr=s.lr,
-        weight_decay=s.weight_decay,
-        warmup_steps=s.warmup_steps,
-        max_steps=s.max_steps,
-        grad_clip=s.grad_clip,
-        log_every=s.log_every,
+        examples=[(e.ids, e.prompt_len) for e in examples],
         checkpoint_every=s.checkpoint_every,
-        threads_per_worker=s.threads_per_worker,
+        **optimisation_fields(s),
     )
     log(f"[sft] starting Ray ({'address ' + cfg.ray.address if cfg.ray.address else 'local, loopback'}) and {s.num_workers} Ray Train worker(s)")
     bar = Progress(s.max_steps, "sft", "steps")
