@@ -1,3 +1,7 @@
+import ipaddress
+import os
+
+import psutil
 import pytest
 
 
@@ -8,3 +12,43 @@ def ray_cluster():
 
     with local_ray(num_cpus=2) as temp_dir:
         yield temp_dir
+
+
+# Sockets of this process and its descendants (the Ray cluster it started).
+
+
+def is_loopback(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip)
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback
+
+
+def our_processes() -> list[psutil.Process]:
+    me = psutil.Process(os.getpid())
+    return [me, *me.children(recursive=True)]
+
+
+def sockets(procs=None):
+    for proc in procs if procs is not None else our_processes():
+        try:
+            for conn in proc.net_connections(kind="inet"):
+                yield proc, conn
+        except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
+            continue
+
+
+def non_loopback(procs=None) -> tuple[int, list[str]]:
+    """(number of sockets seen, descriptions of any listener or peer that is not loopback)."""
+    seen, bad = 0, []
+    for proc, conn in sockets(procs):
+        seen += 1
+        try:
+            name = proc.name()
+        except psutil.Error:
+            name = "?"
+        if conn.status == psutil.CONN_LISTEN and not is_loopback(conn.laddr.ip):
+            bad.append(f"{name}({proc.pid}) listens on {conn.laddr.ip}:{conn.laddr.port}")
+        if conn.raddr and not is_loopback(conn.raddr.ip):
+            bad.append(f"{name}({proc.pid}) -> {conn.raddr.ip}:{conn.raddr.port}")
+    return seen, bad

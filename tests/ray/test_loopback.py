@@ -4,7 +4,7 @@ import psutil
 import pytest
 import ray
 
-from tests.ray.sockets import is_loopback, non_loopback, our_processes, sockets
+from tests.ray.conftest import is_loopback, non_loopback, our_processes, sockets
 
 pytestmark = pytest.mark.ray
 

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from jobs.sft import run_sft
 from rlhf.checkpoint import CONFIG_NAME
 from rlhf.config import build_config
-from tests.ray.sockets import non_loopback
+from tests.ray.conftest import non_loopback
 
 pytestmark = pytest.mark.ray
 
