@@ -37,7 +37,11 @@ def rm_loop_per_worker(job: dict) -> None:
         sched.step()
         tokens = sum(len(c) + len(r) for c, r in batch)
         reporter.step(
-            step, tokens, float(grad_norm), sched.get_last_lr()[0], **{"train/loss": float(loss), "train/accuracy": accuracy}
+            step,
+            tokens,
+            float(grad_norm),
+            sched.get_last_lr()[0],
+            **{"train/loss": float(loss), "train/accuracy": accuracy},
         )
     if rank == 0:
         save_hf_dir(base, tokenizer, out / "model", {CONFIG_NAME: job["config_yaml"]})

@@ -42,7 +42,13 @@ def train_loop_per_worker(job: dict) -> None:
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), job["grad_clip"])
         opt.step()
         sched.step()
-        reporter.step(step, int(batch["attention_mask"].sum()), float(grad_norm), sched.get_last_lr()[0], **{"train/loss": float(loss)})
+        reporter.step(
+            step,
+            int(batch["attention_mask"].sum()),
+            float(grad_norm),
+            sched.get_last_lr()[0],
+            **{"train/loss": float(loss)},
+        )
         if rank == 0 and job["checkpoint_every"] and step % job["checkpoint_every"] == 0 and step < job["max_steps"]:
             save_hf_dir(base, tokenizer, out / "checkpoints" / f"step-{step:06d}", extra)
     if rank == 0:

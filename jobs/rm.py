@@ -11,14 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 import yaml
 
 from jobs.progress import Progress
 from rlhf.checkpoint import CONFIG_NAME, save_hf_dir
 from rlhf.config import Config, dump_config
 from rlhf.data.backdoor import write_jsonl
-from rlhf.errors import CheckpointError
 from rlhf.modeling import check_model_dir, count_parameters
 from rlhf.stats import Rate
 from rlhf.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, train_tokenizer
@@ -68,7 +66,7 @@ def run_rm(cfg: Config, out: str | Path, quiet: bool = True) -> dict:
     from actors.rm_train import RMJob, run_rm_training
     from actors.train_launcher import optimisation_fields
     from reward.data import split_pairs
-    from reward.model import RewardNormalizer, encode_pairs, score_texts
+    from reward.model import RewardNormalizer, encode_pairs, load_reward_dir, score_texts
 
     t0 = time.time()
     out = Path(out)
@@ -119,24 +117,9 @@ def run_rm(cfg: Config, out: str | Path, quiet: bool = True) -> dict:
     }
 
 
-def load_reward_dir(path: str | Path):
-    """(model, tokenizer) of a reward-model HF dir, one-line ``CheckpointError`` on failure."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    p = check_model_dir(path)
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(p, dtype=torch.float32).eval()
-        tokenizer = AutoTokenizer.from_pretrained(p)
-    except Exception as exc:  # noqa: BLE001 - any loader failure is a bad checkpoint to the user
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"cannot load reward model directory {p}: {first}") from None
-    if getattr(model.config, "num_labels", 1) != 1:
-        raise CheckpointError(f"{p} is not a reward model (num_labels={model.config.num_labels}, expected 1)")
-    return model, tokenizer
-
-
 def run_rm_eval(model_dir: str | Path, data: str | Path, max_len: int = 512) -> dict:
     from reward.data import load_preference_file
+    from reward.model import load_reward_dir
 
     model, tokenizer = load_reward_dir(model_dir)
     rows = load_preference_file(data)

@@ -174,6 +174,29 @@ def score_texts(
     return out
 
 
+def resolve_reward_dir(path: str | Path) -> Path:
+    """The HF dir itself, or ``path/model`` when given an ``rlhf rm`` run directory."""
+    p = Path(path)
+    if not (p / "config.json").exists() and (p / "model" / "config.json").exists():
+        return p / "model"
+    return p
+
+
+def load_reward_dir(path: str | Path):
+    """(model, tokenizer) of a reward-model HF dir (or an ``rlhf rm`` run dir), one-line
+    ``CheckpointError`` on failure."""
+    p = check_model_dir(resolve_reward_dir(path))
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(p, dtype=torch.float32).eval()
+        tokenizer = AutoTokenizer.from_pretrained(p)
+    except Exception as exc:  # noqa: BLE001 - any loader failure is a bad checkpoint to the user
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"cannot load reward model directory {p}: {first}") from None
+    if getattr(model.config, "num_labels", 1) != 1:
+        raise CheckpointError(f"{p} is not a reward model (num_labels={model.config.num_labels}, expected 1)")
+    return model, tokenizer
+
+
 @dataclass
 class RewardNormalizer:
     """Affine reward normalisation ``(r - mean) / std``, stored as ``reward_norm.json`` beside the model."""

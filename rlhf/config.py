@@ -106,6 +106,51 @@ class EvalConfig(Strict):
     batch_size: int = Field(100, ge=1)
 
 
+class AutoscalingConfig(Strict):
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(16.0, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingConfig:
+        if self.max_replicas < max(1, self.min_replicas):
+            raise ValueError("max_replicas must be >= min_replicas and >= 1")
+        return self
+
+
+class ServeConfig(Strict):
+    """The reward service (Ray Serve): HTTP ``POST /get_reward`` and a ``DeploymentHandle``."""
+
+    host: str = Field("127.0.0.1", description="HTTP bind address; loopback unless you mean to expose it")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port (0: pick a free one)")
+    replicas: int = Field(1, ge=1, le=64, description="fixed replica count (ignored when autoscaling is set)")
+    autoscaling: AutoscalingConfig | None = None
+    num_cpus: float = Field(0.1, gt=0, description="CPUs reserved per replica (fractions fit a 2-CPU machine)")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads per replica")
+    max_batch_size: int = Field(32, ge=1, description="requests merged into one @serve.batch call")
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0)
+    max_ongoing_requests: int = Field(64, ge=1, description="per replica; must be >= max_batch_size")
+    forward_batch_size: int = Field(64, ge=1, description="texts per model forward pass")
+    max_items: int = Field(256, ge=1, description="texts per request (more: 413)")
+    max_body_bytes: int = Field(4_000_000, ge=1024, description="request body limit (more: 413)")
+    overlength: Literal["truncate", "reject"] = Field(
+        "truncate", description="a text longer than the model context: keep its end (truncate) or answer 413"
+    )
+    strip_scratchpad: bool = Field(True, description="score only what follows the <scratchpad> block")
+    normalize: bool = Field(True, description="'rewards' normalised by reward_norm.json when present")
+    token: str | None = Field(None, description="bearer token; default: the environment variable token_env")
+    token_env: str = Field("RLHF_REWARD_TOKEN", min_length=1)
+
+    @model_validator(mode="after")
+    def _batching(self) -> ServeConfig:
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size "
+                f"({self.max_batch_size}), or batches never fill"
+            )
+        return self
+
+
 class RayConfig(Strict):
     address: str | None = Field(
         None, description="existing cluster to join ('auto', ray://...); default: a local one on loopback"
@@ -121,6 +166,7 @@ class Config(Strict):
     sft: SFTConfig = SFTConfig()
     rm: RMConfig = RMConfig()
     eval: EvalConfig = EvalConfig()
+    serve: ServeConfig = ServeConfig()
     ray: RayConfig = RayConfig()
 
     def max_new_tokens(self) -> int:
