@@ -23,6 +23,8 @@ LOOPBACK_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",
+    # read by keep_serve_replica_on_loopback() inside Serve replicas of this cluster
+    "RLHF_LOOPBACK_ONLY": "1",
 }
 
 
@@ -125,6 +127,28 @@ def _single_node_constant() -> Iterator[None]:
         yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+def keep_serve_replica_on_loopback() -> None:
+    """Ray Serve 2.60 replicas start an inter-deployment gRPC server on ``[::]:0``: every
+    interface, whatever the node IP. In a cluster started by ``local_ray`` (which marks its
+    processes with ``RLHF_LOOPBACK_ONLY=1``) bind it to 127.0.0.1 instead. Call it from a
+    deployment's ``__init__``: the server starts right after the constructor returns."""
+    if os.environ.get("RLHF_LOOPBACK_ONLY") != "1":
+        return
+    from ray.serve._private import replica
+
+    original = replica.add_port_to_grpc_server
+    if getattr(original, "loopback_only", False):
+        return
+
+    def bind_loopback(server, address: str):
+        if address.startswith(("[::]:", "0.0.0.0:")):
+            address = f"{LOOPBACK}:{address.rsplit(':', 1)[1]}"
+        return original(server, address)
+
+    bind_loopback.loopback_only = True
+    replica.add_port_to_grpc_server = bind_loopback
 
 
 def _shutdown_serve() -> None:

@@ -45,8 +45,10 @@ class RewardModelDeployment:
     def __init__(self, model_dir: str, settings: dict[str, Any]):
         import torch
 
+        from actors.cluster import keep_serve_replica_on_loopback
         from reward.scorer import RewardScorer
 
+        keep_serve_replica_on_loopback()
         torch.set_num_threads(int(settings["torch_threads"]))
         self.settings = settings
         self.scorer = RewardScorer(

@@ -61,6 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="FILE", help=".jsonl/.jsonl.gz, TRL or hh-rlhf format")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
 
+    p = sub.add_parser("serve", help="serve a model over HTTP on Ray Serve")
+    served = p.add_subparsers(dest="what", required=True, parser_class=OneLineParser, metavar="{reward}")
+    p = served.add_parser("reward", help="the reward model: POST /get_reward (OpenRLHF protocol), GET /health")
+    add_config_args(p)
+    p.add_argument("--model", required=True, metavar="DIR", help="reward model dir (or an `rlhf rm` run dir)")
+    p.add_argument("--host", help="bind address (default serve.host = 127.0.0.1)")
+    p.add_argument("--port", type=int, help="HTTP port (default serve.port = 8000; 0 picks a free one)")
+    p.add_argument("--replicas", type=int, help="number of replicas (default serve.replicas)")
+    p.add_argument("--verbose", action="store_true", help="show Ray and Serve logs")
+
     p = sub.add_parser("data", help="write the backdoor SFT data as JSONL (train/eval) without training")
     add_config_args(p)
     p.add_argument("--out", required=True, metavar="DIR")
@@ -124,6 +134,19 @@ def cmd_rm_eval(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from jobs.serve import serve_reward
+    from rlhf.config import load_config
+
+    extra = [f"serve.{key}={value}" for key in ("host", "port", "replicas") if (value := getattr(args, key)) is not None]
+    cfg = load_config(args.config, [*args.overrides, *extra])
+
+    def ready(url: str) -> None:
+        print(f"reward service: POST {url}/get_reward  GET {url}/health  (Ctrl-C stops)", flush=True)
+
+    return serve_reward(args.model, cfg, on_ready=ready, quiet=not args.verbose)
+
+
 def cmd_data(args) -> int:
     from pathlib import Path
 
@@ -166,6 +189,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "rm": cmd_rm,
     "rm-eval": cmd_rm_eval,
+    "serve": cmd_serve,
     "data": cmd_data,
     "config": cmd_config,
 }

@@ -7,6 +7,7 @@ server's one-line message.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import time
@@ -46,7 +47,7 @@ class RewardClient:
         token_env: str = "RLHF_REWARD_TOKEN",
         sleep: Callable[[float], None] = time.sleep,
     ):
-        if not url.startswith(("http://", "https://")):
+        if not url.lower().startswith(("http://", "https://")):
             raise RewardServiceError(f"reward service URL must start with http:// or https://, got {url!r}")
         if retries < 0 or timeout_s <= 0 or chunk_size < 1:
             raise ValueError("need retries >= 0, timeout_s > 0 and chunk_size >= 1")
@@ -79,7 +80,9 @@ class RewardClient:
                 if err.code not in RETRY_STATUS:
                     raise RewardServiceError(f"{method} {path}: HTTP {err.code}: {message}", err.code) from None
                 last = f"HTTP {err.code}: {message}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
+            except http.client.InvalidURL as err:
+                raise RewardServiceError(f"bad reward service URL {self.base_url!r}: {err}") from None
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
                 last = str(getattr(err, "reason", err)) or type(err).__name__
             except ValueError as err:  # a 200 whose body is not JSON
                 raise RewardServiceError(f"{method} {path}: answer is not JSON ({err})") from None
@@ -96,15 +99,25 @@ class RewardClient:
             if prompts is not None:
                 payload["prompts"] = list(prompts[start : start + self.chunk_size])
             answer = self._request("POST", "/get_reward", payload)
+            n = len(payload["query"])
             rewards = answer.get("rewards") if isinstance(answer, dict) else None
-            if not isinstance(rewards, list) or len(rewards) != len(payload["query"]):
-                raise RewardServiceError("reward service answered without one reward per query")
+            scores = answer.get("scores", rewards) if isinstance(answer, dict) else None
+            if not (_numbers(rewards, n) and _numbers(scores, n)):
+                raise RewardServiceError("reward service answered without one numeric reward and score per query")
             out["rewards"] += [float(r) for r in rewards]
-            out["scores"] += [float(s) for s in answer.get("scores", rewards)]
+            out["scores"] += [float(s) for s in scores]
         return out
 
     def get_rewards(self, queries: Sequence[str], prompts: Sequence[str] | None = None) -> list[float]:
         return self.score(queries, prompts)["rewards"]
+
+
+def _numbers(values: Any, n: int) -> bool:
+    return (
+        isinstance(values, list)
+        and len(values) == n
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    )
 
 
 def _error_message(err: urllib.error.HTTPError) -> str:

@@ -27,6 +27,9 @@ class RequestError(Exception):
         self.status = status
         self.message = message
 
+    def __reduce__(self):  # crosses process boundaries (DeploymentHandle callers) intact
+        return (type(self), (self.status, self.message))
+
 
 @dataclass(frozen=True)
 class RewardRequest:

