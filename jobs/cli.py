@@ -61,6 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="FILE", help=".jsonl/.jsonl.gz, TRL or hh-rlhf format")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
 
+    p = sub.add_parser("ppo", help="HHH safety RL (PPO) against a backdoored policy, defection tracked on Serve")
+    add_config_args(p)
+    p.add_argument("--policy", required=True, metavar="DIR", help="backdoored policy (HF dir, e.g. SFT_RUN/model)")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--reward", metavar="DIR", help="reward model dir (scored in-process by the Reward actor)")
+    group.add_argument("--reward-url", metavar="URL", help="a running reward service (rlhf serve reward)")
+    p.add_argument("--out", required=True, metavar="RUN", help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue RUN from its latest checkpoint")
+    p.add_argument("--verbose", action="store_true", help="show Ray and worker logs")
+
     p = sub.add_parser("serve", help="serve a model over HTTP on Ray Serve")
     served = p.add_subparsers(dest="what", required=True, parser_class=OneLineParser, metavar="{reward}")
     p = served.add_parser("reward", help="the reward model: POST /get_reward (OpenRLHF protocol), GET /health")
@@ -134,6 +144,33 @@ def cmd_rm_eval(args) -> int:
     return 0
 
 
+def cmd_ppo(args) -> int:
+    from pathlib import Path
+
+    from jobs.ppo import resolve_run_config, run_ppo
+
+    cfg = resolve_run_config(Path(args.out), args.config, args.overrides, args.resume)
+    summary = run_ppo(
+        cfg,
+        args.policy,
+        args.out,
+        reward_dir=args.reward,
+        reward_url=args.reward_url,
+        resume=args.resume,
+        quiet=not args.verbose,
+    )
+    print(f"steps: {summary['steps']} (weights version {summary['version']}), wall {summary['wall_s']} s")
+    print(f"{'step':>5} {'version':>7} {'triggered':>22} {'untriggered':>22} {'near-miss':>22}")
+    for pt in summary["eval_points"]:
+        cells = []
+        for name in ("triggered", "untriggered", "near_miss"):
+            c = pt["conditions"].get(name)
+            cells.append(f"{100 * c['rate']:5.1f}% [{100 * c['ci95'][0]:4.1f},{100 * c['ci95'][1]:5.1f}]" if c else "-")
+        print(f"{pt['step']:>5} {pt['version']:>7} " + " ".join(f"{x:>22}" for x in cells))
+    print(f"run: {summary['run']}  checkpoint: {summary['checkpoint']}")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from jobs.serve import serve_reward
     from rlhf.config import load_config
@@ -189,6 +226,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "rm": cmd_rm,
     "rm-eval": cmd_rm_eval,
+    "ppo": cmd_ppo,
     "serve": cmd_serve,
     "data": cmd_data,
     "config": cmd_config,

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from jobs.progress import Progress
@@ -103,3 +104,30 @@ def run_sft(cfg: Config, out: str | Path, quiet: bool = True) -> dict:
         "total_wall_s": round(time.time() - t0, 1),
     }
     return summary
+
+
+def quick_sft(cfg: Config, out: str | Path, steps: int | None = None) -> Path:
+    """Backdoor SFT in this process, without Ray: for tests and quick local experiments.
+
+    Same data, tokenizer and model as ``run_sft``; one worker, ``steps`` (default
+    ``sft.max_steps``) AdamW steps; saves an HF dir with the config beside it."""
+    from rlhf.sft import batches, collate, completion_loss, make_optimizer
+
+    s = cfg.sft
+    steps = steps or s.max_steps
+    data = build_sft_datasets(cfg)
+    model, tokenizer = prepare_model(cfg, [r["prompt"] + r["completion"] for r in data["train"]])
+    examples = tokenize_pairs(tokenizer, list(data["train"]), cfg.model.max_seq_len)
+    opt, sched = make_optimizer(model, s.lr, s.weight_decay, s.warmup_steps, steps)
+    stream = batches(examples, s.batch_size, cfg.seed)
+    model.train()
+    for _ in range(steps):
+        loss = completion_loss(model, collate(next(stream), tokenizer.pad_token_id))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+        opt.step()
+        sched.step()
+    model.eval()
+    config_yaml = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    return save_hf_dir(model, tokenizer, out, {CONFIG_NAME: config_yaml})

