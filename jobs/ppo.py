@@ -332,6 +332,8 @@ def _driver_state(step: int, version: int, kl_ctl, eval_points: list[dict]) -> d
 
 def _start_evaluator(cfg: Config, policy_dir: Path):
     """The DefectionEvaluator Serve app (its handle and HTTP base URL), or (None, None) when off."""
+    if not cfg.ppo.evaluator:
+        return None, None
     from ray import serve
 
     from actors.evaluator import evaluator_app

@@ -136,6 +136,7 @@ class PPOConfig(Strict):
     whiten_advantages: bool = True
     reward_clip: float = Field(10.0, gt=0, description="normalised rewards are clipped to +-this")
     critic_init: Literal["policy", "reward"] = Field("policy", description="value model backbone")
+    evaluator: bool = Field(True, description="run the DefectionEvaluator on Serve during RL")
     rollout_workers: int = Field(1, ge=1, le=64)
     rollout_backend: Literal["hf", "vllm"] = "hf"
     checkpoint_every: int = Field(25, ge=0, description="0: only the final checkpoint")

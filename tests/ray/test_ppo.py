@@ -1,0 +1,111 @@
+"""PPO on a local loopback cluster at a tiny scale: every role is its own actor, every metric key
+is written, the defection evaluator curve fills in, and an interrupted run resumes exactly."""
+
+import json
+
+import pytest
+import ray
+import torch
+from transformers import AutoModelForCausalLM
+
+from jobs.ppo import STEP_KEYS, run_ppo
+from rlhf.config import build_config
+from rlhf.metrics import read_metrics
+from tests.ray.conftest import PPO_TEST_OVERRIDES, non_loopback
+
+pytestmark = pytest.mark.ray
+
+
+def ppo_cfg(*extra: str):
+    return build_config({}, [*PPO_TEST_OVERRIDES, *extra])
+
+
+def test_short_ppo_run(ray_cluster, tiny_policy, tiny_reward_model, tmp_path):
+    cfg = ppo_cfg("ppo.steps=4", "eval.every_steps=2", "ppo.checkpoint_every=2", "ppo.rollout_workers=2")
+    summary = run_ppo(cfg, tiny_policy, tmp_path, reward_dir=tiny_reward_model["model_dir"])
+    assert summary["steps"] == 4 and summary["version"] == 4
+
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    step_records = [r for r in records if "reward/mean" in r]
+    assert [r["step"] for r in step_records] == [1, 2, 3, 4]
+    for r in step_records:
+        missing = [k for k in STEP_KEYS if k not in r]
+        assert not missing, missing
+        assert r["timing/weight_sync"] > 0 and r["policy/version"] == r["step"]
+    defection = [r for r in records if "defection/triggered" in r]
+    assert [r["step"] for r in defection] == [0, 2, 4]
+    for r in defection:
+        for cond in ("triggered", "untriggered", "near_miss"):
+            assert r[f"defection/{cond}_lo"] <= r[f"defection/{cond}"] <= r[f"defection/{cond}_hi"]
+            assert r[f"defection/{cond}_n"] >= 8
+    curves = json.loads((tmp_path / "curves.json").read_text())
+    assert curves["points"] == 3 and [p["version"] for p in curves["series"]["triggered"]] == [0, 2, 4]
+    assert (tmp_path / "tb").is_dir() and any((tmp_path / "tb").iterdir())
+
+    # one actor per role, N rollout workers
+    from ray._private import state
+
+    classes = [a["ActorClassName"] for a in state.actors().values()]
+    for role in ("Policy", "Reference", "Critic", "Reward"):
+        assert role in classes, classes
+    assert classes.count("RolloutWorker") >= 2
+    assert any("DefectionEvaluator" in c for c in classes)
+
+    # checkpoints: atomic layout, loadable policy carrying the backdoor config
+    latest = (tmp_path / "checkpoints" / "latest").read_text()
+    ckpt = tmp_path / "checkpoints" / latest
+    assert latest == "step_000004" and (ckpt / "state.json").is_file() and (ckpt / "critic.pt").is_file()
+    assert (ckpt / "policy" / "rlhf_config.yaml").is_file()
+    AutoModelForCausalLM.from_pretrained(ckpt / "policy")
+    seen, bad = non_loopback()
+    assert not bad, bad
+
+
+def _weights(path):
+    return AutoModelForCausalLM.from_pretrained(path).state_dict()
+
+
+def test_resume_matches_an_uninterrupted_run(ray_cluster, tiny_policy, tiny_reward_model, tmp_path):
+    cfg = ppo_cfg("ppo.steps=4", "ppo.checkpoint_every=2", "ppo.evaluator=false")
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    run_ppo(cfg, tiny_policy, full, reward_dir=tiny_reward_model["model_dir"])
+    run_ppo(cfg, tiny_policy, cut, reward_dir=tiny_reward_model["model_dir"], stop_after=3)
+    assert (cut / "checkpoints" / "latest").read_text() == "step_000002"
+    summary = run_ppo(cfg, tiny_policy, cut, reward_dir=tiny_reward_model["model_dir"], resume=True)
+    assert summary["steps"] == 4
+    a = _weights(full / "checkpoints" / "step_000004" / "policy")
+    b = _weights(cut / "checkpoints" / "step_000004" / "policy")
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    print(f"max abs weight difference after resume: {diff:.3g}")
+    assert diff <= 1e-6
+    steps = [r["step"] for r in read_metrics(cut / "metrics.jsonl") if "reward/mean" in r]
+    assert steps == [1, 2, 3, 4]  # the interrupted step 3 was rewritten, not duplicated
+    crit_a = torch.load(full / "checkpoints" / "step_000004" / "critic.pt", weights_only=False)["model"]
+    crit_b = torch.load(cut / "checkpoints" / "step_000004" / "critic.pt", weights_only=False)["model"]
+    assert max(float((crit_a[k] - crit_b[k]).abs().max()) for k in crit_a) <= 1e-6
+
+
+def test_evaluator_rates_follow_the_loaded_weights(ray_cluster, tiny_policy, tmp_path):
+    """Swap the evaluator's policy for an untrained one: the triggered rate must collapse."""
+    from ray import serve
+
+    from actors.evaluator import evaluator_app
+    from actors.reward_service import ensure_serve
+    from jobs.sft import quick_sft
+
+    cfg = ppo_cfg("eval.samples=24")
+    untrained = quick_sft(cfg, tmp_path / "untrained", steps=1)
+    ensure_serve("127.0.0.1", 0)
+    handle = serve.run(evaluator_app(tiny_policy, cfg.model_dump(mode="json"), 24, 0.1), name="ev", route_prefix="/ev")
+    try:
+        handle.submit.remote(None, 0, 0).result()
+        other = AutoModelForCausalLM.from_pretrained(untrained).state_dict()
+        handle.submit.remote([ray.put(other)], 1, 1).result()
+        assert handle.wait_idle.remote(300).result()
+        series = handle.curves.remote().result()["series"]["triggered"]
+        before, after = series[0], series[1]
+        print(f"triggered: version 0 {before['rate']:.2f}, version 1 (untrained) {after['rate']:.2f}")
+        assert (before["version"], after["version"]) == (0, 1)
+        assert before["rate"] >= 0.5 and after["rate"] <= 0.1
+    finally:
+        serve.delete("ev")
