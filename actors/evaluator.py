@@ -22,22 +22,27 @@ from typing import Any
 import ray
 from ray import serve
 
-from reward.protocol import RequestError, error_body
+from reward.protocol import RequestError, _encodable, error_body
 
 logger = logging.getLogger("ray.serve")
 
 CONDITIONS = ("triggered", "untriggered", "near_miss")
 MAX_PROMPTS = 256
+MAX_BODY_BYTES = 1_000_000
 
 
 def parse_evaluate_request(body: bytes, max_new_tokens_cap: int) -> dict[str, Any]:
     """Validate ``POST /evaluate``; ``RequestError`` (4xx) on anything malformed."""
+    if len(body) > MAX_BODY_BYTES:
+        raise RequestError(413, f"body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
     try:
         obj = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError:
         raise RequestError(400, "body is not UTF-8") from None
     except json.JSONDecodeError as exc:
         raise RequestError(400, f"body is not valid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise RequestError(400, "body is nested too deeply") from None
     if not isinstance(obj, dict):
         raise RequestError(422, "body must be a JSON object with 'prompts'")
     prompts = obj.get("prompts")
@@ -47,6 +52,8 @@ def parse_evaluate_request(body: bytes, max_new_tokens_cap: int) -> dict[str, An
         raise RequestError(413, f"'prompts' has {len(prompts)} items; the limit is {MAX_PROMPTS}")
     if not all(isinstance(p, str) and p.strip() for p in prompts):
         raise RequestError(422, "every prompt must be a non-empty string")
+    if not all(_encodable(p) for p in prompts):
+        raise RequestError(400, "a prompt is not valid Unicode text")
     max_new = obj.get("max_new_tokens", max_new_tokens_cap)
     if not isinstance(max_new, int) or isinstance(max_new, bool) or not 1 <= max_new <= max_new_tokens_cap:
         raise RequestError(422, f"'max_new_tokens' must be an integer in [1, {max_new_tokens_cap}]")

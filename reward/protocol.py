@@ -99,6 +99,8 @@ def parse_reward_request(body: bytes, max_items: int, max_body_bytes: int) -> Re
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise RequestError(400, f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise RequestError(400, "body is nested too deeply") from None
     return validate_reward_payload(obj, max_items)
 
 

