@@ -16,7 +16,7 @@ from rlhf.rollout import Rollout, SamplingParams
 
 
 def _reload(worker, state: dict) -> None:  # runs inside each vLLM worker
-    worker.model_runner.model.load_weights(weights=list(state.items()))
+    worker.model_runner.reload_weights(weights_iterator=iter(state.items()), is_checkpoint_format=True)
 
 
 class VLLMBackend:
