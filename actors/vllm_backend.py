@@ -23,6 +23,11 @@ class VLLMBackend:
     def __init__(self, model_dir: str, max_model_len: int | None = None, version: int = 0):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+        # single node: keep vLLM's torch.distributed rendezvous on loopback (by default it
+        # looks up the address of the interface that routes to the internet)
+        os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+        os.environ.setdefault("VLLM_LOOPBACK_IP", "127.0.0.1")
+        os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
         from vllm import LLM
 
         self.llm = LLM(

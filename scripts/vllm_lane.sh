@@ -20,7 +20,7 @@ if [[ ! -f "$V/.installed" ]]; then
   touch "$V/.installed"
 fi
 export VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_ALLOW_INSECURE_SERIALIZATION=1 VLLM_TARGET_DEVICE=cpu
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
+export VLLM_HOST_IP=127.0.0.1 VLLM_LOOPBACK_IP=127.0.0.1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
 set +e
 "$V/bin/python" -m pytest -q -p no:cacheprovider tests/vllm "$@"
 rc=$?

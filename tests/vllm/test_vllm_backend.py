@@ -10,6 +10,7 @@ from rlhf.config import build_config
 from rlhf.data.backdoor import eval_prompts
 from rlhf.modeling import load_model_dir
 from rlhf.rollout import HFGenerateBackend, SamplingParams
+from tests.ray.conftest import non_loopback
 
 OVERRIDES = ["data.n_train=400", "data.n_eval=40", "model.vocab_size=600", "sft.warmup_steps=5"]
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=24)
@@ -31,6 +32,8 @@ def test_greedy_outputs_agree_before_and_after_weight_sync(setup):
     hf = HFGenerateBackend(model, tok)
     vl = VLLMBackend(str(first))
     before_hf, before_vl = hf.generate(prompts, GREEDY), vl.generate(prompts, GREEDY)
+    seen, bad = non_loopback()
+    assert not bad, bad
     assert before_vl.completion_ids == before_hf.completion_ids
 
     other, _ = load_model_dir(second)
