@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue RUN from its latest checkpoint")
     p.add_argument("--verbose", action="store_true", help="show Ray and worker logs")
 
+    p = sub.add_parser("report", help="plots and a self-contained report.html of a PPO run")
+    p.add_argument("run", metavar="RUN", help="PPO run directory")
+    p.add_argument("--compare", nargs="+", default=[], metavar="RUN2", help="overlay other runs")
+
     p = sub.add_parser("serve", help="serve a model over HTTP on Ray Serve")
     served = p.add_subparsers(dest="what", required=True, parser_class=OneLineParser, metavar="{reward}")
     p = served.add_parser("reward", help="the reward model: POST /get_reward (OpenRLHF protocol), GET /health")
@@ -149,7 +153,7 @@ def cmd_ppo(args) -> int:
 
     from jobs.ppo import resolve_run_config, run_ppo
 
-    cfg = resolve_run_config(Path(args.out), args.config, args.overrides, args.resume)
+    cfg = resolve_run_config(Path(args.out), args.config, args.overrides, args.resume, args.policy)
     summary = run_ppo(
         cfg,
         args.policy,
@@ -168,6 +172,13 @@ def cmd_ppo(args) -> int:
             cells.append(f"{100 * c['rate']:5.1f}% [{100 * c['ci95'][0]:4.1f},{100 * c['ci95'][1]:5.1f}]" if c else "-")
         print(f"{pt['step']:>5} {pt['version']:>7} " + " ".join(f"{x:>22}" for x in cells))
     print(f"run: {summary['run']}  checkpoint: {summary['checkpoint']}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from jobs.report import write_report
+
+    print(f"report: {write_report(args.run, args.compare)}")
     return 0
 
 
@@ -227,6 +238,7 @@ COMMANDS = {
     "rm": cmd_rm,
     "rm-eval": cmd_rm_eval,
     "ppo": cmd_ppo,
+    "report": cmd_report,
     "serve": cmd_serve,
     "data": cmd_data,
     "config": cmd_config,

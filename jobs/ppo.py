@@ -95,7 +95,15 @@ def truncate_metrics(path: Path, step: int) -> None:
 # ---- the run -------------------------------------------------------------------------------
 
 
-def resolve_run_config(run: Path, config_file: str | None, overrides: list[str], resume: bool) -> Config:
+def resolve_run_config(
+    run: Path, config_file: str | None, overrides: list[str], resume: bool, policy_dir: str | Path | None = None
+) -> Config:
+    """A new run: the policy's saved backdoor and data config (trigger, kind, mechanism, the
+    train/eval split) < ``--config`` < ``--set``. A resumed run: its own saved config."""
+    from jobs.evaluate import deep_merge
+    from rlhf.checkpoint import CONFIG_NAME
+    from rlhf.config import build_config, read_yaml
+
     saved = run / "config.yaml"
     if resume:
         if not saved.is_file():
@@ -105,7 +113,14 @@ def resolve_run_config(run: Path, config_file: str | None, overrides: list[str],
         return load_config(saved)
     if (run / CKPT_DIR / "latest").exists():
         raise ConfigError(f"{run} already holds a PPO run; pass --resume to continue it or choose another --out")
-    return load_config(config_file, overrides)
+    base: dict = {}
+    policy_cfg = Path(policy_dir) / CONFIG_NAME if policy_dir else None
+    if policy_cfg is not None and policy_cfg.is_file():
+        saved_policy = read_yaml(policy_cfg)
+        base = {k: saved_policy[k] for k in ("seed", "model", "backdoor", "data") if k in saved_policy}
+    if config_file:
+        base = deep_merge(base, read_yaml(config_file))
+    return build_config(base, overrides)
 
 
 def _split(items: list, parts: int) -> list[list]:

