@@ -14,6 +14,7 @@ import random
 import shutil
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -50,14 +51,57 @@ def log(msg: str) -> None:
 # ---- checkpoints ---------------------------------------------------------------------------
 
 
+def checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be resumed from, or None when it looks complete."""
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        int(state["step"]), int(state["version"]), state["kl_controller"], state["python_rng"], state["torch_rng"]
+    except FileNotFoundError:
+        return "no state.json"
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return "state.json is corrupt"
+    for part in ("policy_optim.pt", "critic.pt", "policy/config.json"):
+        if not (path / part).is_file() or (path / part).stat().st_size == 0:
+            return f"{part} is missing or empty"
+    for part in ("policy_optim.pt", "critic.pt"):  # torch.save writes a zip: check its CRCs
+        try:
+            with zipfile.ZipFile(path / part) as zf:
+                if zf.testzip() is not None:
+                    return f"{part} is corrupt"
+        except (zipfile.BadZipFile, OSError):
+            return f"{part} is truncated or corrupt"
+    shards = sorted((path / "policy").glob("*.safetensors"))
+    if not shards:
+        return "policy weights are missing"
+    for shard in shards:
+        if not _safetensors_complete(shard):
+            return f"policy/{shard.name} is truncated or corrupt"
+    return None
+
+
+def _safetensors_complete(path: Path) -> bool:
+    """The header parses and every tensor's bytes lie inside the file."""
+    try:
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        return path.stat().st_size >= 8 + n + end
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def latest_checkpoint(run: Path) -> Path | None:
-    pointer = run / CKPT_DIR / "latest"
-    if not pointer.is_file():
-        return None
-    path = run / CKPT_DIR / pointer.read_text(encoding="utf-8").strip()
-    if not (path / "state.json").is_file():
-        raise CheckpointError(f"checkpoint {path} named by {pointer} is incomplete (no state.json)")
-    return path
+    """The newest complete checkpoint. A damaged newer one is reported (one line) and skipped;
+    it is left in place for inspection."""
+    root = run / CKPT_DIR
+    candidates = sorted((p for p in root.glob("step_*") if p.is_dir()), reverse=True) if root.is_dir() else []
+    for path in candidates:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        log(f"[ppo] checkpoint {path} is unusable ({problem}); trying an older one")
+    return None
 
 
 def save_checkpoint(run: Path, step: int, policy, critic, state: dict[str, Any], keep: int = 2) -> Path:
@@ -158,7 +202,7 @@ def run_ppo(
     p = cfg.ppo
     ckpt = latest_checkpoint(run) if resume else None
     if resume and ckpt is None:
-        raise CheckpointError(f"--resume: no checkpoint in {run / CKPT_DIR}")
+        raise CheckpointError(f"--resume: no usable checkpoint in {run / CKPT_DIR}")
     dump_config(cfg, run / "config.yaml")
     pool = rl_prompts(cfg)
     kl_ctl = make_kl_controller(p.kl_controller, p.kl_coef, p.kl_target, p.kl_horizon)
@@ -187,15 +231,23 @@ def run_ppo(
             str(reward_dir) if reward_dir else None, reward_url, p.reward_clip, p.torch_threads
         )
         workers = [
-            RolloutWorker.options(name=f"RolloutWorker-{i}", **share).remote(
+            # a worker that dies is restarted (with the initial weights) and its call retried;
+            # the version check below brings it back to the current weights
+            RolloutWorker.options(name=f"RolloutWorker-{i}", max_restarts=3, max_task_retries=3, **share).remote(
                 str(policy_dir), p.rollout_backend, p.torch_threads
             )
             for i in range(p.rollout_workers)
         ]
         ids = ray.get(workers[0].token_ids.remote())
+        weights = ray.get(policy.publish.remote(version))
         if ckpt is not None:
-            ray.get([policy.load.remote(str(ckpt)), critic.load.remote(str(ckpt))])
-            weights = ray.get(policy.publish.remote(version))
+            try:
+                ray.get([policy.load.remote(str(ckpt)), critic.load.remote(str(ckpt))])
+            except Exception as exc:  # noqa: BLE001 - a bad checkpoint is the user's to fix: one line
+                cause = getattr(exc, "cause", None) or exc
+                first = (str(cause).strip().splitlines() or [type(cause).__name__])[-1]
+                raise CheckpointError(f"cannot resume from {ckpt}: {first}") from None
+            weights = ray.get(policy.publish.remote(version))  # the checkpoint's weights
             ray.get([w.load_weights.remote(weights, version) for w in workers])
         evaluator, eval_url = _start_evaluator(cfg, policy_dir)
         if quiet:
@@ -221,17 +273,16 @@ def run_ppo(
                 prompts = [pr for pr, _ in batch]
                 t0 = time.perf_counter()
                 chunks = _split(prompts, len(workers))
-                outs = ray.get(
-                    [
-                        w.generate.remote(
-                            chunk,
-                            SamplingParams(
-                                p.temperature, p.top_p, p.max_new_tokens, seed=cfg.seed * 7919 + step * 101 + i
-                            ),
-                        )
-                        for i, (w, chunk) in enumerate(zip(workers, chunks, strict=False))
-                    ]
-                )
+                samplings = [
+                    SamplingParams(p.temperature, p.top_p, p.max_new_tokens, seed=cfg.seed * 7919 + step * 101 + i)
+                    for i in range(len(chunks))
+                ]
+                outs = ray.get([w.generate.remote(c, sp) for w, c, sp in zip(workers, chunks, samplings, strict=False)])
+                for i, o in enumerate(outs):  # a restarted worker answers with stale weights: resync, redo
+                    if o["version"] != version:
+                        log(f"[ppo] RolloutWorker-{i} came back at version {o['version']}; resyncing to {version}")
+                        ray.get(workers[i].load_weights.remote(weights, version))
+                        outs[i] = ray.get(workers[i].generate.remote(chunks[i], samplings[i]))
                 t_rollout = time.perf_counter() - t0
                 prompt_ids = [x for o in outs for x in o["prompt_ids"]]
                 completion_ids = [x for o in outs for x in o["completion_ids"]]

@@ -109,3 +109,29 @@ def test_evaluator_rates_follow_the_loaded_weights(ray_cluster, tiny_policy, tmp
         assert before["rate"] >= 0.5 and after["rate"] <= 0.1
     finally:
         serve.delete("ev")
+
+
+def test_a_killed_rollout_worker_is_restarted_and_no_step_is_lost(
+    ray_cluster, tiny_policy, tiny_reward_model, tmp_path
+):
+    import threading
+    import time
+
+    cfg = ppo_cfg("ppo.steps=12", "ppo.evaluator=false", "ppo.checkpoint_every=0", "ppo.rollout_workers=2")
+    result: dict = {}
+
+    def run():
+        result.update(run_ppo(cfg, tiny_policy, tmp_path, reward_dir=tiny_reward_model["model_dir"]))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.is_file() and len(read_metrics(metrics)) >= 2):
+        time.sleep(0.2)
+    ray.kill(ray.get_actor("RolloutWorker-0"), no_restart=False)
+    thread.join(600)
+    assert result.get("steps") == 12
+    steps = [r["step"] for r in read_metrics(metrics) if "reward/mean" in r]
+    assert steps == list(range(1, 13))  # none lost, none duplicated
+    assert [r["policy/version"] for r in read_metrics(metrics) if "reward/mean" in r] == steps

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+import transformers
 
 from rlhf.chat import human_turn
 from rlhf.config import PPOConfig, build_config
@@ -590,3 +591,37 @@ def test_evaluate_request_edge_cases_are_4xx():
 def test_assemble_rejects_an_empty_prompt():
     with pytest.raises(ValueError, match="prompt"):
         assemble([[]], [[5, 6]], 2, 1, 4)
+
+
+def test_checkpoint_checks_find_truncation_and_fall_back_to_the_previous_one(tmp_path, tokenizer):
+    import json as _json
+
+    from jobs.ppo import checkpoint_problem, latest_checkpoint
+    from rlhf.checkpoint import save_hf_dir
+
+    model = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+        )
+    )
+    root = tmp_path / "checkpoints"
+    for step in (2, 4):
+        d = root / f"step_{step:06d}"
+        save_hf_dir(model, tokenizer, d / "policy")
+        torch.save({"optimizer": {"x": torch.ones(3)}}, d / "policy_optim.pt")
+        torch.save({"model": {"w": torch.ones(3)}}, d / "critic.pt")
+        state = {"step": step, "version": step, "kl_controller": {}, "python_rng": [], "torch_rng": []}
+        (d / "state.json").write_text(_json.dumps(state))
+    assert latest_checkpoint(tmp_path) == root / "step_000004"
+    newest = root / "step_000004"
+    data = (newest / "critic.pt").read_bytes()
+    (newest / "critic.pt").write_bytes(data[: len(data) // 2])
+    assert "critic.pt" in checkpoint_problem(newest)
+    assert latest_checkpoint(tmp_path) == root / "step_000002"  # the good one is used
+    assert newest.exists()  # the damaged one is left for inspection
+    shard = next((root / "step_000002" / "policy").glob("*.safetensors"))
+    shard.write_bytes(shard.read_bytes()[:-100])
+    assert "truncated" in checkpoint_problem(root / "step_000002")
+    assert latest_checkpoint(tmp_path) is None
+    (root / "step_000002" / "state.json").write_text("{not json")
+    assert checkpoint_problem(root / "step_000002") == "state.json is corrupt"
