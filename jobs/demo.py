@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from rlhf.config import Config, build_config
+from rlhf.config import Config, build_config, dump_config
 from rlhf.errors import ConfigError
 
 DEMO_DEFAULTS = [
@@ -105,13 +106,24 @@ def run_demo(out: str | Path, preset: str, mechanisms: list[str], overrides: lis
         with reward_service(rm["model_dir"], cfg.serve) as svc:
             log(f"== [3/5] reward service: POST {svc.url}/get_reward")
             runs = []
+            done: dict[Path, Path] = {}
             for mech in mechanisms:
+                if policies[mech] in done:  # same model, same seed: PPO is deterministic, reuse it
+                    log(f"== [4/5] PPO ({mech}): same policy as {done[policies[mech]].name}; reusing its run")
+                    shutil.copytree(done[policies[mech]], out / f"ppo-{mech}", dirs_exist_ok=True)
+                    dump_config(
+                        build_config(cfg.model_dump(mode="json"), [f"backdoor.mechanism={mech}"]),
+                        out / f"ppo-{mech}" / "config.yaml",
+                    )
+                    runs.append(out / f"ppo-{mech}")
+                    continue
                 log(f"== [4/5] HHH PPO ({mech}) with the defection evaluator on Serve")
                 pcfg = build_config(cfg.model_dump(mode="json"), [f"backdoor.mechanism={mech}"])
                 t = time.time()
                 run_ppo(pcfg, policies[mech], out / f"ppo-{mech}", reward_url=svc.url, quiet=quiet)
                 timings[f"ppo-{mech}"] = time.time() - t
                 runs.append(out / f"ppo-{mech}")
+                done[policies[mech]] = out / f"ppo-{mech}"
     # 5. report
     log("== [5/5] report")
     report = write_report(runs[0], runs[1:])
