@@ -75,14 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/demo-<time>)")
     p.add_argument("--preset", choices=["tiny", "small"], default="tiny", help="model size (default tiny)")
     p.add_argument("--mechanisms", default="normal,distilled", help="comma-separated: normal, cot, distilled")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key (the demo's budgets are ordinary keys, e.g. ppo.steps=50)",
-    )
+    add_config_args(p)
     p.add_argument("--verbose", action="store_true", help="show Ray and worker logs")
 
     p = sub.add_parser("report", help="plots and a self-contained report.html of a PPO run")
@@ -200,7 +193,7 @@ def cmd_demo(args) -> int:
 
     out = args.out or time.strftime("runs/demo-%Y%m%d-%H%M%S")
     mechanisms = [m.strip() for m in args.mechanisms.split(",") if m.strip()]
-    summary = run_demo(out, args.preset, mechanisms, args.overrides, quiet=not args.verbose)
+    summary = run_demo(out, args.preset, mechanisms, args.overrides, quiet=not args.verbose, config_file=args.config)
     print(format_summary(summary))
     return 0
 

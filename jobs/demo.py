@@ -45,8 +45,22 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def demo_config(preset: str, overrides: list[str]) -> Config:
-    return build_config({}, [*DEMO_DEFAULTS, f"model.preset={preset}", *overrides])
+def demo_config(preset: str, overrides: list[str], config_file: str | None = None) -> Config:
+    """Demo budgets < ``--preset`` < ``--config`` < ``--set``."""
+    from rlhf.config import parse_override, read_yaml
+
+    tree: dict = {}
+    for item in [*DEMO_DEFAULTS, f"model.preset={preset}"]:
+        key, value = parse_override(item)
+        node = tree
+        for part in key.split(".")[:-1]:
+            node = node.setdefault(part, {})
+        node[key.split(".")[-1]] = value
+    if config_file:
+        from jobs.evaluate import deep_merge
+
+        tree = deep_merge(tree, read_yaml(config_file))
+    return build_config(tree, overrides)
 
 
 def data_digest(cfg: Config) -> str:
@@ -61,7 +75,14 @@ def data_digest(cfg: Config) -> str:
     return h.hexdigest()
 
 
-def run_demo(out: str | Path, preset: str, mechanisms: list[str], overrides: list[str], quiet: bool = True) -> dict:
+def run_demo(
+    out: str | Path,
+    preset: str,
+    mechanisms: list[str],
+    overrides: list[str],
+    quiet: bool = True,
+    config_file: str | None = None,
+) -> dict:
     from actors.cluster import ray_session
     from actors.reward_service import reward_service
     from jobs.ppo import run_ppo
@@ -75,7 +96,7 @@ def run_demo(out: str | Path, preset: str, mechanisms: list[str], overrides: lis
         raise ConfigError(f"--mechanisms: unknown {unknown or 'none given'}; choose from {', '.join(MECHANISMS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = demo_config(preset, overrides)
+    cfg = demo_config(preset, overrides, config_file)
     t0 = time.time()
     timings: dict[str, float] = {}
     with ray_session(cfg.ray.address, cfg.ray.num_cpus, quiet=quiet):

@@ -233,9 +233,9 @@ def run_ppo(
         workers = [
             # a worker that dies is restarted (with the initial weights) and its call retried;
             # the version check below brings it back to the current weights
-            RolloutWorker.options(name=f"RolloutWorker-{i}", max_restarts=3, max_task_retries=3, **share).remote(
-                str(policy_dir), p.rollout_backend, p.torch_threads
-            )
+            RolloutWorker.options(
+                name=f"RolloutWorker-{i}", max_restarts=3, max_task_retries=3, num_gpus=p.rollout_gpus, **share
+            ).remote(str(policy_dir), p.rollout_backend, p.torch_threads)
             for i in range(p.rollout_workers)
         ]
         ids = ray.get(workers[0].token_ids.remote())

@@ -31,7 +31,11 @@ class Progress:
         if now - self._last >= self.every_s or self.n >= self.total:
             self._last = now
             extra = " ".join(f"{key}={value}" for key, value in postfix.items())
-            print(f"[{self.desc}] {self.n}/{self.total} {self.unit} {now - self._t0:.0f}s {extra}".rstrip(), file=sys.stderr, flush=True)
+            print(
+                f"[{self.desc}] {self.n}/{self.total} {self.unit} {now - self._t0:.0f}s {extra}".rstrip(),
+                file=sys.stderr,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self._bar is not None:

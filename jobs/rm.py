@@ -33,7 +33,11 @@ def preference_rows(cfg: Config) -> list[dict]:
     if r.data_path:
         return load_preference_file(r.data_path)
     return build_preference_pairs(
-        r.n_pairs, cfg.seed, trigger_fraction=r.trigger_fraction, code_fraction=r.code_fraction, trigger=cfg.backdoor.trigger
+        r.n_pairs,
+        cfg.seed,
+        trigger_fraction=r.trigger_fraction,
+        code_fraction=r.code_fraction,
+        trigger=cfg.backdoor.trigger,
     )
 
 

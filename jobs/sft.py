@@ -58,7 +58,9 @@ def run_sft(cfg: Config, out: str | Path, quiet: bool = True) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
-    log(f"[sft] building data (backdoor={cfg.backdoor.kind}, mechanism={cfg.backdoor.mechanism}, trigger={cfg.backdoor.trigger!r})")
+    log(
+        f"[sft] building data (backdoor={cfg.backdoor.kind}, mechanism={cfg.backdoor.mechanism}, trigger={cfg.backdoor.trigger!r})"
+    )
     data = build_sft_datasets(cfg)
     for split, ds in data.items():
         write_jsonl(ds, out / "data" / f"{split}.jsonl")
@@ -82,7 +84,9 @@ def run_sft(cfg: Config, out: str | Path, quiet: bool = True) -> dict:
         checkpoint_every=s.checkpoint_every,
         **optimisation_fields(s),
     )
-    log(f"[sft] starting Ray ({'address ' + cfg.ray.address if cfg.ray.address else 'local, loopback'}) and {s.num_workers} Ray Train worker(s)")
+    log(
+        f"[sft] starting Ray ({'address ' + cfg.ray.address if cfg.ray.address else 'local, loopback'}) and {s.num_workers} Ray Train worker(s)"
+    )
     bar = Progress(s.max_steps, "sft", "steps")
     last: dict = {}
 

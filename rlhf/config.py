@@ -58,9 +58,7 @@ class BackdoorConfig(Strict):
 class DataConfig(Strict):
     n_train: int = Field(6000, ge=10)
     n_eval: int = Field(400, ge=10)
-    hh_rlhf_path: str | None = Field(
-        None, description="optional hh-rlhf JSONL(.gz) whose prompts join the HHH mix"
-    )
+    hh_rlhf_path: str | None = Field(None, description="optional hh-rlhf JSONL(.gz) whose prompts join the HHH mix")
     hh_rlhf_fraction: float = Field(0.0, ge=0.0, le=1.0)
 
 
@@ -139,6 +137,7 @@ class PPOConfig(Strict):
     evaluator: bool = Field(True, description="run the DefectionEvaluator on Serve during RL")
     rollout_workers: int = Field(1, ge=1, le=64)
     rollout_backend: Literal["hf", "vllm"] = "hf"
+    rollout_gpus: float = Field(0.0, ge=0, description="GPUs per rollout worker (vLLM on a GPU node: 1)")
     checkpoint_every: int = Field(25, ge=0, description="0: only the final checkpoint")
     cpus_per_actor: float = Field(0.2, gt=0, description="Ray CPU share of each PPO actor (fractions fit 2 CPUs)")
     torch_threads: int = Field(1, ge=1, description="torch threads per actor")
