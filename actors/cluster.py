@@ -75,8 +75,11 @@ def is_local_loopback() -> bool:
 
 
 @contextlib.contextmanager
-def local_ray(num_cpus: int | None = None, quiet: bool = True, keep_temp: bool = False) -> Iterator[str]:
+def local_ray(
+    num_cpus: int | None = None, quiet: bool = True, keep_temp: bool = False, dashboard: bool = False
+) -> Iterator[str]:
     """Start a fresh single-node Ray bound to 127.0.0.1; yields its temp dir; always shuts down.
+    ``dashboard=True`` adds the dashboard (on 127.0.0.1), which the Ray state API needs.
 
     (4) The temp dir is the run's own (a short path: Ray's unix sockets must fit in 107 bytes)
     and ``address="local"`` forces a new cluster, so a stale ``ray_current_cluster`` file
@@ -95,7 +98,8 @@ def local_ray(num_cpus: int | None = None, quiet: bool = True, keep_temp: bool =
                 num_cpus=num_cpus,
                 _node_ip_address=LOOPBACK,
                 _temp_dir=str(root / "t"),
-                include_dashboard=False,
+                include_dashboard=dashboard,  # the state API (ray list actors) needs it
+                dashboard_host=LOOPBACK,
                 log_to_driver=not quiet,
                 logging_level="ERROR" if quiet else "INFO",
                 configure_logging=True,

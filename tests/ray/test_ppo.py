@@ -16,6 +16,15 @@ from tests.ray.conftest import PPO_TEST_OVERRIDES, non_loopback
 pytestmark = pytest.mark.ray
 
 
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """With the dashboard (on 127.0.0.1): the Ray state API, which lists the actors, needs it."""
+    from actors.cluster import local_ray
+
+    with local_ray(num_cpus=2, dashboard=True) as temp_dir:
+        yield temp_dir
+
+
 def ppo_cfg(*extra: str):
     return build_config({}, [*PPO_TEST_OVERRIDES, *extra])
 
@@ -42,10 +51,10 @@ def test_short_ppo_run(ray_cluster, tiny_policy, tiny_reward_model, tmp_path):
     assert curves["points"] == 3 and [p["version"] for p in curves["series"]["triggered"]] == [0, 2, 4]
     assert (tmp_path / "tb").is_dir() and any((tmp_path / "tb").iterdir())
 
-    # one actor per role, N rollout workers
-    from ray._private import state
+    # one actor per role, N rollout workers, as the Ray state API lists them
+    from ray.util.state import list_actors
 
-    classes = [a["ActorClassName"] for a in state.actors().values()]
+    classes = [a.class_name for a in list_actors(limit=1000)]
     for role in ("Policy", "Reference", "Critic", "Reward"):
         assert role in classes, classes
     assert classes.count("RolloutWorker") >= 2
