@@ -52,9 +52,11 @@ def test_short_ppo_run(ray_cluster, tiny_policy, tiny_reward_model, tmp_path):
     assert (tmp_path / "tb").is_dir() and any((tmp_path / "tb").iterdir())
 
     # one actor per role, N rollout workers, as the Ray state API lists them
+    from ray._private.worker import global_worker
     from ray.util.state import list_actors
 
-    classes = [a.class_name for a in list_actors(limit=1000)]
+    dashboard = "http://" + global_worker.node.address_info["webui_url"]  # this cluster's, explicitly
+    classes = [a.class_name for a in list_actors(address=dashboard, limit=1000)]
     for role in ("Policy", "Reference", "Critic", "Reward"):
         assert role in classes, classes
     assert classes.count("RolloutWorker") >= 2
