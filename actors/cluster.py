@@ -70,8 +70,9 @@ _LOCAL_CLUSTERS = 0  # how many loopback clusters this process holds (0 or 1)
 
 
 def is_local_loopback() -> bool:
-    """True while this process holds a cluster started by ``local_ray``."""
-    return _LOCAL_CLUSTERS > 0
+    """True while this process holds a cluster started by ``local_ray``, or runs inside a
+    loopback cluster of ours (a job driver on the local head: ``RLHF_LOOPBACK_ONLY=1``)."""
+    return _LOCAL_CLUSTERS > 0 or os.environ.get("RLHF_LOOPBACK_ONLY") == "1"
 
 
 @contextlib.contextmanager

@@ -18,7 +18,11 @@ RAY_AUTH_TOKEN_PATH=<token_file>``.
 State: ``$RLHF_HOME/local-head.json`` (default ``~/.rlhf``) records the dashboard URL, GCS
 address, temp dir, home and token file. ``stop_head`` never calls ``ray stop`` (that stops every
 Ray process of the machine): it signals only the processes whose command line names this head's
-temp dir, and their descendants (workers, job drivers).
+temp dir or GCS address, and their descendants (workers, job drivers).
+
+Every process of the head inherits ``RLHF_LOOPBACK_ONLY=1`` (``LOOPBACK_ENV``): a job driver
+(``rlhf sft`` ...) that joins through ``$RAY_ADDRESS`` must take it as "this cluster is a
+loopback one" (Serve's gRPC server, Ray Train's TCPStore), as ``local_ray`` clusters do.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from rlhf.errors import RlhfError
 
 STATE_NAME = "local-head.json"
 AUTH_MODE = "token"
-READY_TIMEOUT_S = 90.0
+READY_TIMEOUT_S = 120.0  # after ray start returns: the Jobs API answers
 
 
 class LocalHeadError(RlhfError):
@@ -137,6 +141,8 @@ def head_environment(home: Path, token: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
     env.update(loopback_environment(home))
     env.update({"RAY_AUTH_MODE": AUTH_MODE, "RAY_AUTH_TOKEN": token})
+    # ray start gives the dashboard 60 s by default; on a loaded 2-CPU machine that was not enough
+    env.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "180")
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return env
 

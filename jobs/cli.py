@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replicas", type=int, help="number of replicas (default serve.replicas)")
     p.add_argument("--verbose", action="store_true", help="show Ray and Serve logs")
 
+    from jobs.submit import add_commands
+
+    add_commands(sub, add_config_args)
+
     p = sub.add_parser("data", help="write the backdoor SFT data as JSONL (train/eval) without training")
     add_config_args(p)
     p.add_argument("--out", required=True, metavar="DIR")
@@ -269,6 +273,15 @@ COMMANDS = {
     "data": cmd_data,
     "config": cmd_config,
 }
+
+
+def _job_commands() -> dict:
+    from jobs.submit import COMMANDS as JOB_COMMANDS
+
+    return JOB_COMMANDS
+
+
+COMMANDS.update(_job_commands())
 
 
 def main(argv: list[str] | None = None) -> int:

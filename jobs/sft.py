@@ -47,6 +47,13 @@ def prepare_model(cfg: Config, corpus: list[str]):
     return build_model(mcfg, cfg.seed), tokenizer
 
 
+def where_ray(cfg: Config) -> str:
+    import os
+
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    return f"joining {address}" if address else "local, loopback"
+
+
 def run_sft(cfg: Config, out: str | Path, quiet: bool = True) -> dict:
     """The whole stage; returns a summary dict (also printed by the CLI)."""
     from actors.cluster import ray_session
@@ -84,9 +91,7 @@ def run_sft(cfg: Config, out: str | Path, quiet: bool = True) -> dict:
         checkpoint_every=s.checkpoint_every,
         **optimisation_fields(s),
     )
-    log(
-        f"[sft] starting Ray ({'address ' + cfg.ray.address if cfg.ray.address else 'local, loopback'}) and {s.num_workers} Ray Train worker(s)"
-    )
+    log(f"[sft] starting Ray ({where_ray(cfg)}) and {s.num_workers} Ray Train worker(s)")
     bar = Progress(s.max_steps, "sft", "steps")
     last: dict = {}
 

@@ -3,6 +3,7 @@ on 127.0.0.1, token auth), a small ``rlhf sft`` submitted as a Ray job, and the 
 watched while it runs."""
 
 import os
+import sys
 import threading
 import time
 
@@ -102,9 +103,9 @@ class SocketWatch(threading.Thread):
             self.done.wait(1.0)
 
 
-def test_submit_sft_to_local_head(local_head, tmp_path, capsys):
+def test_submit_sft_to_local_head(local_head, tmp_path, capsys, monkeypatch):
     from actors.local_head import head_processes, state_path
-    from jobs.submit import JobNotFound
+    from jobs.submit import ClusterUnreachable, JobNotFound
 
     state = local_head
     assert state.dashboard_url.startswith("http://127.0.0.1:") and state.gcs_address.startswith("127.0.0.1:")
@@ -128,7 +129,7 @@ def test_submit_sft_to_local_head(local_head, tmp_path, capsys):
     assert job_id.startswith("raysubmit_"), out[:500]
     assert "final loss" in out and "[sft]" in out, out[-3000:]
     assert (tmp_path / "sft" / "model" / "config.json").exists()
-    print(f"sft job submitted, followed and SUCCEEDED in {wall:.1f} s")
+    print(f"\nsft job submitted, followed and SUCCEEDED in {wall:.1f} s", file=sys.stderr)
 
     # every listener and peer of the head's processes stayed on loopback, the driver's included
     assert watch.samples >= 3 and watch.max_listeners >= 5, (watch.samples, watch.max_listeners)
@@ -157,6 +158,21 @@ def test_submit_sft_to_local_head(local_head, tmp_path, capsys):
 
     assert run_cli(["cluster", "status"]) == 0
     assert f"{state.dashboard_url} answers (Ray 2.60.0)" in capsys.readouterr().out
+
+    # the same head seen as a remote cluster (no state file): the token comes from the environment
+    with monkeypatch.context() as m:
+        m.setenv("RLHF_HOME", str(tmp_path / "elsewhere"))
+        with pytest.raises(ClusterUnreachable, match="refused the token") as err:
+            run_cli(["jobs", "list", "--address", state.dashboard_url])
+        assert "\n" not in str(err.value)
+        m.setenv("RAY_AUTH_TOKEN", "0" * 64)
+        with pytest.raises(ClusterUnreachable, match="refused the token"):
+            run_cli(["jobs", "list", "--address", state.dashboard_url])
+        m.delenv("RAY_AUTH_TOKEN")
+        m.setenv("RAY_AUTH_TOKEN_PATH", state.token_file)
+        m.setenv("RAY_ADDRESS", state.dashboard_url)
+        assert run_cli(["jobs", "status", job_id]) == 0
+        assert "SUCCEEDED" in capsys.readouterr().out
 
     # down: every process of this head is gone, its files and the state file too
     procs = head_processes(state)
