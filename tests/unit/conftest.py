@@ -60,3 +60,24 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def tiny_llama_config(vocab_size: int = 50, hidden: int = 16, layers: int = 1, tokenizer=None, **extra):
+    """A very small LlamaConfig for tests that need a real model, not a good one."""
+    from transformers import LlamaConfig
+
+    ids = {}
+    if tokenizer is not None:
+        ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id}
+        ids["eos_token_id"] = tokenizer.eos_token_id
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=4 * hidden if hidden >= 32 else 64,
+        **ids,
+        **extra,
+    )

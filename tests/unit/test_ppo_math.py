@@ -313,17 +313,11 @@ def test_experience_to_device_and_optional_fields():
 
 @pytest.fixture(scope="module")
 def tiny_lm():
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers import AutoModelForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=50,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
+    from tests.unit.conftest import tiny_llama_config
+
+    config = tiny_llama_config()
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config).eval()
 

@@ -24,6 +24,7 @@ from rlhf.ppo_models import (
     prompts_for_step,
     rl_prompts,
 )
+from tests.unit.conftest import tiny_llama_config
 
 TRAIN_CFG = {"minibatch_size": 2, "epochs": 1, "policy_lr": 1e-2, "critic_lr": 1e-2}
 
@@ -150,17 +151,9 @@ def test_compute_advantages_k3_is_nonnegative():
 
 
 def tiny_backbone(seed: int = 0):
-    from transformers import LlamaConfig, LlamaModel
+    from transformers import LlamaModel
 
-    config = LlamaConfig(
-        vocab_size=50,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
+    config = tiny_llama_config()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return LlamaModel(config).eval()
@@ -207,22 +200,11 @@ def test_value_model_head_init_ignores_global_rng_state():
 
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory, tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from rlhf.checkpoint import save_hf_dir
 
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    config = tiny_llama_config(len(tokenizer), hidden=32, layers=2, tokenizer=tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = LlamaForCausalLM(config)
@@ -599,11 +581,7 @@ def test_checkpoint_checks_find_truncation_and_fall_back_to_the_previous_one(tmp
     from jobs.ppo import checkpoint_problem, latest_checkpoint
     from rlhf.checkpoint import save_hf_dir
 
-    model = transformers.LlamaForCausalLM(
-        transformers.LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
-        )
-    )
+    model = transformers.LlamaForCausalLM(tiny_llama_config(len(tokenizer)))
     root = tmp_path / "checkpoints"
     for step in (2, 4):
         d = root / f"step_{step:06d}"
