@@ -9,24 +9,28 @@ Run directory: ``RUN/config.yaml``, ``RUN/metrics.jsonl``, ``RUN/tb/``, ``RUN/cu
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from jobs.ppo_checkpoints import (
+    CKPT_DIR,
+    driver_state,
+    latest_checkpoint,
+    log,
+    save_checkpoint,
+    truncate_metrics,
+    tuple_state,
+)
 from jobs.progress import Progress
 from rlhf.config import Config, dump_config, load_config
 from rlhf.errors import CheckpointError, ConfigError
-from rlhf.metrics import MetricsWriter, read_metrics
+from rlhf.metrics import MetricsWriter
 from rlhf.modeling import check_model_dir
 
-CKPT_DIR = "checkpoints"
 STEP_KEYS = (
     "reward/mean",
     "kl/mean",
@@ -42,98 +46,6 @@ STEP_KEYS = (
     "timing/weight_sync",
     "timing/eval",
 )
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-# ---- checkpoints ---------------------------------------------------------------------------
-
-
-def checkpoint_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be resumed from, or None when it looks complete."""
-    try:
-        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-        int(state["step"]), int(state["version"]), state["kl_controller"], state["python_rng"], state["torch_rng"]
-    except FileNotFoundError:
-        return "no state.json"
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        return "state.json is corrupt"
-    for part in ("policy_optim.pt", "critic.pt", "policy/config.json"):
-        if not (path / part).is_file() or (path / part).stat().st_size == 0:
-            return f"{part} is missing or empty"
-    for part in ("policy_optim.pt", "critic.pt"):  # torch.save writes a zip: check its CRCs
-        try:
-            with zipfile.ZipFile(path / part) as zf:
-                if zf.testzip() is not None:
-                    return f"{part} is corrupt"
-        except (zipfile.BadZipFile, OSError):
-            return f"{part} is truncated or corrupt"
-    shards = sorted((path / "policy").glob("*.safetensors"))
-    if not shards:
-        return "policy weights are missing"
-    for shard in shards:
-        if not _safetensors_complete(shard):
-            return f"policy/{shard.name} is truncated or corrupt"
-    return None
-
-
-def _safetensors_complete(path: Path) -> bool:
-    """The header parses and every tensor's bytes lie inside the file."""
-    try:
-        with open(path, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(n))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-        return path.stat().st_size >= 8 + n + end
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
-def latest_checkpoint(run: Path) -> Path | None:
-    """The newest complete checkpoint. A damaged newer one is reported (one line) and skipped;
-    it is left in place for inspection."""
-    root = run / CKPT_DIR
-    candidates = sorted((p for p in root.glob("step_*") if p.is_dir()), reverse=True) if root.is_dir() else []
-    for path in candidates:
-        problem = checkpoint_problem(path)
-        if problem is None:
-            return path
-        log(f"[ppo] checkpoint {path} is unusable ({problem}); trying an older one")
-    return None
-
-
-def save_checkpoint(run: Path, step: int, policy, critic, state: dict[str, Any], keep: int = 2) -> Path:
-    """Each actor writes its part into a temporary dir, then one rename publishes it."""
-    import ray
-
-    root = run / CKPT_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    name = f"step_{step:06d}"
-    tmp = root / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    ray.get([policy.save.remote(str(tmp)), critic.save.remote(str(tmp))])
-    (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
-    final = root / name
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    pointer_tmp = root / ".latest.tmp"
-    pointer_tmp.write_text(name, encoding="utf-8")
-    os.replace(pointer_tmp, root / "latest")
-    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop records after ``step`` (a resumed run rewrites them)."""
-    if path.is_file():
-        kept = [r for r in read_metrics(path) if r.get("step", 0) <= step]
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        os.replace(tmp, path)
 
 
 # ---- the run -------------------------------------------------------------------------------
@@ -212,7 +124,7 @@ def run_ppo(
         state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
         start, version = state["step"], state["version"]
         kl_ctl.load_state_dict(state["kl_controller"])
-        random.setstate(_tuple_state(state["python_rng"]))
+        random.setstate(tuple_state(state["python_rng"]))
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         truncate_metrics(run / "metrics.jsonl", start)
         log(f"[ppo] resuming {run} from step {start} (weights version {version})")
@@ -351,7 +263,7 @@ def run_ppo(
                 last = step
                 # 9. checkpoint
                 if (p.checkpoint_every and step % p.checkpoint_every == 0) or step == p.steps:
-                    save_checkpoint(run, step, policy, critic, _driver_state(step, version, kl_ctl, eval_points))
+                    save_checkpoint(run, step, policy, critic, driver_state(step, version, kl_ctl, eval_points))
                 if stop_after is not None and step >= stop_after:
                     break
             if evaluator is not None:
@@ -374,26 +286,10 @@ def run_ppo(
             "version": version,
             "wall_s": round(time.time() - t_run, 1),
             "eval_points": eval_points,
-            "checkpoint": str(latest_checkpoint(run)) if latest_checkpoint(run) else None,
+            "checkpoint": str(final_ckpt) if (final_ckpt := latest_checkpoint(run)) else None,
         }
     (run / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     return summary
-
-
-def _tuple_state(obj):
-    return tuple(_tuple_state(x) for x in obj) if isinstance(obj, list) else obj
-
-
-def _driver_state(step: int, version: int, kl_ctl, eval_points: list[dict]) -> dict[str, Any]:
-    return {
-        "step": step,
-        "version": version,
-        "data_position": step,  # prompts_for_step(pool, step) is a pure function of the step
-        "kl_controller": kl_ctl.state_dict(),
-        "python_rng": random.getstate(),
-        "torch_rng": torch.get_rng_state().tolist(),
-        "eval_points": eval_points,
-    }
 
 
 def _start_evaluator(cfg: Config, policy_dir: Path):

@@ -578,7 +578,7 @@ def test_assemble_rejects_an_empty_prompt():
 def test_checkpoint_checks_find_truncation_and_fall_back_to_the_previous_one(tmp_path, tokenizer):
     import json as _json
 
-    from jobs.ppo import checkpoint_problem, latest_checkpoint
+    from jobs.ppo_checkpoints import checkpoint_problem, latest_checkpoint
     from rlhf.checkpoint import save_hf_dir
 
     model = transformers.LlamaForCausalLM(tiny_llama_config(len(tokenizer)))
