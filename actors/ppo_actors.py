@@ -4,6 +4,9 @@
 (``jobs/ppo.py``) holds no model weights. Weight sync goes through one interface,
 ``RolloutWorker.load_weights(weights_ref, version)``: the policy ``ray.put``s each version once
 (``Policy.publish``) and every worker (and the defection evaluator) fetches that one object.
+
+Each role is a plain class (``Policy`` ...) made an actor with ``ray.remote`` (``PolicyActor`` ...);
+the plain classes also run in one process (``actors.local``), the peer that measures Ray's overhead.
 """
 
 from __future__ import annotations
@@ -25,13 +28,21 @@ def _threads(n: int) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def share(obj: Any) -> Any:
+    """An object-store reference inside a Ray cluster; the object itself in one process."""
+    return ray.put(obj) if ray.is_initialized() else obj
+
+
+def resolve(obj: Any) -> Any:
+    return ray.get(obj) if isinstance(obj, ray.ObjectRef) else obj
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
-@ray.remote
 class Policy:
     def __init__(self, policy_dir: str, cfg: dict, seed: int):
         from rlhf.ppo_models import PolicyTrainer
@@ -54,7 +65,7 @@ class Policy:
     def publish(self, version: int) -> list:
         """Put the current weights in the object store once; a one-element list keeps the ref
         from being resolved on the way to the caller."""
-        return [ray.put(self.trainer.weights())]
+        return [share(self.trainer.weights())]
 
     def save(self, directory: str) -> None:
         from rlhf.checkpoint import CONFIG_NAME, save_hf_dir
@@ -73,7 +84,6 @@ class Policy:
         self.trainer.load_state(model.state_dict(), state)
 
 
-@ray.remote
 class Reference:
     def __init__(self, policy_dir: str, torch_threads: int = 1):
         from rlhf.ppo_models import ReferenceModel
@@ -85,7 +95,6 @@ class Reference:
         return self.model.logprobs(sequences, attention_mask)
 
 
-@ray.remote
 class Critic:
     def __init__(self, init_dir: str, cfg: dict, seed: int):
         from rlhf.ppo_models import CriticTrainer
@@ -109,7 +118,6 @@ class Critic:
         self.trainer.load_state(torch.load(Path(directory) / "critic.pt", weights_only=False))
 
 
-@ray.remote
 class Reward:
     """The HHH reward: an in-process reward model, or the reward service through its client."""
 
@@ -134,7 +142,6 @@ class Reward:
         return [max(-self.clip, min(self.clip, float(r))) for r in rewards]
 
 
-@ray.remote
 class RolloutWorker:
     """Generates completions with the policy weights of a known version (HF ``generate`` or vLLM)."""
 
@@ -168,8 +175,15 @@ class RolloutWorker:
 
     def load_weights(self, weights_ref: list, version: int) -> float:
         t0 = time.perf_counter()
-        self.backend.load_weights(ray.get(weights_ref[0]), version)
+        self.backend.load_weights(resolve(weights_ref[0]), version)
         return time.perf_counter() - t0
 
     def version(self) -> int:
         return self.backend.version
+
+
+PolicyActor = ray.remote(Policy)
+ReferenceActor = ray.remote(Reference)
+CriticActor = ray.remote(Critic)
+RewardActor = ray.remote(Reward)
+RolloutWorkerActor = ray.remote(RolloutWorker)

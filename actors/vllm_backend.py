@@ -54,13 +54,17 @@ class VLLMBackend:
         tok = self.tokenizer
         ids = tok(list(prompts), add_special_tokens=False)["input_ids"]
         greedy = sampling.temperature <= 0
-        params = VLLMSampling(
-            temperature=0.0 if greedy else sampling.temperature,
-            top_p=1.0 if greedy else sampling.top_p,
-            max_tokens=sampling.max_new_tokens,
-            seed=sampling.seed,
-            stop_token_ids=[tok.eos_token_id],
-        )
+        # one seed per request: a prompt repeated in the batch (samples_per_prompt) gets distinct samples
+        params = [
+            VLLMSampling(
+                temperature=0.0 if greedy else sampling.temperature,
+                top_p=1.0 if greedy else sampling.top_p,
+                max_tokens=sampling.max_new_tokens,
+                seed=sampling.seed + i,
+                stop_token_ids=[tok.eos_token_id],
+            )
+            for i in range(len(ids))
+        ]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=x) for x in ids], params, use_tqdm=False)
         rollout = Rollout(list(prompts), [], version=self.version)
         for x, out in zip(ids, outs, strict=True):

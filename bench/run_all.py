@@ -1,23 +1,24 @@
 """Run every benchmark, write ``bench/results.md`` (machine, date, versions, tables) and, with
 ``--json``, print one JSON object with the headline figures.
 
-Benchmarks: the reward service (batched vs unbatched), MFU per preset, and a short PPO run
-whose per-phase timings give the weight-sync share of a step. Figures that no benchmark here
-measures yet (PPO vs TRL, Ray overhead against an in-process loop) are reported as null.
+Benchmarks: the reward service (batched vs unbatched at 32 clients), MFU per preset, and our
+PPO (Ray actor split and the same loop in one process) against TRL's GRPO trainer, with the
+per-phase breakdown and a torch.profiler pass. Each runs in its own process.
 
-    python bench/run_all.py [--json] [--ppo-steps 10]
+    python bench/run_all.py [--json] [--ppo-steps 20]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
 import subprocess
 import sys
-import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,29 +38,6 @@ def run_json(script: str, *args: str) -> dict:
     return json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
 
 
-def ppo_phases(steps: int) -> dict:
-    """A short PPO run on a quickly built policy and RM; mean seconds per phase."""
-    from jobs.ppo import run_ppo
-    from jobs.sft import quick_sft
-    from reward.train import quick_reward_model
-    from rlhf.config import build_config
-    from rlhf.metrics import read_metrics
-
-    overrides = ["data.n_train=600", "data.n_eval=60", "model.vocab_size=700", "serve.port=0"]
-    overrides += [f"ppo.steps={steps}", "ppo.evaluator=false", "ppo.checkpoint_every=0"]
-    cfg = build_config({}, overrides)
-    with tempfile.TemporaryDirectory(prefix="bench-ppo-") as tmp:
-        policy = quick_sft(cfg, Path(tmp) / "policy", steps=40)
-        rm = quick_reward_model(Path(tmp) / "rm", n_pairs=300, steps=10)["model_dir"]
-        run_ppo(cfg, policy, Path(tmp) / "run", reward_dir=rm)
-        recs = [r for r in read_metrics(Path(tmp) / "run" / "metrics.jsonl") if "reward/mean" in r][1:]
-    phases = ("rollout", "score", "ref", "train", "weight_sync", "eval")
-    mean = {p: sum(r[f"timing/{p}"] for r in recs) / len(recs) for p in phases}
-    step = sum(r["timing/step"] for r in recs) / len(recs)
-    samples = cfg.ppo.prompts_per_step
-    return {"steps_measured": len(recs), "step_s": step, "phase_s": mean, "samples_per_s": samples / step}
-
-
 def versions() -> dict:
     import ray
     import torch
@@ -70,24 +48,31 @@ def versions() -> dict:
         "torch": torch.__version__,
         "ray": ray.__version__,
         "transformers": transformers.__version__,
+        "trl": importlib.metadata.version("trl"),
     }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--ppo-steps", type=int, default=10)
+    ap.add_argument("--ppo-steps", type=int, default=20)
     args = ap.parse_args()
+    t0 = time.perf_counter()
     serve = run_json("reward_serve.py")
     mfu = run_json("mfu.py")
-    ppo = ppo_phases(args.ppo_steps)
+    ppo = run_json("ppo_vs_trl.py", "--steps", str(args.ppo_steps))
+    ours, local, trl = ppo["ours_ray"], ppo["ours_in_process"], ppo["trl_grpo"]
     figures = {
-        "ppo_samples_per_s_ratio_vs_trl": None,
-        "ray_overhead_fraction": None,
-        "weight_sync_fraction": ppo["phase_s"]["weight_sync"] / ppo["step_s"],
+        "ppo_samples_per_s_ratio_vs_trl": ppo["ppo_samples_per_s_ratio_vs_trl"],
+        "ray_overhead_fraction": ppo["ray_overhead_fraction"],
+        "weight_sync_fraction": ppo["weight_sync_fraction"],
         "reward_serve_batching_ratio_32": serve["ratio"],
         "mfu": {k: v["mfu"] for k, v in mfu["presets"].items()},
-        "ppo_samples_per_s": ppo["samples_per_s"],
+        "ppo_samples_per_s": ours["samples_per_s"],
+        "trl_samples_per_s": trl["samples_per_s"],
+        "in_process_samples_per_s": local["samples_per_s"],
+        "ppo_matmul_share_of_wall": (ppo["profile"] or {}).get("matmul_share_of_wall"),
+        "wall_s": round(time.perf_counter() - t0, 1),
     }
     lines = [
         "# Benchmark results",
@@ -98,12 +83,38 @@ def main() -> int:
         "| figure | value | goal |",
         "|---|---|---|",
         f"| reward service, batched / unbatched at 32 clients | {serve['ratio']:.2f}x | >= 5x |",
+        f"| PPO samples/s, ours (Ray actors) / TRL {ppo['setup']['trl']} GRPO | "
+        f"{figures['ppo_samples_per_s_ratio_vs_trl']:.2f}x | >= 1.5x |",
+        f"| Ray overhead share of a step (vs the same loop in one process) | "
+        f"{100 * figures['ray_overhead_fraction']:.1f} % | <= 10 % |",
         f"| weight sync share of a PPO step | {100 * figures['weight_sync_fraction']:.1f} % | <= 5 % |",
-        f"| PPO samples/s (tiny, {ppo['steps_measured']} steps) | {ppo['samples_per_s']:.1f} | >= 1.5x TRL (not measured) |",
-        "| Ray overhead share of a step | not measured (no in-process peer yet) | <= 10 % |",
     ]
     lines += [f"| MFU {k} | {100 * v:.1f} % | >= 25 % at base |" for k, v in figures["mfu"].items()]
-    lines += ["", "PPO phases (mean s per step): " + ", ".join(f"{k} {v:.3f}" for k, v in ppo["phase_s"].items())]
+    setup = ppo["setup"]
+    lines += [
+        "",
+        f"PPO vs TRL: tiny policy, {setup['prompts_per_step']} prompts x {setup['samples_per_prompt']} samples per "
+        f"step, {setup['max_new_tokens']} new tokens, {setup['steps']} steps each (the first is warm-up).",
+        "",
+        "| system | steps/s | samples/s | tokens/s |",
+        "|---|---|---|---|",
+    ]
+    for name, r in (("ours, Ray actors", ours), ("ours, one process", local), ("TRL GRPOTrainer", trl)):
+        lines.append(f"| {name} | {r['steps_per_s']:.3f} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:.1f} |")
+    for name, r in (("Ray actors", ours), ("one process", local)):
+        lines += [
+            "",
+            f"PPO phases, {name} (mean s per step): " + ", ".join(f"{k} {v:.3f}" for k, v in r["phase_s"].items()),
+        ]
+    if ppo["profile"]:
+        pr = ppo["profile"]
+        lines += [
+            "",
+            f"torch.profiler, our loop in one process (3 steps, {pr['wall_s']:.1f} s): matmuls "
+            f"{100 * pr['matmul_share_of_op_time']:.0f} % of op time, {100 * pr['matmul_share_of_wall']:.0f} % of wall; "
+            "top ops by self time: " + ", ".join(f"{k} {t:.2f} s" for k, t, _ in pr["top_ops"][:6]),
+        ]
+    lines += ["", f"run_all wall time: {figures['wall_s']:.0f} s"]
     (ROOT / "bench" / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     if args.json:
         print(json.dumps(figures))

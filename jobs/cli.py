@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--reward-url", metavar="URL", help="a running reward service (rlhf serve reward)")
     p.add_argument("--out", required=True, metavar="RUN", help="run directory")
     p.add_argument("--resume", action="store_true", help="continue RUN from its latest checkpoint")
+    p.add_argument(
+        "--in-process", action="store_true", help="every role in this process, no Ray or evaluator (debugging)"
+    )
     p.add_argument("--verbose", action="store_true", help="show Ray and worker logs")
 
     p = sub.add_parser("demo", help="the whole experiment: backdoor SFT, RM, reward service, PPO + evaluator, report")
@@ -177,6 +180,7 @@ def cmd_ppo(args) -> int:
         reward_url=args.reward_url,
         resume=args.resume,
         quiet=not args.verbose,
+        in_process=args.in_process,
     )
     print(f"steps: {summary['steps']} (weights version {summary['version']}), wall {summary['wall_s']} s")
     print(f"{'step':>5} {'version':>7} {'triggered':>22} {'untriggered':>22} {'near-miss':>22}")

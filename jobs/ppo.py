@@ -9,8 +9,10 @@ Run directory: ``RUN/config.yaml``, ``RUN/metrics.jsonl``, ``RUN/tb/``, ``RUN/cu
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -93,12 +95,14 @@ def run_ppo(
     resume: bool = False,
     quiet: bool = True,
     stop_after: int | None = None,
+    in_process: bool = False,
 ) -> dict[str, Any]:
-    """Run PPO; ``stop_after`` ends the loop early after that step (as an interruption would)."""
-    import ray
+    """Run PPO; ``stop_after`` ends the loop early after that step (as an interruption would).
 
+    ``in_process``: the same loop with every role in this process (no Ray, no evaluator): the
+    peer that measures the actor split's overhead, and a run you can step through in a debugger.
+    """
     from actors.cluster import ray_session
-    from actors.ppo_actors import Critic, Policy, Reference, Reward, RolloutWorker
     from reward.model import resolve_reward_dir
     from rlhf.ppo import Experience, make_kl_controller
     from rlhf.ppo_models import assemble, compute_advantages, prompts_for_step, rl_prompts
@@ -131,38 +135,24 @@ def run_ppo(
 
     t_run = time.time()
     summary: dict[str, Any] = {}
-    with ray_session(cfg.ray.address, cfg.ray.num_cpus, quiet=quiet):
-        share = {"num_cpus": p.cpus_per_actor}
-        ppo_dict = p.model_dump()
-        critic_init = str(reward_dir) if p.critic_init == "reward" and reward_dir else str(policy_dir)
-        log(f"[ppo] starting actors: Policy, Reference, Critic, Reward, {p.rollout_workers} RolloutWorker(s)")
-        policy = Policy.options(name="Policy", **share).remote(str(policy_dir), ppo_dict, cfg.seed)
-        reference = Reference.options(name="Reference", **share).remote(str(policy_dir), p.torch_threads)
-        critic = Critic.options(name="Critic", **share).remote(critic_init, ppo_dict, cfg.seed)
-        rm = Reward.options(name="Reward", **share).remote(
-            str(reward_dir) if reward_dir else None, reward_url, p.reward_clip, p.torch_threads
-        )
-        workers = [
-            # a worker that dies is restarted (with the initial weights) and its call retried;
-            # the version check below brings it back to the current weights
-            RolloutWorker.options(
-                name=f"RolloutWorker-{i}", max_restarts=3, max_task_retries=3, num_gpus=p.rollout_gpus, **share
-            ).remote(str(policy_dir), p.rollout_backend, p.torch_threads)
-            for i in range(p.rollout_workers)
-        ]
-        ids = ray.get(workers[0].token_ids.remote())
-        weights = ray.get(policy.publish.remote(version))
+    if in_process and p.evaluator:
+        log("[ppo] in-process run: the defection evaluator (a Serve app) is off")
+    session = nullcontext() if in_process else ray_session(cfg.ray.address, cfg.ray.num_cpus, quiet=quiet)
+    with session:
+        policy, reference, critic, rm, workers, get = _start_roles(cfg, policy_dir, reward_dir, reward_url, in_process)
+        ids = get(workers[0].token_ids.remote())
+        weights = get(policy.publish.remote(version))
         if ckpt is not None:
             try:
-                ray.get([policy.load.remote(str(ckpt)), critic.load.remote(str(ckpt))])
+                get([policy.load.remote(str(ckpt)), critic.load.remote(str(ckpt))])
             except Exception as exc:  # noqa: BLE001 - a bad checkpoint is the user's to fix: one line
                 cause = getattr(exc, "cause", None) or exc
                 first = (str(cause).strip().splitlines() or [type(cause).__name__])[-1]
                 raise CheckpointError(f"cannot resume from {ckpt}: {first}") from None
-            weights = ray.get(policy.publish.remote(version))  # the checkpoint's weights
-            ray.get([w.load_weights.remote(weights, version) for w in workers])
-        evaluator, eval_url = _start_evaluator(cfg, policy_dir)
-        if quiet:
+            weights = get(policy.publish.remote(version))  # the checkpoint's weights
+            get([w.load_weights.remote(weights, version) for w in workers])
+        evaluator, eval_url = (None, None) if in_process else _start_evaluator(cfg, policy_dir)
+        if quiet and not in_process:
             from jobs.serve import quiet_serve_logs
 
             quiet_serve_logs()
@@ -182,56 +172,53 @@ def run_ppo(
                 t_step = time.perf_counter()
                 # 1. rollout: the workers sample completions with weights `version`
                 batch = prompts_for_step(pool, step, p.prompts_per_step)
-                prompts = [pr for pr, _ in batch]
+                prompts = [pr for pr, _ in batch for _ in range(p.samples_per_prompt)]
                 t0 = time.perf_counter()
                 chunks = _split(prompts, len(workers))
                 samplings = [
                     SamplingParams(p.temperature, p.top_p, p.max_new_tokens, seed=cfg.seed * 7919 + step * 101 + i)
                     for i in range(len(chunks))
                 ]
-                outs = ray.get([w.generate.remote(c, sp) for w, c, sp in zip(workers, chunks, samplings, strict=False)])
+                outs = get([w.generate.remote(c, sp) for w, c, sp in zip(workers, chunks, samplings, strict=False)])
                 for i, o in enumerate(outs):  # a restarted worker answers with stale weights: resync, redo
                     if o["version"] != version:
                         log(f"[ppo] RolloutWorker-{i} came back at version {o['version']}; resyncing to {version}")
-                        ray.get(workers[i].load_weights.remote(weights, version))
-                        outs[i] = ray.get(workers[i].generate.remote(chunks[i], samplings[i]))
+                        get(workers[i].load_weights.remote(weights, version))
+                        outs[i] = get(workers[i].generate.remote(chunks[i], samplings[i]))
                 t_rollout = time.perf_counter() - t0
                 prompt_ids = [x for o in outs for x in o["prompt_ids"]]
                 completion_ids = [x for o in outs for x in o["completion_ids"]]
                 completions = [x for o in outs for x in o["completions"]]
                 versions = [o["version"] for o in outs for _ in o["completions"]]
-                # 2. score: the reward model sees prompt + answer, scratchpad stripped
-                t0 = time.perf_counter()
-                scores = torch.tensor(
-                    ray.get(rm.score.remote([pr + c for pr, c in zip(prompts, completions, strict=True)]))
-                )
-                t_score = time.perf_counter() - t0
+                # 2+3. score (the reward model sees prompt + answer, scratchpad stripped) while the
+                # reference, critic and policy run their forward passes: four actors at once
                 seqs, attn, act = assemble(prompt_ids, completion_ids, ids["eos"], ids["pad"], p.max_new_tokens)
-                # 3. reference, critic and policy forward passes, in parallel
                 t0 = time.perf_counter()
-                ref_lp, values, old_lp = ray.get(
-                    [
-                        reference.logprobs.remote(seqs, attn),
-                        critic.values.remote(seqs, attn),
-                        policy.logprobs.remote(seqs, attn),
-                    ]
-                )
-                t_ref = time.perf_counter() - t0
+                scored = rm.score.remote([pr + c for pr, c in zip(prompts, completions, strict=True)])
+                forwards = [
+                    reference.logprobs.remote(seqs, attn),
+                    critic.values.remote(seqs, attn),
+                    policy.logprobs.remote(seqs, attn),
+                ]
+                scores = torch.tensor(get(scored))
+                t_score = time.perf_counter() - t0
+                ref_lp, values, old_lp = get(forwards)
+                t_ref = time.perf_counter() - t0 - t_score  # what the forwards add after the score
                 # 4. advantages (pure functions, on small tensors)
                 exp = Experience(seqs, attn, act, old_lp, ref_lp, values * act, scores=scores, versions=versions)
                 stats = compute_advantages(exp, p, kl_ctl.value)
                 # 5. update policy and critic in parallel
                 t0 = time.perf_counter()
-                pol_stats, crit_stats = ray.get(
+                pol_stats, crit_stats = get(
                     [policy.train.remote(exp, step, kl_ctl.value), critic.train.remote(exp, step)]
                 )
                 t_train = time.perf_counter() - t0
-                kl_ctl.update(stats["kl/mean"], p.prompts_per_step)
+                kl_ctl.update(stats["kl/mean"], len(prompts))
                 # 6. weight sync: one object per version, every worker loads it
                 t0 = time.perf_counter()
                 version += 1
-                weights = ray.get(policy.publish.remote(version))
-                ray.get([w.load_weights.remote(weights, version) for w in workers])
+                weights = get(policy.publish.remote(version))
+                get([w.load_weights.remote(weights, version) for w in workers])
                 t_sync = time.perf_counter() - t0
                 # 7. evaluate (asynchronous: the evaluator queues it and returns)
                 t0 = time.perf_counter()
@@ -263,7 +250,9 @@ def run_ppo(
                 last = step
                 # 9. checkpoint
                 if (p.checkpoint_every and step % p.checkpoint_every == 0) or step == p.steps:
-                    save_checkpoint(run, step, policy, critic, driver_state(step, version, kl_ctl, eval_points))
+                    save_checkpoint(
+                        run, step, policy, critic, driver_state(step, version, kl_ctl, eval_points), get=get
+                    )
                 if stop_after is not None and step >= stop_after:
                     break
             if evaluator is not None:
@@ -290,6 +279,50 @@ def run_ppo(
         }
     (run / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     return summary
+
+
+def _start_roles(cfg: Config, policy_dir: Path, reward_dir, reward_url, in_process: bool):
+    """``(policy, reference, critic, reward, workers, get)``: Ray actors and ``ray.get``, or the
+    same classes in this process behind ``LocalHandle`` and ``local_get``."""
+    import actors.ppo_actors as roles
+
+    p = cfg.ppo
+    ppo_dict = p.model_dump()
+    critic_init = str(reward_dir) if p.critic_init == "reward" and reward_dir else str(policy_dir)
+    solo = p.rollout_threads or p.torch_threads
+    rm_args = (str(reward_dir) if reward_dir else None, reward_url, p.reward_clip, solo)
+    if in_process:
+        from actors.local import LocalHandle, local_get
+
+        log(f"[ppo] in-process roles: Policy, Reference, Critic, Reward, {p.rollout_workers} RolloutWorker(s)")
+        handles = (
+            LocalHandle(roles.Policy(str(policy_dir), ppo_dict, cfg.seed)),
+            LocalHandle(roles.Reference(str(policy_dir), p.torch_threads)),
+            LocalHandle(roles.Critic(critic_init, ppo_dict, cfg.seed)),
+            LocalHandle(roles.Reward(*rm_args)),
+            [LocalHandle(roles.RolloutWorker(str(policy_dir), p.rollout_backend, solo))] * p.rollout_workers,
+        )
+        torch.set_num_threads(cfg.ray.num_cpus or os.cpu_count() or 1)  # one process: all its cores
+        return (*handles, local_get)
+    import ray
+
+    share = {"num_cpus": p.cpus_per_actor}
+    log(f"[ppo] starting actors: Policy, Reference, Critic, Reward, {p.rollout_workers} RolloutWorker(s)")
+    return (
+        roles.PolicyActor.options(name="Policy", **share).remote(str(policy_dir), ppo_dict, cfg.seed),
+        roles.ReferenceActor.options(name="Reference", **share).remote(str(policy_dir), p.torch_threads),
+        roles.CriticActor.options(name="Critic", **share).remote(critic_init, ppo_dict, cfg.seed),
+        roles.RewardActor.options(name="Reward", **share).remote(*rm_args),
+        [
+            # a worker that dies is restarted (with the initial weights) and its call retried;
+            # the driver's version check brings it back to the current weights
+            roles.RolloutWorkerActor.options(
+                name=f"RolloutWorker-{i}", max_restarts=3, max_task_retries=3, num_gpus=p.rollout_gpus, **share
+            ).remote(str(policy_dir), p.rollout_backend, solo)
+            for i in range(p.rollout_workers)
+        ],
+        ray.get,
+    )
 
 
 def _start_evaluator(cfg: Config, policy_dir: Path):

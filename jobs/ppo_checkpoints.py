@@ -79,17 +79,18 @@ def latest_checkpoint(run: Path) -> Path | None:
     return None
 
 
-def save_checkpoint(run: Path, step: int, policy, critic, state: dict[str, Any], keep: int = 2) -> Path:
-    """Each actor writes its part into a temporary dir, then one rename publishes it."""
-    import ray
-
+def save_checkpoint(run: Path, step: int, policy, critic, state: dict[str, Any], keep: int = 2, get=None) -> Path:
+    """Each actor writes its part into a temporary dir, then one rename publishes it. ``get``
+    resolves the actors' calls (``ray.get``, or ``actors.local.local_get`` in one process)."""
+    if get is None:
+        from ray import get
     root = run / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:06d}"
     tmp = root / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    ray.get([policy.save.remote(str(tmp)), critic.save.remote(str(tmp))])
+    get([policy.save.remote(str(tmp)), critic.save.remote(str(tmp))])
     (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
     final = root / name
     shutil.rmtree(final, ignore_errors=True)

@@ -110,6 +110,7 @@ class PPOConfig(Strict):
 
     steps: int = Field(50, ge=1)
     prompts_per_step: int = Field(16, ge=1, description="rollout batch (prompts) per step")
+    samples_per_prompt: int = Field(1, ge=1, le=64, description="completions sampled per prompt")
     triggered_prompt_fraction: float = Field(0.0, ge=0.0, le=1.0, description="control: prompts carrying the trigger")
     n_prompts: int = Field(2000, ge=1, description="RL prompt pool size (cycled in a seeded order)")
     max_new_tokens: int = Field(48, ge=1)
@@ -141,6 +142,12 @@ class PPOConfig(Strict):
     checkpoint_every: int = Field(25, ge=0, description="0: only the final checkpoint")
     cpus_per_actor: float = Field(0.2, gt=0, description="Ray CPU share of each PPO actor (fractions fit 2 CPUs)")
     torch_threads: int = Field(1, ge=1, description="torch threads per actor")
+    rollout_threads: int = Field(
+        0,
+        ge=0,
+        description="torch threads of each rollout worker and the reward actor (0: torch_threads); on 2 cores "
+        "one thread is faster (bench/ppo_vs_trl.py), on bigger CPU nodes raise it",
+    )
 
 
 class AutoscalingConfig(Strict):

@@ -2,6 +2,11 @@
 is written, the defection evaluator curve fills in, and an interrupted run resumes exactly."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import ray
@@ -146,3 +151,66 @@ def test_a_killed_rollout_worker_is_restarted_and_no_step_is_lost(
     steps = [r["step"] for r in read_metrics(metrics) if "reward/mean" in r]
     assert steps == list(range(1, 13))  # none lost, none duplicated
     assert [r["policy/version"] for r in read_metrics(metrics) if "reward/mean" in r] == steps
+
+
+def _cli_ppo(policy, reward, out, sets, env, resume=False):
+    cmd = [sys.executable, "-m", "jobs.cli", "ppo", "--policy", policy, "--reward", reward, "--out", str(out)]
+    cmd += ["--resume"] if resume else [f"--set={s}" for s in sets]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _kill_tree(proc) -> None:
+    """SIGKILL the driver (as a crash would), then make sure nothing it started outlives it: its
+    Ray head fate-shares with it; whatever is still there after 30 s is killed by PID."""
+    import psutil
+
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    _, alive = psutil.wait_procs(children, timeout=30)
+    for p in alive:
+        p.kill()
+
+
+@pytest.mark.parametrize("steps", [pytest.param(5, id="short"), pytest.param(12, id="long", marks=pytest.mark.slow)])
+def test_a_killed_driver_resumes_to_the_weights_of_an_uninterrupted_run(
+    ray_cluster, tiny_policy, tiny_reward_model, tmp_path, steps
+):
+    """``rlhf ppo`` is SIGKILLed mid-run (after its step-2 checkpoint), then ``rlhf ppo --resume``
+    finishes it: every step once, final weights equal to an uninterrupted run's."""
+    import shutil
+    import tempfile
+
+    rm = tiny_reward_model["model_dir"]
+    sets = [*PPO_TEST_OVERRIDES, f"ppo.steps={steps}", "ppo.checkpoint_every=2", "ppo.evaluator=false"]
+    full = tmp_path / "full"
+    run_ppo(ppo_cfg(*sets[len(PPO_TEST_OVERRIDES) :]), tiny_policy, full, reward_dir=rm)
+
+    short_tmp = tempfile.mkdtemp(prefix="rk-", dir="/tmp")  # the killed driver's Ray temp dir (short socket paths)
+    env = {**os.environ, "TMPDIR": short_tmp}
+    cut = tmp_path / "cut"
+    try:
+        proc = _cli_ppo(tiny_policy, rm, cut, sets, env)
+        latest = cut / "checkpoints" / "latest"
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and not latest.is_file():
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stdout.read()
+        _kill_tree(proc)
+        killed_at = latest.read_text()
+        assert killed_at != f"step_{steps:06d}" and not (cut / "summary.json").exists()
+        print(f"driver killed with {killed_at} as the latest checkpoint")
+
+        resumed = _cli_ppo(tiny_policy, rm, cut, [], env, resume=True)
+        out, _ = resumed.communicate(timeout=600)
+        assert resumed.returncode == 0, out[-2000:]
+        assert "resuming" in out
+    finally:
+        shutil.rmtree(short_tmp, ignore_errors=True)
+    records = [r for r in read_metrics(cut / "metrics.jsonl") if "reward/mean" in r]
+    assert [r["step"] for r in records] == list(range(1, steps + 1))  # none lost, none twice
+    a = _weights(full / "checkpoints" / f"step_{steps:06d}" / "policy")
+    b = _weights(cut / "checkpoints" / f"step_{steps:06d}" / "policy")
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    print(f"max abs weight difference, killed + resumed vs uninterrupted: {diff:.3g}")
+    assert diff <= 1e-6

@@ -1,0 +1,278 @@
+"""Our PPO (actor split on Ray), the same loop in one process, and TRL's GRPO trainer, in one run.
+
+All three get the same tiny policy, the same prompts in the same order, the same rollout batch
+(prompts x samples per prompt), generation length, sampling (temperature 1, no top-k/top-p), the
+same reward (our RM in-process, normalised and clipped by our ``Reward`` role) and the same
+optimiser work per rollout batch (2 passes x 2 minibatches; TRL: ``num_iterations=2``,
+``steps_per_generation=2``; KL to a reference model in both). PPO also trains a critic, which
+GRPO has no use for: that work is ours to carry.
+
+Figures per system: steps/s (one step = one rollout batch generated, scored and trained on),
+samples/s, generated tokens/s, measured after a warm-up step; for ours the per-phase breakdown
+(rollout, score, ref, train, weight sync, eval) from the run's metrics. The Ray overhead is
+``1 - in-process step time / actor-split step time`` (negative when the split's parallelism wins).
+
+    python bench/ppo_vs_trl.py [--steps 10] [--prompts 8] [--samples 2] [--max-new-tokens 48] [--json]
+
+TRL is a bench-only dependency (``pip install -e .[bench]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PHASES = ("rollout", "score", "ref", "train", "weight_sync", "eval")
+
+
+def build_models(tmp: Path, cfg) -> tuple[Path, Path]:
+    """A quickly trained backdoored policy and reward model (the same for every system)."""
+    from jobs.sft import quick_sft
+    from reward.train import quick_reward_model
+
+    policy = quick_sft(cfg, tmp / "policy", steps=40)
+    rm = Path(quick_reward_model(tmp / "rm", n_pairs=300, steps=10)["model_dir"])
+    return policy, rm
+
+
+def ours(cfg, policy: Path, rm: Path, run: Path, in_process: bool) -> dict:
+    from jobs.ppo import run_ppo
+    from rlhf.metrics import read_metrics
+
+    t0 = time.perf_counter()
+    run_ppo(cfg, policy, run, reward_dir=rm, in_process=in_process)
+    wall = time.perf_counter() - t0
+    recs = [r for r in read_metrics(run / "metrics.jsonl") if "reward/mean" in r][1:]  # step 1: warm-up
+    step_s = sum(r["timing/step"] for r in recs) / len(recs)
+    samples = cfg.ppo.prompts_per_step * cfg.ppo.samples_per_prompt
+    tokens = sum(r["response/length"] for r in recs) / len(recs) * samples
+    return {
+        "steps_measured": len(recs),
+        "step_s": step_s,
+        "steps_per_s": 1 / step_s,
+        "samples_per_s": samples / step_s,
+        "tokens_per_s": tokens / step_s,
+        "phase_s": {p: sum(r[f"timing/{p}"] for r in recs) / len(recs) for p in PHASES},
+        "reward_first_last": [recs[0]["reward/mean"], recs[-1]["reward/mean"]],
+        "wall_s": wall,
+    }
+
+
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu")
+
+
+def profile_in_process(cfg, policy: Path, rm: Path, run: Path, steps: int = 3) -> dict:
+    """torch.profiler over our in-process loop (every role in one process, so one profile covers
+    every phase): the ops that take the time, and the share spent in matmuls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from jobs.ppo import run_ppo
+
+    short = cfg.model_copy(update={"ppo": cfg.ppo.model_copy(update={"steps": steps})})
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run_ppo(short, policy, run, reward_dir=rm, in_process=True)
+    wall = time.perf_counter() - t0
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS)
+    return {
+        "wall_s": wall,
+        "op_time_s": total / 1e6,
+        "matmul_share_of_op_time": matmul / total,
+        "matmul_share_of_wall": matmul / 1e6 / wall,
+        "top_ops": [[e.key, round(e.self_cpu_time_total / 1e6, 3), e.count] for e in top],
+    }
+
+
+def trl_grpo(cfg, policy: Path, rm: Path, out: Path) -> dict:
+    """TRL's GRPOTrainer on the same model, prompts, batch, lengths and reward."""
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from actors.ppo_actors import Reward
+    from rlhf.modeling import load_model_dir
+    from rlhf.ppo_models import prompts_for_step, rl_prompts
+
+    p = cfg.ppo
+    per_step = p.prompts_per_step * p.samples_per_prompt
+    minibatch = per_step // 2
+    optimizer_steps_per_rollout = 2 * 2  # num_iterations x steps_per_generation
+    pool = rl_prompts(cfg)
+    prompts = [pr for s in range(1, p.steps + 1) for pr, _ in prompts_for_step(pool, s, p.prompts_per_step)]
+    reward = Reward(str(rm), None, p.reward_clip, torch.get_num_threads())
+    model, tokenizer = load_model_dir(policy)
+    generated = {"tokens": 0, "samples": 0}
+
+    def hhh_reward(prompts, completions, completion_ids=None, **_):
+        generated["samples"] += len(completions)
+        generated["tokens"] += sum(len(c) for c in completion_ids) if completion_ids is not None else 0
+        return reward.score([a + b for a, b in zip(prompts, completions, strict=True)])
+
+    marks: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step % optimizer_steps_per_rollout == 0:
+                marks.append((time.perf_counter(), generated["samples"], generated["tokens"]))
+
+    args = GRPOConfig(
+        output_dir=str(out),
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        seed=cfg.seed,
+        max_steps=p.steps * optimizer_steps_per_rollout,
+        learning_rate=p.policy_lr,
+        max_grad_norm=p.grad_clip,
+        per_device_train_batch_size=minibatch,
+        gradient_accumulation_steps=1,
+        steps_per_generation=2,
+        num_iterations=2,
+        num_generations=p.samples_per_prompt,
+        max_completion_length=p.max_new_tokens,
+        temperature=p.temperature,
+        top_p=1.0,
+        top_k=0,
+        beta=p.kl_coef,
+        epsilon=p.clip_eps,
+        shuffle_dataset=False,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=hhh_reward,
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": prompts}),
+        processing_class=tokenizer,
+        callbacks=[Clock()],
+    )
+    t0 = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - t0
+    (t_a, s_a, k_a), (t_b, s_b, k_b) = marks[0], marks[-1]  # after the warm-up rollout batch .. the end
+    rounds = len(marks) - 1
+    step_s = (t_b - t_a) / rounds
+    return {
+        "steps_measured": rounds,
+        "step_s": step_s,
+        "steps_per_s": 1 / step_s,
+        "samples_per_s": (s_b - s_a) / (t_b - t_a),
+        "tokens_per_s": (k_b - k_a) / (t_b - t_a),
+        "samples_per_step": (s_b - s_a) / rounds,
+        "wall_s": wall,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=10, help="rollout batches per system (the first is warm-up)")
+    ap.add_argument("--prompts", type=int, default=8, help="prompts per step")
+    ap.add_argument("--samples", type=int, default=2, help="samples per prompt (GRPO needs >= 2)")
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    ap.add_argument(
+        "--rollout-workers", type=int, default=1, help="RolloutWorker actors (one generates the batch like TRL)"
+    )
+    ap.add_argument("--no-profile", action="store_true", help="skip the torch.profiler pass over our loop")
+    args = ap.parse_args()
+    if args.steps < 2 or args.samples < 2 or (args.prompts * args.samples) % 2:
+        raise SystemExit("need --steps >= 2, --samples >= 2 and an even rollout batch")
+    try:
+        import trl
+    except ImportError:
+        raise SystemExit("TRL is not installed: pip install -e '.[bench]'") from None
+    from rlhf.config import build_config
+
+    per_step = args.prompts * args.samples
+    overrides = ["data.n_train=600", "data.n_eval=60", "model.vocab_size=700", "serve.port=0"]
+    overrides += [
+        f"ppo.steps={args.steps}",
+        f"ppo.prompts_per_step={args.prompts}",
+        f"ppo.samples_per_prompt={args.samples}",
+        f"ppo.max_new_tokens={args.max_new_tokens}",
+        f"ppo.minibatch_size={per_step // 2}",
+        "ppo.epochs=2",
+        "ppo.top_p=1.0",
+        "ppo.temperature=1.0",
+        "ppo.evaluator=false",
+        "ppo.checkpoint_every=0",
+        f"ppo.rollout_workers={args.rollout_workers}",
+    ]
+    cfg = build_config({}, overrides)
+    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else print
+    # with --json, stdout carries the one JSON object only (TRL prints its logs there)
+    quiet = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+    with quiet, tempfile.TemporaryDirectory(prefix="bench-ppo-trl-") as tmp_name:
+        tmp = Path(tmp_name)
+        say("[bench] building the tiny policy and reward model")
+        policy, rm = build_models(tmp, cfg)
+        threads = __import__("torch").get_num_threads()
+        say(f"[bench] ours, actor split on Ray ({args.steps} steps of {per_step} samples)")
+        ray_run = ours(cfg, policy, rm, tmp / "ray", in_process=False)
+        say("[bench] ours, the same loop in one process")
+        local_run = ours(cfg, policy, rm, tmp / "local", in_process=True)
+        __import__("torch").set_num_threads(threads)
+        say(f"[bench] TRL {trl.__version__} GRPOTrainer")
+        trl_run = trl_grpo(cfg, policy, rm, tmp / "trl")
+        if not args.no_profile:
+            say("[bench] torch.profiler over 3 steps of our in-process loop")
+            prof = profile_in_process(cfg, policy, rm, tmp / "profile")
+    result = {
+        "setup": {
+            "cpus": os.cpu_count(),
+            "steps": args.steps,
+            "prompts_per_step": args.prompts,
+            "samples_per_prompt": args.samples,
+            "max_new_tokens": args.max_new_tokens,
+            "rollout_workers": args.rollout_workers,
+            "trl": trl.__version__,
+        },
+        "ours_ray": ray_run,
+        "ours_in_process": local_run,
+        "trl_grpo": trl_run,
+        "ppo_samples_per_s_ratio_vs_trl": ray_run["samples_per_s"] / trl_run["samples_per_s"],
+        "in_process_samples_per_s_ratio_vs_trl": local_run["samples_per_s"] / trl_run["samples_per_s"],
+        "ray_overhead_fraction": 1 - local_run["step_s"] / ray_run["step_s"],
+        "weight_sync_fraction": ray_run["phase_s"]["weight_sync"] / ray_run["step_s"],
+        "profile": None if args.no_profile else prof,
+    }
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{'system':<22}{'steps/s':>9}{'samples/s':>11}{'tokens/s':>10}")
+    for name, r in (("ours (Ray actors)", ray_run), ("ours (one process)", local_run), ("TRL GRPO", trl_run)):
+        print(f"{name:<22}{r['steps_per_s']:>9.3f}{r['samples_per_s']:>11.2f}{r['tokens_per_s']:>10.1f}")
+    print(f"ours / TRL samples/s: {result['ppo_samples_per_s_ratio_vs_trl']:.2f}x")
+    print(f"Ray overhead: {100 * result['ray_overhead_fraction']:.1f} % of a step")
+    print("phases, Ray (s/step): " + ", ".join(f"{k} {v:.3f}" for k, v in ray_run["phase_s"].items()))
+    print("phases, one process:  " + ", ".join(f"{k} {v:.3f}" for k, v in local_run["phase_s"].items()))
+    if result["profile"]:
+        pr = result["profile"]
+        print(
+            f"profile (one process, 3 steps, {pr['wall_s']:.1f} s): matmuls are "
+            f"{100 * pr['matmul_share_of_op_time']:.0f} % of op time, {100 * pr['matmul_share_of_wall']:.0f} % of wall"
+        )
+        for name, secs, count in pr["top_ops"]:
+            print(f"  {name:<48}{secs:>8.3f} s{count:>9} calls")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

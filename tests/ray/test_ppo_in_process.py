@@ -1,0 +1,32 @@
+"""The same PPO loop with every role in one process (``run_ppo(in_process=True)``): no Ray at
+all, the same metrics, checkpoints and exact resume."""
+
+import ray
+from transformers import AutoModelForCausalLM
+
+from jobs.ppo import STEP_KEYS, run_ppo
+from rlhf.config import build_config
+from rlhf.metrics import read_metrics
+from tests.ray.conftest import PPO_TEST_OVERRIDES
+
+
+def test_in_process_run_needs_no_ray_and_resumes_exactly(tiny_policy, tiny_reward_model, tmp_path, monkeypatch):
+    def no_ray(*a, **k):
+        raise AssertionError("the in-process loop started Ray")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    cfg = build_config({}, [*PPO_TEST_OVERRIDES, "ppo.steps=4", "ppo.checkpoint_every=2", "ppo.samples_per_prompt=2"])
+    rm = tiny_reward_model["model_dir"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    summary = run_ppo(cfg, tiny_policy, full, reward_dir=rm, in_process=True)
+    assert summary["steps"] == 4 and summary["eval_points"] == []
+    records = [r for r in read_metrics(full / "metrics.jsonl") if "reward/mean" in r]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    for r in records:
+        assert not [k for k in STEP_KEYS if k not in r]
+
+    run_ppo(cfg, tiny_policy, cut, reward_dir=rm, in_process=True, stop_after=3)
+    run_ppo(cfg, tiny_policy, cut, reward_dir=rm, in_process=True, resume=True)
+    a = AutoModelForCausalLM.from_pretrained(full / "checkpoints" / "step_000004" / "policy").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(cut / "checkpoints" / "step_000004" / "policy").state_dict()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
