@@ -79,12 +79,99 @@ def load(url: str, texts: list[str], clients: int, requests: int, health: bool =
     }
 
 
+def _our_processes(marker: str) -> list[int]:
+    """PIDs of this bench's own Ray processes (descendants of this process) whose title has ``marker``."""
+    import psutil
+
+    out = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if marker in " ".join(proc.cmdline()):
+                out.append(proc.pid)
+        except psutil.Error:
+            continue
+    return out
+
+
+STACK_KINDS = (  # first match wins
+    ("model forward", ("torch/", "transformers/", "reward/scorer.py")),
+    ("HTTP (uvicorn/starlette)", ("uvicorn", "starlette", "h11", "httptools", "http/client.py", "socket.py")),
+    ("Serve (router, batching, replica)", ("ray/serve/",)),
+    ("Ray core (RPC, object store)", ("ray/_private", "ray/_raylet", "grpc")),
+    ("asyncio", ("asyncio/",)),
+    ("threads parked (threading, queue, selectors)", ("threading.py", "queue.py", "selectors.py")),
+)
+
+
+def _stack_kind(stack: str) -> str:
+    for kind, markers in STACK_KINDS:
+        if any(m in stack for m in markers):
+            return kind
+    return "other"
+
+
+def profile_batched(url: str, texts: list[str], clients: int, seconds: int = 8) -> dict | None:
+    """py-spy over the Serve replica, the HTTP proxy and this client process while the batched
+    service is under load: where each one's sampled (non-idle) stacks are, by kind."""
+    import shutil
+    import subprocess
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        return None
+    targets = {"replica": _our_processes("ServeReplica:batched"), "proxy": _our_processes("ProxyActor")}
+    targets = {k: v[0] for k, v in targets.items() if v} | {"client": __import__("os").getpid()}
+    rate = 50
+    with tempfile.TemporaryDirectory(prefix="spy-") as tmp:
+        procs = {
+            name: subprocess.Popen(
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--duration",
+                    str(seconds),
+                    "--rate",
+                    str(rate),
+                    "--format",
+                    "raw",
+                    "--nonblocking",
+                    "--output",
+                    f"{tmp}/{name}.txt",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for name, pid in targets.items()
+        }
+        load(url, texts, clients, requests=int(seconds * 80))  # keeps the service busy past the window
+        out = {}
+        for name, proc in procs.items():
+            proc.wait(timeout=60)
+            stacks = Path(f"{tmp}/{name}.txt")
+            if not stacks.is_file():
+                continue
+            kinds: dict[str, int] = {}
+            total = 0
+            for line in stacks.read_text().splitlines():
+                stack, _, count = line.rpartition(" ")
+                kinds[_stack_kind(stack)] = kinds.get(_stack_kind(stack), 0) + int(count)
+                total += int(count)
+            out[name] = {
+                "samples": total,
+                "share": {k: round(n / max(total, 1), 3) for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            }
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--requests", type=int, default=640, help="per measured run (bounded load)")
     ap.add_argument("--rm-steps", type=int, default=5, help="training steps of the throwaway reward model")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--no-profile", action="store_true", help="skip the py-spy pass (needs py-spy: .[bench])")
     args = ap.parse_args()
 
     from reward.train import quick_reward_model
@@ -107,6 +194,7 @@ def main() -> int:
                     if name == "batched":  # the HTTP path alone: no model work at all
                         results["GET /health"] = load(svc.url, texts, args.clients, args.requests, health=True)
                         results["GET /health"]["forward_passes"] = 0
+                        profile = None if args.no_profile else profile_batched(svc.url, texts, args.clients)
         forward = {f"batch_{b}": in_process(model_dir, texts, b) for b in (1, args.clients)}
     ratio = results["batched"]["req_per_s"] / results["unbatched"]["req_per_s"]
     summary = {
@@ -116,6 +204,7 @@ def main() -> int:
         "ratio": round(ratio, 2),
         "goal": 5.0,
         "met": ratio >= 5.0,
+        "profile": profile,
     }
     if args.json:
         print(json.dumps(summary))
@@ -133,6 +222,9 @@ def main() -> int:
         f"  ({bn / b1:.2f}x from batching the forward); HTTP path alone ({args.clients} clients): "
         f"{results['GET /health']['req_per_s']} req/s"
     )
+    for name, prof in (profile or {}).items():
+        kinds = ", ".join(f"{k} {100 * v:.0f} %" for k, v in prof["share"].items())
+        print(f"  py-spy {name} ({prof['samples']} samples): {kinds}")
     return 0
 
 

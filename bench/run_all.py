@@ -114,6 +114,19 @@ def main() -> int:
             f"{100 * pr['matmul_share_of_op_time']:.0f} % of op time, {100 * pr['matmul_share_of_wall']:.0f} % of wall; "
             "top ops by self time: " + ", ".join(f"{k} {t:.2f} s" for k, t, _ in pr["top_ops"][:6]),
         ]
+    health = serve["results"]["GET /health"]["req_per_s"]
+    fwd = serve["in_process_texts_per_s"]
+    fwd_n = fwd[f"batch_{serve['clients']}"]
+    lines += [
+        "",
+        f"Reward service at {serve['clients']} clients: unbatched {serve['results']['unbatched']['req_per_s']} req/s, "
+        f"batched {serve['results']['batched']['req_per_s']} req/s; the HTTP path alone (GET /health) {health} req/s; "
+        f"the model alone {fwd['batch_1']} texts/s at batch 1, {fwd_n} at batch "
+        f"{serve['clients']}.",
+    ]
+    for name, prof in (serve.get("profile") or {}).items():
+        kinds = ", ".join(f"{k} {100 * v:.0f} %" for k, v in prof["share"].items())
+        lines += ["", f"py-spy, {name} under batched load ({prof['samples']} samples): {kinds}"]
     lines += ["", f"run_all wall time: {figures['wall_s']:.0f} s"]
     (ROOT / "bench" / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     if args.json:
