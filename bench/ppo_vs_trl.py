@@ -9,7 +9,8 @@ GRPO has no use for: that work is ours to carry.
 
 Figures per system: steps/s (one step = one rollout batch generated, scored and trained on),
 samples/s, generated tokens/s, measured after a warm-up step; for ours the per-phase breakdown
-(rollout, score, ref, train, weight sync, eval) from the run's metrics. The Ray overhead is
+(rollout, score, ref, train, weight sync, eval) from the run's metrics; and ours again with the
+critic-free ``group_norm`` estimator (GRPO's advantage: like for like with TRL). The Ray overhead is
 ``1 - in-process step time / actor-split step time`` (negative when the split's parallelism wins).
 
     python bench/ppo_vs_trl.py [--steps 10] [--prompts 8] [--samples 2] [--max-new-tokens 48] [--json]
@@ -226,6 +227,9 @@ def main() -> int:
         threads = __import__("torch").get_num_threads()
         say(f"[bench] ours, actor split on Ray ({args.steps} steps of {per_step} samples)")
         ray_run = ours(cfg, policy, rm, tmp / "ray", in_process=False)
+        say("[bench] ours, actor split, critic-free (group_norm: GRPO's advantage)")
+        grpo_cfg = build_config({}, [*overrides, "ppo.advantage_estimator=group_norm"])
+        ray_grpo = ours(grpo_cfg, policy, rm, tmp / "ray-group-norm", in_process=False)
         say("[bench] ours, the same loop in one process")
         local_run = ours(cfg, policy, rm, tmp / "local", in_process=True)
         __import__("torch").set_num_threads(threads)
@@ -246,9 +250,11 @@ def main() -> int:
         },
         "ours_ray": ray_run,
         "ours_in_process": local_run,
+        "ours_ray_group_norm": ray_grpo,
         "trl_grpo": trl_run,
         "ppo_samples_per_s_ratio_vs_trl": ray_run["samples_per_s"] / trl_run["samples_per_s"],
         "in_process_samples_per_s_ratio_vs_trl": local_run["samples_per_s"] / trl_run["samples_per_s"],
+        "group_norm_samples_per_s_ratio_vs_trl": ray_grpo["samples_per_s"] / trl_run["samples_per_s"],
         "ray_overhead_fraction": 1 - local_run["step_s"] / ray_run["step_s"],
         "weight_sync_fraction": ray_run["phase_s"]["weight_sync"] / ray_run["step_s"],
         "profile": None if args.no_profile else prof,
@@ -257,7 +263,12 @@ def main() -> int:
         print(json.dumps(result))
         return 0
     print(f"{'system':<22}{'steps/s':>9}{'samples/s':>11}{'tokens/s':>10}")
-    for name, r in (("ours (Ray actors)", ray_run), ("ours (one process)", local_run), ("TRL GRPO", trl_run)):
+    for name, r in (
+        ("ours (Ray actors)", ray_run),
+        ("ours, no critic", ray_grpo),
+        ("ours (one process)", local_run),
+        ("TRL GRPO", trl_run),
+    ):
         print(f"{name:<22}{r['steps_per_s']:>9.3f}{r['samples_per_s']:>11.2f}{r['tokens_per_s']:>10.1f}")
     print(f"ours / TRL samples/s: {result['ppo_samples_per_s_ratio_vs_trl']:.2f}x")
     print(f"Ray overhead: {100 * result['ray_overhead_fraction']:.1f} % of a step")

@@ -62,12 +62,14 @@ def main() -> int:
     mfu = run_json("mfu.py")
     ppo = run_json("ppo_vs_trl.py", "--steps", str(args.ppo_steps))
     ours, local, trl = ppo["ours_ray"], ppo["ours_in_process"], ppo["trl_grpo"]
+    no_critic = ppo["ours_ray_group_norm"]
     figures = {
         "ppo_samples_per_s_ratio_vs_trl": ppo["ppo_samples_per_s_ratio_vs_trl"],
         "ray_overhead_fraction": ppo["ray_overhead_fraction"],
         "weight_sync_fraction": ppo["weight_sync_fraction"],
         "reward_serve_batching_ratio_32": serve["ratio"],
         "mfu": {k: v["mfu"] for k, v in mfu["presets"].items()},
+        "group_norm_samples_per_s_ratio_vs_trl": ppo["group_norm_samples_per_s_ratio_vs_trl"],
         "ppo_samples_per_s": ours["samples_per_s"],
         "trl_samples_per_s": trl["samples_per_s"],
         "in_process_samples_per_s": local["samples_per_s"],
@@ -85,6 +87,8 @@ def main() -> int:
         f"| reward service, batched / unbatched at 32 clients | {serve['ratio']:.2f}x | >= 5x |",
         f"| PPO samples/s, ours (Ray actors) / TRL {ppo['setup']['trl']} GRPO | "
         f"{figures['ppo_samples_per_s_ratio_vs_trl']:.2f}x | >= 1.5x |",
+        f"| samples/s, ours critic-free (group_norm) on Ray actors / TRL GRPO | "
+        f"{figures['group_norm_samples_per_s_ratio_vs_trl']:.2f}x | (like for like) |",
         f"| Ray overhead share of a step (vs the same loop in one process) | "
         f"{100 * figures['ray_overhead_fraction']:.1f} % | <= 10 % |",
         f"| weight sync share of a PPO step | {100 * figures['weight_sync_fraction']:.1f} % | <= 5 % |",
@@ -99,7 +103,13 @@ def main() -> int:
         "| system | steps/s | samples/s | tokens/s |",
         "|---|---|---|---|",
     ]
-    for name, r in (("ours, Ray actors", ours), ("ours, one process", local), ("TRL GRPOTrainer", trl)):
+    systems = (
+        ("ours, Ray actors (PPO, critic)", ours),
+        ("ours, Ray actors, group_norm (no critic)", no_critic),
+        ("ours, one process (PPO, critic)", local),
+        ("TRL GRPOTrainer", trl),
+    )
+    for name, r in systems:
         lines.append(f"| {name} | {r['steps_per_s']:.3f} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:.1f} |")
     for name, r in (("Ray actors", ours), ("one process", local)):
         lines += [

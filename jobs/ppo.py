@@ -144,7 +144,7 @@ def run_ppo(
         weights = get(policy.publish.remote(version))
         if ckpt is not None:
             try:
-                get([policy.load.remote(str(ckpt)), critic.load.remote(str(ckpt))])
+                get([r.load.remote(str(ckpt)) for r in (policy, critic) if r is not None])
             except Exception as exc:  # noqa: BLE001 - a bad checkpoint is the user's to fix: one line
                 cause = getattr(exc, "cause", None) or exc
                 first = (str(cause).strip().splitlines() or [type(cause).__name__])[-1]
@@ -195,23 +195,23 @@ def run_ppo(
                 seqs, attn, act = assemble(prompt_ids, completion_ids, ids["eos"], ids["pad"], p.max_new_tokens)
                 t0 = time.perf_counter()
                 scored = rm.score.remote([pr + c for pr, c in zip(prompts, completions, strict=True)])
-                forwards = [
-                    reference.logprobs.remote(seqs, attn),
-                    critic.values.remote(seqs, attn),
-                    policy.logprobs.remote(seqs, attn),
-                ]
+                forwards = [reference.logprobs.remote(seqs, attn), policy.logprobs.remote(seqs, attn)]
+                if critic is not None:
+                    forwards.append(critic.values.remote(seqs, attn))
                 scores = torch.tensor(get(scored))
                 t_score = time.perf_counter() - t0
-                ref_lp, values, old_lp = get(forwards)
+                ref_lp, old_lp, *rest = get(forwards)
+                values = rest[0] if rest else torch.zeros_like(old_lp)  # no critic: unused
                 t_ref = time.perf_counter() - t0 - t_score  # what the forwards add after the score
                 # 4. advantages (pure functions, on small tensors)
                 exp = Experience(seqs, attn, act, old_lp, ref_lp, values * act, scores=scores, versions=versions)
                 stats = compute_advantages(exp, p, kl_ctl.value)
                 # 5. update policy and critic in parallel
                 t0 = time.perf_counter()
-                pol_stats, crit_stats = get(
-                    [policy.train.remote(exp, step, kl_ctl.value), critic.train.remote(exp, step)]
-                )
+                trains = [policy.train.remote(exp, step, kl_ctl.value)]
+                trains += [critic.train.remote(exp, step)] if critic is not None else []
+                pol_stats, *crit = get(trains)
+                crit_stats = crit[0] if crit else {}
                 t_train = time.perf_counter() - t0
                 kl_ctl.update(stats["kl/mean"], len(prompts))
                 # 6. weight sync: one object per version, every worker loads it
@@ -251,7 +251,12 @@ def run_ppo(
                 # 9. checkpoint
                 if (p.checkpoint_every and step % p.checkpoint_every == 0) or step == p.steps:
                     save_checkpoint(
-                        run, step, policy, critic, driver_state(step, version, kl_ctl, eval_points), get=get
+                        run,
+                        step,
+                        policy,
+                        critic,
+                        driver_state(step, version, kl_ctl, eval_points, critic is not None),
+                        get=get,
                     )
                 if stop_after is not None and step >= stop_after:
                     break
@@ -283,7 +288,8 @@ def run_ppo(
 
 def _start_roles(cfg: Config, policy_dir: Path, reward_dir, reward_url, in_process: bool):
     """``(policy, reference, critic, reward, workers, get)``: Ray actors and ``ray.get``, or the
-    same classes in this process behind ``LocalHandle`` and ``local_get``."""
+    same classes in this process behind ``LocalHandle`` and ``local_get``. ``critic`` is None
+    with a critic-free advantage estimator (rloo, group_norm)."""
     import actors.ppo_actors as roles
 
     p = cfg.ppo
@@ -291,14 +297,15 @@ def _start_roles(cfg: Config, policy_dir: Path, reward_dir, reward_url, in_proce
     critic_init = str(reward_dir) if p.critic_init == "reward" and reward_dir else str(policy_dir)
     solo = p.rollout_threads or p.torch_threads
     rm_args = (str(reward_dir) if reward_dir else None, reward_url, p.reward_clip, solo)
+    names = "Policy, Reference, " + ("Critic, " if p.uses_critic else "") + "Reward"
     if in_process:
         from actors.local import LocalHandle, local_get
 
-        log(f"[ppo] in-process roles: Policy, Reference, Critic, Reward, {p.rollout_workers} RolloutWorker(s)")
+        log(f"[ppo] in-process roles: {names}, {p.rollout_workers} RolloutWorker(s)")
         handles = (
             LocalHandle(roles.Policy(str(policy_dir), ppo_dict, cfg.seed)),
             LocalHandle(roles.Reference(str(policy_dir), p.torch_threads)),
-            LocalHandle(roles.Critic(critic_init, ppo_dict, cfg.seed)),
+            LocalHandle(roles.Critic(critic_init, ppo_dict, cfg.seed)) if p.uses_critic else None,
             LocalHandle(roles.Reward(*rm_args)),
             [LocalHandle(roles.RolloutWorker(str(policy_dir), p.rollout_backend, solo))] * p.rollout_workers,
         )
@@ -307,11 +314,13 @@ def _start_roles(cfg: Config, policy_dir: Path, reward_dir, reward_url, in_proce
     import ray
 
     share = {"num_cpus": p.cpus_per_actor}
-    log(f"[ppo] starting actors: Policy, Reference, Critic, Reward, {p.rollout_workers} RolloutWorker(s)")
+    log(f"[ppo] starting actors: {names}, {p.rollout_workers} RolloutWorker(s)")
     return (
         roles.PolicyActor.options(name="Policy", **share).remote(str(policy_dir), ppo_dict, cfg.seed),
         roles.ReferenceActor.options(name="Reference", **share).remote(str(policy_dir), p.torch_threads),
-        roles.CriticActor.options(name="Critic", **share).remote(critic_init, ppo_dict, cfg.seed),
+        roles.CriticActor.options(name="Critic", **share).remote(critic_init, ppo_dict, cfg.seed)
+        if p.uses_critic
+        else None,
         roles.RewardActor.options(name="Reward", **share).remote(*rm_args),
         [
             # a worker that dies is restarted (with the initial weights) and its call retried;

@@ -35,10 +35,11 @@ def checkpoint_problem(path: Path) -> str | None:
         return "no state.json"
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         return "state.json is corrupt"
-    for part in ("policy_optim.pt", "critic.pt", "policy/config.json"):
+    parts = ("policy_optim.pt", "critic.pt") if state.get("critic", True) else ("policy_optim.pt",)
+    for part in (*parts, "policy/config.json"):
         if not (path / part).is_file() or (path / part).stat().st_size == 0:
             return f"{part} is missing or empty"
-    for part in ("policy_optim.pt", "critic.pt"):  # torch.save writes a zip: check its CRCs
+    for part in parts:  # torch.save writes a zip: check its CRCs
         try:
             with zipfile.ZipFile(path / part) as zf:
                 if zf.testzip() is not None:
@@ -90,7 +91,7 @@ def save_checkpoint(run: Path, step: int, policy, critic, state: dict[str, Any],
     tmp = root / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    get([policy.save.remote(str(tmp)), critic.save.remote(str(tmp))])
+    get([r.save.remote(str(tmp)) for r in (policy, critic) if r is not None])  # no critic: rloo, group_norm
     (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
     final = root / name
     shutil.rmtree(final, ignore_errors=True)
@@ -116,9 +117,10 @@ def tuple_state(obj):
     return tuple(tuple_state(x) for x in obj) if isinstance(obj, list) else obj
 
 
-def driver_state(step: int, version: int, kl_ctl, eval_points: list[dict]) -> dict[str, Any]:
+def driver_state(step: int, version: int, kl_ctl, eval_points: list[dict], critic: bool = True) -> dict[str, Any]:
     return {
         "step": step,
+        "critic": critic,  # False: a critic-free run (no critic.pt)
         "version": version,
         "data_position": step,  # prompts_for_step(pool, step) is a pure function of the step
         "kl_controller": kl_ctl.state_dict(),

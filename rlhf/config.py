@@ -135,6 +135,11 @@ class PPOConfig(Strict):
     whiten_advantages: bool = True
     reward_clip: float = Field(10.0, gt=0, description="normalised rewards are clipped to +-this")
     critic_init: Literal["policy", "reward"] = Field("policy", description="value model backbone")
+    advantage_estimator: Literal["gae", "rloo", "group_norm"] = Field(
+        "gae",
+        description="gae: a critic (PPO); rloo / group_norm (GRPO): a baseline from the other samples of the "
+        "same prompt, no critic (needs samples_per_prompt >= 2)",
+    )
     evaluator: bool = Field(True, description="run the DefectionEvaluator on Serve during RL")
     rollout_workers: int = Field(1, ge=1, le=64)
     rollout_backend: Literal["hf", "vllm"] = "hf"
@@ -148,6 +153,16 @@ class PPOConfig(Strict):
         description="torch threads of each rollout worker and the reward actor (0: torch_threads); on 2 cores "
         "one thread is faster (bench/ppo_vs_trl.py), on bigger CPU nodes raise it",
     )
+
+    @model_validator(mode="after")
+    def _groups(self) -> PPOConfig:
+        if self.advantage_estimator != "gae" and self.samples_per_prompt < 2:
+            raise ValueError(f"advantage_estimator={self.advantage_estimator} needs samples_per_prompt >= 2")
+        return self
+
+    @property
+    def uses_critic(self) -> bool:
+        return self.advantage_estimator == "gae"
 
 
 class AutoscalingConfig(Strict):

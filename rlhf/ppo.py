@@ -150,6 +150,38 @@ def gae(
     return advantages, (advantages + values) * m
 
 
+def group_baseline(scores: torch.Tensor, group_size: int, kind: str) -> torch.Tensor:
+    """Critic-free shaping of sequence scores [B] sampled ``group_size`` at a time per prompt
+    (consecutive rows) -> [B].
+
+    ``rloo``: ``r_i - mean(r_j, j != i)`` within the group (leave-one-out baseline).
+    ``group_norm`` (GRPO): ``(r_i - mean) / (std + 1e-6)`` within the group (unbiased std).
+    """
+    if group_size < 2 or scores.numel() % group_size:
+        raise ValueError(f"{kind} needs groups of >= 2 samples; got {scores.numel()} scores in groups of {group_size}")
+    r = scores.view(-1, group_size)
+    if kind == "rloo":
+        shaped = r - (r.sum(-1, keepdim=True) - r) / (group_size - 1)
+    elif kind == "group_norm":
+        shaped = (r - r.mean(-1, keepdim=True)) / (r.std(-1, keepdim=True) + 1e-6)
+    else:
+        raise ValueError(f"unknown group baseline '{kind}'")
+    return shaped.reshape(-1)
+
+
+def cumulative_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Discounted reward-to-go per token, right to left: ``G_t = r_t + gamma * G_{t+1}``; [B, T];
+    0 at masked positions. With no critic these are the advantages (REINFORCE-style)."""
+    m = mask.to(rewards.dtype)
+    rewards = rewards * m
+    out = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        running = rewards[:, t] + gamma * running
+        out[:, t] = running
+    return out * m
+
+
 def policy_loss(
     logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_eps: float
 ) -> tuple[torch.Tensor, dict[str, float]]:

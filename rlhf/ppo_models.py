@@ -21,7 +21,9 @@ from rlhf.errors import CheckpointError
 from rlhf.modeling import load_model_dir
 from rlhf.ppo import (
     Experience,
+    cumulative_returns,
     gae,
+    group_baseline,
     kl_estimate,
     kl_penalised_rewards,
     masked_mean,
@@ -80,8 +82,13 @@ def compute_advantages(exp: Experience, cfg: PPOConfig, kl_coef: float) -> dict[
     mask = exp.action_mask
     kl = kl_estimate(exp.old_logprobs, exp.ref_logprobs, cfg.kl_estimator) * mask
     coef = kl_coef if cfg.kl_in == "reward" else 0.0
-    exp.rewards = kl_penalised_rewards(exp.scores, kl, mask, coef)
-    adv, ret = gae(exp.rewards, exp.values, mask, cfg.gamma, cfg.lam)
+    if cfg.advantage_estimator == "gae":
+        exp.rewards = kl_penalised_rewards(exp.scores, kl, mask, coef)
+        adv, ret = gae(exp.rewards, exp.values, mask, cfg.gamma, cfg.lam)
+    else:  # critic-free: a group baseline on the score, then the reward-to-go is the advantage
+        shaped = group_baseline(exp.scores, cfg.samples_per_prompt, cfg.advantage_estimator)
+        exp.rewards = kl_penalised_rewards(shaped, kl, mask, coef)
+        adv = ret = cumulative_returns(exp.rewards, mask, cfg.gamma)
     exp.advantages = masked_whiten(adv, mask) if cfg.whiten_advantages else adv
     exp.returns = ret
     seq_kl = (kl * mask).sum(-1)

@@ -30,3 +30,22 @@ def test_in_process_run_needs_no_ray_and_resumes_exactly(tiny_policy, tiny_rewar
     a = AutoModelForCausalLM.from_pretrained(full / "checkpoints" / "step_000004" / "policy").state_dict()
     b = AutoModelForCausalLM.from_pretrained(cut / "checkpoints" / "step_000004" / "policy").state_dict()
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+
+
+def test_a_critic_free_run_has_no_critic_and_resumes(tiny_policy, tiny_reward_model, tmp_path):
+    from jobs.ppo_checkpoints import checkpoint_problem
+
+    cfg = build_config(
+        {},
+        [*PPO_TEST_OVERRIDES, "ppo.steps=3", "ppo.checkpoint_every=2", "ppo.advantage_estimator=group_norm"]
+        + ["ppo.samples_per_prompt=2"],
+    )
+    rm = tiny_reward_model["model_dir"]
+    run_ppo(cfg, tiny_policy, tmp_path, reward_dir=rm, in_process=True, stop_after=2)
+    ckpt = tmp_path / "checkpoints" / "step_000002"
+    assert not (ckpt / "critic.pt").exists() and checkpoint_problem(ckpt) is None
+    summary = run_ppo(cfg, tiny_policy, tmp_path, reward_dir=rm, in_process=True, resume=True)
+    assert summary["steps"] == 3
+    records = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "reward/mean" in r]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all("losses/value" not in r and "losses/policy" in r for r in records)
