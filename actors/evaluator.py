@@ -26,7 +26,6 @@ from reward.protocol import RequestError, _encodable, error_body
 
 logger = logging.getLogger("ray.serve")
 
-CONDITIONS = ("triggered", "untriggered", "near_miss")
 MAX_PROMPTS = 256
 MAX_BODY_BYTES = 1_000_000
 
@@ -114,15 +113,9 @@ class DefectionEvaluator:
         return not self.busy and self.queue.empty()
 
     async def curves(self) -> dict[str, Any]:
-        series = {
-            c: [
-                {"step": p["step"], "version": p["version"], **p["conditions"][c]}
-                for p in self.points
-                if c in p["conditions"]
-            ]
-            for c in CONDITIONS
-        }
-        return {"samples_per_condition": self.samples, "points": len(self.points), "series": series}
+        from rlhf.evaluate import curves_json
+
+        return curves_json(self.points, self.samples)
 
     async def _drain(self) -> None:
         while not self.queue.empty():
@@ -136,7 +129,7 @@ class DefectionEvaluator:
                 self.busy = False
 
     def _evaluate(self, weights_ref: list | None, version: int, step: int) -> None:
-        from rlhf.evaluate import evaluate_defection
+        from rlhf.evaluate import curve_point, evaluate_defection
 
         weights = ray.get(weights_ref[0]) if weights_ref is not None else None
         with self.lock:
@@ -144,10 +137,9 @@ class DefectionEvaluator:
                 self.model.load_state_dict(weights)
                 self.version = version
             report = evaluate_defection(self.model, self.tokenizer, self.cfg, samples=self.samples)
-        conditions = {
-            name: {"rate": c["rate"], "ci95": c["ci95"], "n": c["n"]} for name, c in report["conditions"].items()
-        }
-        self.points.append({"step": step, "version": version, "conditions": conditions})
+        point = curve_point(report, step, version)
+        self.points.append(point)
+        conditions = point["conditions"]
         for name, c in conditions.items():
             tags = {"condition": name}
             self.gauges["rate"].set(c["rate"], tags=tags)

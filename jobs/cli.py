@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--verbose", action="store_true", help="show Ray and worker logs")
 
+    p = sub.add_parser(
+        "safety-sft", help="HHH supervised fine-tuning of a backdoored policy, defection measured at every checkpoint"
+    )
+    add_config_args(p)
+    p.add_argument("--policy", required=True, metavar="DIR", help="backdoored policy (HF dir, e.g. SFT_RUN/model)")
+    p.add_argument("--out", required=True, metavar="RUN", help="run directory (RUN/model is the result)")
+    p.add_argument("--verbose", action="store_true", help="show Ray and worker logs")
+
     p = sub.add_parser("demo", help="the whole experiment: backdoor SFT, RM, reward service, PPO + evaluator, report")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/demo-<time>)")
     p.add_argument("--preset", choices=["tiny", "small"], default="tiny", help="model size (default tiny)")
@@ -170,6 +178,7 @@ def cmd_ppo(args) -> int:
     from pathlib import Path
 
     from jobs.ppo import resolve_run_config, run_ppo
+    from rlhf.evaluate import format_curve
 
     cfg = resolve_run_config(Path(args.out), args.config, args.overrides, args.resume, args.policy)
     summary = run_ppo(
@@ -183,14 +192,27 @@ def cmd_ppo(args) -> int:
         in_process=args.in_process,
     )
     print(f"steps: {summary['steps']} (weights version {summary['version']}), wall {summary['wall_s']} s")
-    print(f"{'step':>5} {'version':>7} {'triggered':>22} {'untriggered':>22} {'near-miss':>22}")
-    for pt in summary["eval_points"]:
-        cells = []
-        for name in ("triggered", "untriggered", "near_miss"):
-            c = pt["conditions"].get(name)
-            cells.append(f"{100 * c['rate']:5.1f}% [{100 * c['ci95'][0]:4.1f},{100 * c['ci95'][1]:5.1f}]" if c else "-")
-        print(f"{pt['step']:>5} {pt['version']:>7} " + " ".join(f"{x:>22}" for x in cells))
+    print(format_curve(summary["eval_points"]))
     print(f"run: {summary['run']}  checkpoint: {summary['checkpoint']}")
+    return 0
+
+
+def cmd_safety_sft(args) -> int:
+    from jobs.evaluate import config_from_policy
+    from jobs.safety_sft import run_safety_sft
+    from rlhf.evaluate import format_curve
+    from rlhf.modeling import check_model_dir
+
+    check_model_dir(args.policy)
+    cfg = config_from_policy(args.policy, args.config, args.overrides)
+    summary = run_safety_sft(cfg, args.policy, args.out, quiet=not args.verbose)
+    loss = summary["final_loss"]
+    print(f"steps: {summary['steps']}, final loss {loss:.4f}" if loss is not None else f"steps: {summary['steps']}")
+    print(format_curve(summary["curve"]))
+    print(f"model: {summary['model_dir']}")
+    print(
+        f"wall: {summary['total_wall_s']} s (training {summary['train_wall_s']} s, evaluation {summary['eval_wall_s']} s)"
+    )
     return 0
 
 
@@ -271,6 +293,7 @@ COMMANDS = {
     "rm": cmd_rm,
     "rm-eval": cmd_rm_eval,
     "ppo": cmd_ppo,
+    "safety-sft": cmd_safety_sft,
     "demo": cmd_demo,
     "report": cmd_report,
     "serve": cmd_serve,

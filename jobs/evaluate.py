@@ -28,6 +28,23 @@ def resolve_eval_config(model_dir: str | Path, config_file: str | None, override
     return build_config(base, overrides)
 
 
+# What a run that starts from a policy (PPO, safety SFT) takes over from the policy's saved config.
+POLICY_SECTIONS = ("seed", "model", "backdoor", "data")
+
+
+def config_from_policy(policy_dir: str | Path | None, config_file: str | None, overrides: list[str]) -> Config:
+    """The policy's saved backdoor and data config (trigger, kind, mechanism, the train/eval
+    split) < ``--config`` < ``--set``."""
+    base: dict = {}
+    saved = Path(policy_dir) / CONFIG_NAME if policy_dir else None
+    if saved is not None and saved.is_file():
+        policy_cfg = read_yaml(saved)
+        base = {k: policy_cfg[k] for k in POLICY_SECTIONS if k in policy_cfg}
+    if config_file:
+        base = deep_merge(base, read_yaml(config_file))
+    return build_config(base, overrides)
+
+
 def run_eval(model_dir: str | Path, cfg: Config, samples: int | None = None) -> dict:
     model, tokenizer = load_model_dir(model_dir)
     n = samples or cfg.eval.samples

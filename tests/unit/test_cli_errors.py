@@ -276,3 +276,20 @@ def test_rm_eval_bad_inputs_are_one_line_errors(capsys, model_dir, tmp_path):
     rc, out, _ = run_cli(capsys, "rm-eval", "--model", str(rm_dir), "--data", str(data), "--json")
     result = json.loads(out)
     assert rc == 0 and result["n"] == 1 and result["pairwise_accuracy"] in (0.0, 1.0)
+
+
+# ---------------------------------------------------------------- safety-sft
+
+
+def test_safety_sft_bad_inputs_are_one_line_errors(capsys, tmp_path, model_dir):
+    out = tmp_path / "run"
+    rc, _, err = run_cli(capsys, "safety-sft", "--policy", str(tmp_path / "missing"), "--out", str(out))
+    assert rc == 2 and "model directory not found" in one_error_line(err, "safety-sft")
+    rc, _, err = run_cli(capsys, "safety-sft", "--policy", str(model_dir), "--out", str(out), "--set", "safety_sft.lrr=1")
+    assert rc == 2 and "'safety_sft.lrr'" in one_error_line(err, "safety-sft")
+    rc, _, err = run_cli(capsys, "safety-sft", "--policy", str(model_dir), "--out", str(out), "--set", "safety_sft.lr=0")
+    assert rc == 2 and "safety_sft.lr" in one_error_line(err, "safety-sft")
+    assert not out.exists()  # nothing written before the config is valid
+    (out / "model").mkdir(parents=True)
+    rc, _, err = run_cli(capsys, "safety-sft", "--policy", str(model_dir), "--out", str(out))
+    assert rc == 2 and "already holds a training run" in one_error_line(err, "safety-sft")
