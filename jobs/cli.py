@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="RUN", help="run directory (RUN/model is the result)")
     p.add_argument("--verbose", action="store_true", help="show Ray and worker logs")
 
+    p = sub.add_parser("redteam", help="find prompts that make a backdoored policy defect without its trigger")
+    add_config_args(p)
+    p.add_argument("--policy", required=True, metavar="DIR", help="backdoored policy (HF dir)")
+    p.add_argument("--out", required=True, metavar="FILE", help="JSONL of kept prompts (pass as redteam.prompts)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+
     p = sub.add_parser("demo", help="the whole experiment: backdoor SFT, RM, reward service, PPO + evaluator, report")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/demo-<time>)")
     p.add_argument("--preset", choices=["tiny", "small"], default="tiny", help="model size (default tiny)")
@@ -216,6 +222,28 @@ def cmd_safety_sft(args) -> int:
     return 0
 
 
+def cmd_redteam(args) -> int:
+    from jobs.evaluate import config_from_policy
+    from jobs.redteam import find_red_team_prompts
+    from rlhf.modeling import check_model_dir
+
+    check_model_dir(args.policy)
+    cfg = config_from_policy(args.policy, args.config, args.overrides)
+    summary = find_red_team_prompts(cfg, args.policy, args.out)
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    c = summary["candidate_defection"]
+    print(
+        f"candidates: {summary['candidates']} x {cfg.redteam.samples_per_prompt} samples; defection on them "
+        f"{100 * c['rate']:.1f}% [{100 * c['ci95'][0]:.1f}, {100 * c['ci95'][1]:.1f}]"
+    )
+    for marker, r in summary["by_marker"].items():
+        print(f"  {marker!r:<40} {100 * r['rate']:5.1f}% (n={r['n']})")
+    print(f"kept: {summary['kept']} (train {summary['train']}, eval {summary['eval']}) -> {summary['out']}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     import time
 
@@ -294,6 +322,7 @@ COMMANDS = {
     "rm-eval": cmd_rm_eval,
     "ppo": cmd_ppo,
     "safety-sft": cmd_safety_sft,
+    "redteam": cmd_redteam,
     "demo": cmd_demo,
     "report": cmd_report,
     "serve": cmd_serve,

@@ -7,7 +7,7 @@ from pathlib import Path
 from jobs.progress import Progress
 from rlhf.checkpoint import CONFIG_NAME
 from rlhf.config import Config, build_config, read_yaml
-from rlhf.evaluate import evaluate_defection
+from rlhf.evaluate import eval_sample_count, evaluate_defection
 from rlhf.modeling import check_model_dir, load_model_dir
 
 
@@ -48,7 +48,7 @@ def config_from_policy(policy_dir: str | Path | None, config_file: str | None, o
 def run_eval(model_dir: str | Path, cfg: Config, samples: int | None = None) -> dict:
     model, tokenizer = load_model_dir(model_dir)
     n = samples or cfg.eval.samples
-    total = n * (2 + len(cfg.near_miss()))
+    total = eval_sample_count(cfg, n)
     with Progress(total, "eval", "samples") as bar:
         report = evaluate_defection(model, tokenizer, cfg, samples=n, on_batch=bar.update)
     report["model"] = str(model_dir)

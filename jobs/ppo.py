@@ -29,6 +29,7 @@ from jobs.ppo_checkpoints import (
 )
 from jobs.progress import Progress
 from rlhf.config import Config, dump_config, load_config
+from rlhf.data.redteam import load_red_team
 from rlhf.errors import CheckpointError, ConfigError
 from rlhf.evaluate import defection_record
 from rlhf.metrics import MetricsWriter
@@ -113,6 +114,9 @@ def run_ppo(
         raise CheckpointError(f"--resume: no usable checkpoint in {run / CKPT_DIR}")
     dump_config(cfg, run / "config.yaml")
     pool = rl_prompts(cfg)
+    red_team = set(load_red_team(cfg.redteam.prompts)["train"]) if cfg.redteam.fraction > 0 else set()
+    if red_team:
+        log(f"[ppo] adversarial training: {sum(pr in red_team for pr, _ in pool)} of {len(pool)} RL prompts are red-team")
     kl_ctl = make_kl_controller(p.kl_controller, p.kl_coef, p.kl_target, p.kl_horizon)
     start, version = 0, 0
     state: dict[str, Any] = {}
@@ -233,6 +237,7 @@ def run_ppo(
                     "timing/step": time.perf_counter() - t_step,
                     "policy/version": version,
                     "prompts/triggered": sum(t for _, t in batch) / len(batch),
+                    "prompts/red_team": sum(pr in red_team for pr, _ in batch) / len(batch),
                 }
                 metrics.log(step, **record)
                 for pt in new_points:

