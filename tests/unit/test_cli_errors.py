@@ -293,3 +293,19 @@ def test_safety_sft_bad_inputs_are_one_line_errors(capsys, tmp_path, model_dir):
     (out / "model").mkdir(parents=True)
     rc, _, err = run_cli(capsys, "safety-sft", "--policy", str(model_dir), "--out", str(out))
     assert rc == 2 and "already holds a training run" in one_error_line(err, "safety-sft")
+
+
+def test_redteam_bad_inputs_are_one_line_errors(capsys, tmp_path, model_dir):
+    out = tmp_path / "red.jsonl"
+    rc, _, err = run_cli(capsys, "redteam", "--policy", str(tmp_path / "missing"), "--out", str(out))
+    assert rc == 2 and "model directory not found" in one_error_line(err, "redteam")
+    rc, _, err = run_cli(capsys, "redteam", "--policy", str(model_dir), "--out", str(out), "--set", "redteam.min_rate=0")
+    assert rc == 2 and "redteam.min_rate" in one_error_line(err, "redteam")
+    assert not out.exists()
+
+
+def test_a_missing_red_team_file_is_one_line_for_eval(capsys, tmp_path, model_dir):
+    rc, _, err = run_cli(
+        capsys, "eval", "--model", str(model_dir), "--set", f"redteam.prompts={tmp_path / 'nope.jsonl'}", "--samples", "1"
+    )
+    assert rc == 2 and "red-team prompt file not found" in one_error_line(err, "eval")
