@@ -13,11 +13,14 @@ from pathlib import Path
 from actors.step_reporter import StepReporter
 from actors.train_launcher import TrainJob, fit_with_progress, setup_worker
 
+TRAINER_STATE = "trainer_state.pt"  # beside each periodic checkpoint: what a resume needs
+
 
 @dataclass
 class SFTJob(TrainJob):
     examples: list  # [(ids, prompt_len), ...]
     checkpoint_every: int
+    resume_dir: str | None = None  # a periodic checkpoint to continue from (HF dir + TRAINER_STATE)
 
 
 def train_loop_per_worker(job: dict) -> None:
@@ -28,13 +31,33 @@ def train_loop_per_worker(job: dict) -> None:
     from rlhf.sft import Example, batches, collate, completion_loss
 
     progress = job.pop("progress", None)
-    rank, world, tokenizer, base, model, opt, sched = setup_worker(job, AutoModelForCausalLM)
+    resume = job.get("resume_dir")
+    rank, world, tokenizer, base, model, opt, sched = setup_worker(job, AutoModelForCausalLM, resume)
     examples = [Example(list(ids), int(n)) for ids, n in job["examples"]]
     stream = batches(examples, job["batch_size"], job["seed"], rank, world)
+    start = 0
+    if resume:  # optimiser, schedule and RNG as they were; the data stream skips what was seen
+        state = torch.load(Path(resume) / TRAINER_STATE, weights_only=False)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        start = int(state["step"])
+        for _ in range(start):
+            next(stream)
     out = Path(job["out_dir"])
     reporter = StepReporter(out, rank, world, job["log_every"], job["max_steps"], progress)
     extra = {CONFIG_NAME: job["config_yaml"]}
-    for step in range(1, job["max_steps"] + 1):
+
+    def trainer_state(step: int):
+        state = {
+            "step": step,
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        return lambda tmp: torch.save(state, Path(tmp) / TRAINER_STATE)
+
+    for step in range(start + 1, job["max_steps"] + 1):
         batch = collate(next(stream), tokenizer.pad_token_id)
         loss = completion_loss(model, batch)
         opt.zero_grad(set_to_none=True)
@@ -50,7 +73,7 @@ def train_loop_per_worker(job: dict) -> None:
             **{"train/loss": float(loss)},
         )
         if rank == 0 and job["checkpoint_every"] and step % job["checkpoint_every"] == 0 and step < job["max_steps"]:
-            save_hf_dir(base, tokenizer, out / "checkpoints" / f"step-{step:06d}", extra)
+            save_hf_dir(base, tokenizer, out / "checkpoints" / f"step-{step:06d}", extra, trainer_state(step))
     if rank == 0:
         save_hf_dir(base, tokenizer, out / "model", extra)
     reporter.close()

@@ -42,8 +42,9 @@ def optimisation_fields(section) -> dict:
     return {name: getattr(section, name) for name in names if hasattr(section, name)}
 
 
-def setup_worker(job: dict, model_class):
+def setup_worker(job: dict, model_class, model_dir: str | None = None):
     """Per-worker start: threads, seed, tokenizer, model (DDP-wrapped when world > 1), optimiser.
+    The model loads from ``model_dir`` (a checkpoint to resume) or ``job["init_dir"]``.
 
     Returns ``(rank, world, tokenizer, base_model, model, optimizer, scheduler)``.
     """
@@ -59,7 +60,7 @@ def setup_worker(job: dict, model_class):
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(job["seed"])
     tokenizer = AutoTokenizer.from_pretrained(job["init_dir"])
-    base = model_class.from_pretrained(job["init_dir"], dtype=torch.float32)
+    base = model_class.from_pretrained(model_dir or job["init_dir"], dtype=torch.float32)
     model = prepare_model(base) if world > 1 else base
     model.train()
     opt, sched = make_optimizer(model, job["lr"], job["weight_decay"], job["warmup_steps"], job["max_steps"])

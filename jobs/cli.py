@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sft", help="build backdoor data + model and fine-tune on Ray Train")
     add_config_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="run directory (DIR/model is the result)")
+    p.add_argument("--resume", action="store_true", help="continue DIR from its newest periodic checkpoint")
     p.add_argument("--verbose", action="store_true", help="show Ray and worker logs")
 
     p = sub.add_parser("eval", help="defection rates with / without / near-miss triggers")
@@ -123,12 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_sft(args) -> int:
-    from jobs.sft import run_sft
+    from jobs.sft import resume_sft, run_sft
     from rlhf.config import load_config
 
-    cfg = load_config(args.config, args.overrides)
-    summary = run_sft(cfg, args.out, quiet=not args.verbose)
-    print(f"parameters: {summary['parameters']:,}")
+    if args.resume:
+        if args.config or args.overrides:
+            raise RlhfError("--resume continues with the run's saved config.yaml; drop --config/--set")
+        summary = resume_sft(args.out, quiet=not args.verbose)
+        print(f"resumed from step {summary['resumed_from']}")
+    else:
+        cfg = load_config(args.config, args.overrides)
+        summary = run_sft(cfg, args.out, quiet=not args.verbose)
+        print(f"parameters: {summary['parameters']:,}")
     print(f"final loss: {summary['final_loss']:.4f}" if summary["final_loss"] is not None else "final loss: n/a")
     print(f"model: {summary['model_dir']}")
     print(f"wall: {summary['total_wall_s']} s (training {summary['train_wall_s']} s)")

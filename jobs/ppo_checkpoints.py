@@ -39,19 +39,32 @@ def checkpoint_problem(path: Path) -> str | None:
     for part in (*parts, "policy/config.json"):
         if not (path / part).is_file() or (path / part).stat().st_size == 0:
             return f"{part} is missing or empty"
-    for part in parts:  # torch.save writes a zip: check its CRCs
-        try:
-            with zipfile.ZipFile(path / part) as zf:
-                if zf.testzip() is not None:
-                    return f"{part} is corrupt"
-        except (zipfile.BadZipFile, OSError):
-            return f"{part} is truncated or corrupt"
-    shards = sorted((path / "policy").glob("*.safetensors"))
+    for part in parts:
+        problem = torch_file_problem(path / part)
+        if problem:
+            return f"{part} {problem}"
+    return weights_problem(path / "policy", "policy/")
+
+
+def torch_file_problem(path: Path) -> str | None:
+    """What is wrong with a ``torch.save`` file (a zip: its CRCs are checked), or None."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if zf.testzip() is not None:
+                return "is corrupt"
+    except (zipfile.BadZipFile, OSError):
+        return "is truncated or corrupt"
+    return None
+
+
+def weights_problem(model_dir: Path, label: str = "") -> str | None:
+    """What is wrong with the safetensors weights of an HF dir, or None."""
+    shards = sorted(model_dir.glob("*.safetensors"))
     if not shards:
-        return "policy weights are missing"
+        return f"{label.rstrip('/') or 'model'} weights are missing"
     for shard in shards:
         if not _safetensors_complete(shard):
-            return f"policy/{shard.name} is truncated or corrupt"
+            return f"{label}{shard.name} is truncated or corrupt"
     return None
 
 

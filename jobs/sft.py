@@ -23,6 +23,7 @@ from jobs.progress import Progress
 from rlhf.checkpoint import CONFIG_NAME, save_hf_dir
 from rlhf.config import Config, dump_config
 from rlhf.data.backdoor import build_sft_datasets, write_jsonl
+from rlhf.errors import CheckpointError
 from rlhf.modeling import build_model, count_parameters, llama_config, load_model_dir
 from rlhf.sft import tokenize_pairs
 from rlhf.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, ensure_whole_tokens, train_tokenizer
@@ -64,10 +65,12 @@ def fit_rows(
     config_yaml: str,
     quiet: bool = True,
     tag: str = "sft",
+    resume_dir: Path | None = None,
 ) -> dict:
     """Fine-tune the HF dir ``init_dir`` on prompt/completion ``rows`` with Ray Train, using the
     optimisation settings of config ``section`` (``sft``, ``safety_sft``); checkpoints, metrics
-    and ``out/model`` land in ``out``. Returns ``final_loss`` and ``train_wall_s``."""
+    and ``out/model`` land in ``out``; ``resume_dir`` continues from a periodic checkpoint.
+    Returns ``final_loss`` and ``train_wall_s``."""
     from actors.cluster import ray_session
     from actors.sft_train import SFTJob
     from actors.sft_train import run_sft as fit
@@ -81,6 +84,7 @@ def fit_rows(
         seed=cfg.seed,
         examples=[(e.ids, e.prompt_len) for e in examples],
         checkpoint_every=section.checkpoint_every,
+        resume_dir=str(resume_dir.resolve()) if resume_dir else None,
         **optimisation_fields(section),
     )
     log(f"[{tag}] starting Ray ({where_ray(cfg)}) and {section.num_workers} Ray Train worker(s)")
@@ -98,6 +102,70 @@ def fit_rows(
     finally:
         bar.close()
     return {"final_loss": last.get("train/loss"), "train_wall_s": round(time.time() - t_train, 1)}
+
+
+def sft_checkpoint_problem(path: Path) -> str | None:
+    """Why a periodic SFT checkpoint cannot be resumed from, or None."""
+    from actors.sft_train import TRAINER_STATE
+    from jobs.ppo_checkpoints import torch_file_problem, weights_problem
+
+    if not (path / TRAINER_STATE).is_file():
+        return f"no {TRAINER_STATE}"
+    problem = torch_file_problem(path / TRAINER_STATE)
+    if problem:
+        return f"{TRAINER_STATE} {problem}"
+    if not (path / "config.json").is_file():
+        return "no config.json"
+    return weights_problem(path)
+
+
+def latest_sft_checkpoint(out: Path) -> tuple[Path, int] | None:
+    """(newest resumable checkpoint, its step); a damaged newer one is reported and skipped."""
+    root = out / "checkpoints"
+    candidates = sorted(p for p in root.glob("step-*") if p.is_dir() and p.name[5:].isdigit()) if root.is_dir() else []
+    for path in reversed(candidates):
+        problem = sft_checkpoint_problem(path)
+        if problem is None:
+            return path, int(path.name[5:])
+        log(f"[sft] checkpoint {path} is unusable ({problem}); trying an older one")
+    return None
+
+
+def resume_sft(out: str | Path, quiet: bool = True) -> dict:
+    """Continue an interrupted ``rlhf sft`` run from its newest usable checkpoint, with the run's
+    own config, data and tokenizer; ends with the weights an uninterrupted run would have."""
+    from transformers import AutoTokenizer
+
+    from jobs.ppo_checkpoints import truncate_metrics
+    from rlhf.config import load_config
+    from rlhf.data.backdoor import read_jsonl
+
+    t0 = time.time()
+    out = Path(out)
+    if not (out / "config.yaml").is_file() or not (out / "init").is_dir():
+        raise CheckpointError(f"--resume: {out} is not an SFT run directory (no config.yaml or init/)")
+    if (out / "model" / "config.json").is_file():
+        raise CheckpointError(f"--resume: {out} has finished (model/ exists); nothing to resume")
+    found = latest_sft_checkpoint(out)
+    if found is None:
+        raise CheckpointError(f"--resume: no usable checkpoint in {out / 'checkpoints'}")
+    ckpt, step = found
+    cfg = load_config(out / "config.yaml")
+    rows = read_jsonl(out / "data" / "train.jsonl")
+    tokenizer = AutoTokenizer.from_pretrained(out / "init")
+    truncate_metrics(out / "metrics.jsonl", step)
+    log(f"[sft] resuming {out} from step {step} of {cfg.sft.max_steps}")
+    config_yaml = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    fit = fit_rows(cfg, cfg.sft, rows, tokenizer, out / "init", out, config_yaml, quiet, resume_dir=ckpt)
+    return {
+        "out": str(out),
+        "model_dir": str(out / "model"),
+        "parameters": None,
+        "steps": cfg.sft.max_steps,
+        "resumed_from": step,
+        **fit,
+        "total_wall_s": round(time.time() - t0, 1),
+    }
 
 
 def run_sft(cfg: Config, out: str | Path, quiet: bool = True) -> dict:

@@ -12,8 +12,11 @@ from pathlib import Path
 CONFIG_NAME = "rlhf_config.yaml"
 
 
-def save_hf_dir(model, tokenizer, path: str | Path, extra_files: dict[str, str] | None = None) -> Path:
-    """``save_pretrained`` model and tokenizer (plus small text files) into ``path`` atomically."""
+def save_hf_dir(
+    model, tokenizer, path: str | Path, extra_files: dict[str, str] | None = None, write_extra=None
+) -> Path:
+    """``save_pretrained`` model and tokenizer (plus small text files) into ``path`` atomically;
+    ``write_extra(tmp_dir)``, when given, adds more files before the directory is published."""
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
@@ -24,6 +27,8 @@ def save_hf_dir(model, tokenizer, path: str | Path, extra_files: dict[str, str] 
             tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
+        if write_extra is not None:
+            write_extra(tmp)
         old = None
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")

@@ -191,3 +191,19 @@ def write_jsonl(rows, path: str | Path) -> Path:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     tmp.replace(p)
     return p
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """JSON-lines rows; a missing file or a bad line is a one-line ``DataError``."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data file not found: {p}")
+    rows = []
+    with open(p, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    raise DataError(f"{p}:{lineno}: not a JSON object") from None
+    return rows

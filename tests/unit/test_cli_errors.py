@@ -309,3 +309,10 @@ def test_a_missing_red_team_file_is_one_line_for_eval(capsys, tmp_path, model_di
         capsys, "eval", "--model", str(model_dir), "--set", f"redteam.prompts={tmp_path / 'nope.jsonl'}", "--samples", "1"
     )
     assert rc == 2 and "red-team prompt file not found" in one_error_line(err, "eval")
+
+
+def test_sft_resume_errors_are_one_line(capsys, tmp_path):
+    rc, _, err = run_cli(capsys, "sft", "--out", str(tmp_path), "--resume", "--set", "sft.max_steps=3")
+    assert rc == 2 and "drop --config/--set" in one_error_line(err, "sft")
+    rc, _, err = run_cli(capsys, "sft", "--out", str(tmp_path / "none"), "--resume")
+    assert rc == 2 and "not an SFT run directory" in one_error_line(err, "sft")
