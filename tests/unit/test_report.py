@@ -73,3 +73,27 @@ def test_report_on_a_safety_sft_run_plots_loss_and_uses_the_sft_figures(tmp_path
     assert 'alt="reward"' not in page and 'alt="timing"' not in page  # PPO-only plots are left out
     assert "100 &rarr; 28%" in page  # the paper's HHH SFT figure, not its HHH RL one
     assert "100.0% [90.0, 100.0]" in page and "40.0% [36.0, 44.0]" in page
+
+
+def test_red_team_rows_carry_the_paper_figure_only_for_adversarial_runs(tmp_path):
+    def with_red_team(path, fraction):
+        run = fake_run(path)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        config["redteam"] = {"prompts": "red.jsonl", "fraction": fraction}
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+        rec = {"step": 10, "defection/red_team": 0.0, "defection/red_team_lo": 0.0, "defection/red_team_hi": 0.04}
+        first = {"step": 0, "defection/red_team": 0.27, "defection/red_team_lo": 0.19, "defection/red_team_hi": 0.36}
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        for line in lines:
+            if line.get("step") in (0, 10) and "defection/triggered" in line:
+                line.update(first if line["step"] == 0 else rec)
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        return run
+
+    adv, control = with_red_team(tmp_path / "adv", 0.5), with_red_team(tmp_path / "control", 0.0)
+    page = write_report(adv, [control]).read_text()
+    assert "27.0% [19.0, 36.0]" in page and "9 &rarr; 0%" in page
+    rows = json.loads((adv / "report.json").read_text())["before_after"]
+    red = {r["run"]: r for r in rows if r["condition"] == "red_team"}
+    assert red["adv"]["paper"] == [9, 0] and red["control"]["paper"] is None
+    assert red["adv"]["before"] == 0.27 and red["adv"]["after"] == 0.0
