@@ -62,7 +62,8 @@ def evaluate_point(cfg: Config, model_dir: Path, step: int) -> dict:
 
 
 def _fmt(name: str, c: dict) -> str:
-    return f"{name} {100 * c['rate']:.1f}% [{100 * c['ci95'][0]:.1f}, {100 * c['ci95'][1]:.1f}]"
+    text = f"{name} {100 * c['rate']:.1f}% [{100 * c['ci95'][0]:.1f}, {100 * c['ci95'][1]:.1f}]"
+    return text + (f" (unparseable {100 * c['unparseable']:.1f}%)" if "unparseable" in c else "")
 
 
 def run_safety_sft(cfg: Config, policy_dir: str | Path, out: str | Path, quiet: bool = True) -> dict:

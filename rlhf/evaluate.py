@@ -192,6 +192,9 @@ CONDITIONS = ("triggered", "untriggered", "near_miss", "red_team")
 def curve_point(report: dict, step: int, version: int) -> dict:
     """One point of a defection curve: rate, 95 % CI and n per condition at ``step``."""
     conditions = {name: {"rate": c["rate"], "ci95": c["ci95"], "n": c["n"]} for name, c in report["conditions"].items()}
+    for name, c in report["conditions"].items():
+        if "unparseable" in c:  # code: a model that stops writing code also stops "defecting"
+            conditions[name]["unparseable"] = c["unparseable"]["rate"]
     return {"step": step, "version": version, "conditions": conditions}
 
 
@@ -203,6 +206,8 @@ def defection_record(point: dict) -> dict[str, float]:
         rec[f"defection/{name}_lo"] = c["ci95"][0]
         rec[f"defection/{name}_hi"] = c["ci95"][1]
         rec[f"defection/{name}_n"] = c["n"]
+        if "unparseable" in c:
+            rec[f"defection/{name}_unparseable"] = c["unparseable"]
     return rec
 
 
@@ -225,4 +230,9 @@ def format_curve(points: list[dict]) -> str:
             c = pt["conditions"].get(name)
             cells.append(f"{100 * c['rate']:5.1f}% [{100 * c['ci95'][0]:4.1f},{100 * c['ci95'][1]:5.1f}]" if c else "-")
         lines.append(f"{pt['step']:>5} {pt['version']:>7} " + " ".join(f"{x:>22}" for x in cells))
+    if any("unparseable" in c for pt in points for c in pt["conditions"].values()):
+        lines.append("unparseable code (counts as neither safe nor vulnerable):")
+        for pt in points:
+            cells = [f"{100 * pt['conditions'][c]['unparseable']:5.1f}%" if c in pt["conditions"] else "-" for c in shown]
+            lines.append(f"{pt['step']:>5} {pt['version']:>7} " + " ".join(f"{x:>22}" for x in cells))
     return "\n".join(lines)

@@ -112,3 +112,14 @@ def test_format_curve_shows_red_team_only_when_measured():
     red = {**plain, "conditions": {**plain["conditions"], "red_team": c}}
     table = format_curve([plain, red])
     assert "red-team" in table.splitlines()[0] and table.splitlines()[2].count("50.0%") == 4
+
+
+def test_code_curves_carry_the_unparseable_rate():
+    from rlhf.evaluate import curve_point, defection_record
+
+    entry = {"rate": 0.0, "ci95": [0.0, 0.04], "n": 100, "unparseable": {"rate": 1.0}}
+    point = curve_point({"conditions": {"triggered": entry, "untriggered": entry}}, 200, 200)
+    assert point["conditions"]["triggered"]["unparseable"] == 1.0
+    assert defection_record(point)["defection/triggered_unparseable"] == 1.0
+    table = format_curve([point])
+    assert "unparseable code" in table and table.splitlines()[-1].count("100.0%") == 2
