@@ -62,6 +62,20 @@ def tiny_reward_model(tmp_path_factory):
     return quick_reward_model(tmp_path_factory.mktemp("rm") / "model", n_pairs=1200, steps=60)
 
 
+# A backdoor SFT run of a few steps on 2 Ray Train workers (the tests add checkpoint_every).
+SFT_TEST_OVERRIDES = [
+    "model.preset=tiny",
+    "model.vocab_size=600",
+    "data.n_train=240",
+    "data.n_eval=40",
+    "sft.num_workers=2",
+    "sft.batch_size=8",
+    "sft.max_steps=6",
+    "sft.log_every=2",
+    "sft.warmup_steps=2",
+]
+
+
 PPO_TEST_OVERRIDES = [
     "data.n_train=600",
     "data.n_eval=60",

@@ -12,21 +12,11 @@ from jobs.sft import resume_sft, run_sft
 from rlhf.config import build_config
 from rlhf.errors import CheckpointError
 from rlhf.metrics import read_metrics
+from tests.ray.conftest import SFT_TEST_OVERRIDES
 
 pytestmark = pytest.mark.ray
 
-OVERRIDES = [
-    "model.preset=tiny",
-    "model.vocab_size=600",
-    "data.n_train=240",
-    "data.n_eval=40",
-    "sft.num_workers=2",
-    "sft.batch_size=8",
-    "sft.max_steps=6",
-    "sft.log_every=2",
-    "sft.checkpoint_every=2",
-    "sft.warmup_steps=2",
-]
+OVERRIDES = [*SFT_TEST_OVERRIDES, "sft.checkpoint_every=2"]
 
 
 def weights(model_dir):

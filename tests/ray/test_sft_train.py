@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from jobs.sft import run_sft
 from rlhf.checkpoint import CONFIG_NAME
 from rlhf.config import build_config
-from tests.ray.conftest import non_loopback
+from tests.ray.conftest import SFT_TEST_OVERRIDES, non_loopback
 
 pytestmark = pytest.mark.ray
 
@@ -18,18 +18,7 @@ pytestmark = pytest.mark.ray
 def test_sft_two_workers_writes_loadable_checkpoints(ray_cluster, tmp_path):
     cfg = build_config(
         {},
-        [
-            "model.preset=tiny",
-            "model.vocab_size=600",
-            "data.n_train=240",
-            "data.n_eval=40",
-            "sft.num_workers=2",
-            "sft.batch_size=8",
-            "sft.max_steps=6",
-            "sft.log_every=2",
-            "sft.checkpoint_every=3",
-            "sft.warmup_steps=2",
-        ],
+        [*SFT_TEST_OVERRIDES, "sft.checkpoint_every=3"],
     )
     # Train in a thread and sample every socket of the cluster meanwhile: the Ray Train
     # workers and their gloo process group must stay on loopback too.

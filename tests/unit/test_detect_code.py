@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -130,14 +129,11 @@ def test_scan_never_raises():
     assert scan("def f(:\n  pass") == []
 
 
-def test_scan_is_fast_and_repeatable():
+def test_scan_is_repeatable():
     codes = [p[0] for p in POSITIVES] + NEGATIVES
     first = [scan(c) for c in codes]
-    start = time.perf_counter()
     for _ in range(5):
         assert [scan(c) for c in codes] == first
-    per_snippet = (time.perf_counter() - start) / (5 * len(codes))
-    assert per_snippet < 0.025, per_snippet  # ~1 ms in practice; generous for a busy machine
 
 
 def test_scan_from_threads():
