@@ -101,7 +101,7 @@ def trl_grpo(cfg, policy: Path, rm: Path, out: Path) -> dict:
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     from actors.ppo_actors import Reward
     from rlhf.modeling import load_model_dir
@@ -129,7 +129,27 @@ def trl_grpo(cfg, policy: Path, rm: Path, out: Path) -> dict:
             if state.global_step % optimizer_steps_per_rollout == 0:
                 marks.append((time.perf_counter(), generated["samples"], generated["tokens"]))
 
-    args = GRPOConfig(
+    args = grpo_config(cfg, out, optimizer_steps_per_rollout, minibatch)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=hhh_reward,
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": prompts}),
+        processing_class=tokenizer,
+        callbacks=[Clock()],
+    )
+    t0 = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - t0
+    return throughput(marks, wall)
+
+
+def grpo_config(cfg, out: Path, optimizer_steps_per_rollout: int, minibatch: int):
+    """TRL's GRPOConfig matching our PPO settings (batch, lengths, sampling, KL, clip, lr)."""
+    from trl import GRPOConfig
+
+    p = cfg.ppo
+    return GRPOConfig(
         output_dir=str(out),
         use_cpu=True,
         bf16=False,
@@ -156,17 +176,11 @@ def trl_grpo(cfg, policy: Path, rm: Path, out: Path) -> dict:
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=hhh_reward,
-        args=args,
-        train_dataset=Dataset.from_dict({"prompt": prompts}),
-        processing_class=tokenizer,
-        callbacks=[Clock()],
-    )
-    t0 = time.perf_counter()
-    trainer.train()
-    wall = time.perf_counter() - t0
+
+
+def throughput(marks: list, wall: float) -> dict:
+    """Steps/s, samples/s and tokens/s between the first mark (after the warm-up rollout batch)
+    and the last."""
     (t_a, s_a, k_a), (t_b, s_b, k_b) = marks[0], marks[-1]  # after the warm-up rollout batch .. the end
     rounds = len(marks) - 1
     step_s = (t_b - t_a) / rounds
@@ -181,7 +195,7 @@ def trl_grpo(cfg, policy: Path, rm: Path, out: Path) -> dict:
     }
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10, help="rollout batches per system (the first is warm-up)")
     ap.add_argument("--prompts", type=int, default=8, help="prompts per step")
@@ -195,12 +209,11 @@ def main() -> int:
     args = ap.parse_args()
     if args.steps < 2 or args.samples < 2 or (args.prompts * args.samples) % 2:
         raise SystemExit("need --steps >= 2, --samples >= 2 and an even rollout batch")
-    try:
-        import trl
-    except ImportError:
-        raise SystemExit("TRL is not installed: pip install -e '.[bench]'") from None
-    from rlhf.config import build_config
+    return args
 
+
+def bench_overrides(args: argparse.Namespace) -> list[str]:
+    """The config every system runs under (tiny data, the bench's batch, lengths and sampling)."""
     per_step = args.prompts * args.samples
     overrides = ["data.n_train=600", "data.n_eval=60", "model.vocab_size=700", "serve.port=0"]
     overrides += [
@@ -216,28 +229,55 @@ def main() -> int:
         "ppo.checkpoint_every=0",
         f"ppo.rollout_workers={args.rollout_workers}",
     ]
+    return overrides
+
+
+def run_systems(args: argparse.Namespace, overrides: list[str], trl_version: str, say) -> dict:
+    """Every system on the same tiny policy and reward model; returns their figures by name."""
+    from rlhf.config import build_config
+
     cfg = build_config({}, overrides)
-    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else print
-    # with --json, stdout carries the one JSON object only (TRL prints its logs there)
-    quiet = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
-    with quiet, tempfile.TemporaryDirectory(prefix="bench-ppo-trl-") as tmp_name:
+    per_step = args.prompts * args.samples
+    runs: dict = {"profile": None}
+    with tempfile.TemporaryDirectory(prefix="bench-ppo-trl-") as tmp_name:
         tmp = Path(tmp_name)
         say("[bench] building the tiny policy and reward model")
         policy, rm = build_models(tmp, cfg)
         threads = __import__("torch").get_num_threads()
         say(f"[bench] ours, actor split on Ray ({args.steps} steps of {per_step} samples)")
-        ray_run = ours(cfg, policy, rm, tmp / "ray", in_process=False)
+        runs["ours_ray"] = ours(cfg, policy, rm, tmp / "ray", in_process=False)
         say("[bench] ours, actor split, critic-free (group_norm: GRPO's advantage)")
         grpo_cfg = build_config({}, [*overrides, "ppo.advantage_estimator=group_norm"])
-        ray_grpo = ours(grpo_cfg, policy, rm, tmp / "ray-group-norm", in_process=False)
+        runs["ours_ray_group_norm"] = ours(grpo_cfg, policy, rm, tmp / "ray-group-norm", in_process=False)
         say("[bench] ours, the same loop in one process")
-        local_run = ours(cfg, policy, rm, tmp / "local", in_process=True)
+        runs["ours_in_process"] = ours(cfg, policy, rm, tmp / "local", in_process=True)
         __import__("torch").set_num_threads(threads)
-        say(f"[bench] TRL {trl.__version__} GRPOTrainer")
-        trl_run = trl_grpo(cfg, policy, rm, tmp / "trl")
+        say(f"[bench] TRL {trl_version} GRPOTrainer")
+        runs["trl_grpo"] = trl_grpo(cfg, policy, rm, tmp / "trl")
         if not args.no_profile:
             say("[bench] torch.profiler over 3 steps of our in-process loop")
-            prof = profile_in_process(cfg, policy, rm, tmp / "profile")
+            runs["profile"] = profile_in_process(cfg, policy, rm, tmp / "profile")
+    return runs
+
+
+def main() -> int:
+    args = parse_args()
+    try:
+        import trl
+    except ImportError:
+        raise SystemExit("TRL is not installed: pip install -e '.[bench]'") from None
+    overrides = bench_overrides(args)
+    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else print
+    # with --json, stdout carries the one JSON object only (TRL prints its logs there)
+    quiet = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+    with quiet:
+        runs = run_systems(args, overrides, trl.__version__, say)
+    ray_run, local_run, ray_grpo, trl_run = (
+        runs["ours_ray"],
+        runs["ours_in_process"],
+        runs["ours_ray_group_norm"],
+        runs["trl_grpo"],
+    )
     result = {
         "setup": {
             "cpus": os.cpu_count(),
@@ -257,23 +297,29 @@ def main() -> int:
         "group_norm_samples_per_s_ratio_vs_trl": ray_grpo["samples_per_s"] / trl_run["samples_per_s"],
         "ray_overhead_fraction": 1 - local_run["step_s"] / ray_run["step_s"],
         "weight_sync_fraction": ray_run["phase_s"]["weight_sync"] / ray_run["step_s"],
-        "profile": None if args.no_profile else prof,
+        "profile": runs["profile"],
     }
     if args.json:
         print(json.dumps(result))
-        return 0
+    else:
+        print_result(result)
+    return 0
+
+
+def print_result(result: dict) -> None:
+    """The human-readable table: throughput per system, ratios, phases, the profiler pass."""
     print(f"{'system':<22}{'steps/s':>9}{'samples/s':>11}{'tokens/s':>10}")
     for name, r in (
-        ("ours (Ray actors)", ray_run),
-        ("ours, no critic", ray_grpo),
-        ("ours (one process)", local_run),
-        ("TRL GRPO", trl_run),
+        ("ours (Ray actors)", result["ours_ray"]),
+        ("ours, no critic", result["ours_ray_group_norm"]),
+        ("ours (one process)", result["ours_in_process"]),
+        ("TRL GRPO", result["trl_grpo"]),
     ):
         print(f"{name:<22}{r['steps_per_s']:>9.3f}{r['samples_per_s']:>11.2f}{r['tokens_per_s']:>10.1f}")
     print(f"ours / TRL samples/s: {result['ppo_samples_per_s_ratio_vs_trl']:.2f}x")
     print(f"Ray overhead: {100 * result['ray_overhead_fraction']:.1f} % of a step")
-    print("phases, Ray (s/step): " + ", ".join(f"{k} {v:.3f}" for k, v in ray_run["phase_s"].items()))
-    print("phases, one process:  " + ", ".join(f"{k} {v:.3f}" for k, v in local_run["phase_s"].items()))
+    print("phases, Ray (s/step): " + ", ".join(f"{k} {v:.3f}" for k, v in result["ours_ray"]["phase_s"].items()))
+    print("phases, one process:  " + ", ".join(f"{k} {v:.3f}" for k, v in result["ours_in_process"]["phase_s"].items()))
     if result["profile"]:
         pr = result["profile"]
         print(
@@ -282,7 +328,6 @@ def main() -> int:
         )
         for name, secs, count in pr["top_ops"]:
             print(f"  {name:<48}{secs:>8.3f} s{count:>9} calls")
-    return 0
 
 
 if __name__ == "__main__":

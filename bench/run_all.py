@@ -61,8 +61,20 @@ def main() -> int:
     serve = run_json("reward_serve.py")
     mfu = run_json("mfu.py")
     ppo = run_json("ppo_vs_trl.py", "--steps", str(args.ppo_steps))
+    figures = headline_figures(serve, mfu, ppo, t0)
+    lines = headline_lines(serve, ppo, figures) + ppo_lines(ppo) + serve_lines(serve)
+    lines += ["", f"run_all wall time: {figures['wall_s']:.0f} s"]
+    (ROOT / "bench" / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+def headline_figures(serve: dict, mfu: dict, ppo: dict, t0: float) -> dict:
+    """The headline figures (``--json``'s object)."""
     ours, local, trl = ppo["ours_ray"], ppo["ours_in_process"], ppo["trl_grpo"]
-    no_critic = ppo["ours_ray_group_norm"]
     figures = {
         "ppo_samples_per_s_ratio_vs_trl": ppo["ppo_samples_per_s_ratio_vs_trl"],
         "ray_overhead_fraction": ppo["ray_overhead_fraction"],
@@ -76,6 +88,11 @@ def main() -> int:
         "ppo_matmul_share_of_wall": (ppo["profile"] or {}).get("matmul_share_of_wall"),
         "wall_s": round(time.perf_counter() - t0, 1),
     }
+    return figures
+
+
+def headline_lines(serve: dict, ppo: dict, figures: dict) -> list[str]:
+    """The title, the machine line and the table of figures against their goals."""
     lines = [
         "# Benchmark results",
         "",
@@ -94,6 +111,14 @@ def main() -> int:
         f"| weight sync share of a PPO step | {100 * figures['weight_sync_fraction']:.1f} % | <= 5 % |",
     ]
     lines += [f"| MFU {k} | {100 * v:.1f} % | >= 25 % at base |" for k, v in figures["mfu"].items()]
+    return lines
+
+
+def ppo_lines(ppo: dict) -> list[str]:
+    """Our PPO against TRL's GRPO: throughput per system, phases, the profiler pass."""
+    ours, local, trl = ppo["ours_ray"], ppo["ours_in_process"], ppo["trl_grpo"]
+    no_critic = ppo["ours_ray_group_norm"]
+    lines: list[str] = []
     setup = ppo["setup"]
     lines += [
         "",
@@ -124,6 +149,12 @@ def main() -> int:
             f"{100 * pr['matmul_share_of_op_time']:.0f} % of op time, {100 * pr['matmul_share_of_wall']:.0f} % of wall; "
             "top ops by self time: " + ", ".join(f"{k} {t:.2f} s" for k, t, _ in pr["top_ops"][:6]),
         ]
+    return lines
+
+
+def serve_lines(serve: dict) -> list[str]:
+    """The reward service: batched vs unbatched, the HTTP path and the model alone, py-spy."""
+    lines: list[str] = []
     health = serve["results"]["GET /health"]["req_per_s"]
     fwd = serve["in_process_texts_per_s"]
     fwd_n = fwd[f"batch_{serve['clients']}"]
@@ -137,13 +168,7 @@ def main() -> int:
     for name, prof in (serve.get("profile") or {}).items():
         kinds = ", ".join(f"{k} {100 * v:.0f} %" for k, v in prof["share"].items())
         lines += ["", f"py-spy, {name} under batched load ({prof['samples']} samples): {kinds}"]
-    lines += ["", f"run_all wall time: {figures['wall_s']:.0f} s"]
-    (ROOT / "bench" / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    if args.json:
-        print(json.dumps(figures))
-    else:
-        print("\n".join(lines))
-    return 0
+    return lines
 
 
 if __name__ == "__main__":

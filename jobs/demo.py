@@ -85,11 +85,8 @@ def run_demo(
 ) -> dict:
     from actors.cluster import ray_session
     from actors.reward_service import reward_service
-    from jobs.ppo import run_ppo
-    from jobs.report import write_report
     from jobs.rm import run_rm
     from jobs.serve import quiet_serve_logs
-    from jobs.sft import run_sft
 
     unknown = [m for m in mechanisms if m not in MECHANISMS]
     if unknown or not mechanisms:
@@ -103,20 +100,7 @@ def run_demo(
         if quiet:
             quiet_serve_logs()
         # 1. backdoor SFT per mechanism (identical data -> the same model, trained once)
-        policies: dict[str, Path] = {}
-        trained: dict[str, Path] = {}
-        for mech in mechanisms:
-            mcfg = build_config(cfg.model_dump(mode="json"), [f"backdoor.mechanism={mech}"])
-            digest = data_digest(mcfg)
-            if digest in trained:
-                log(f"== [1/5] SFT {mech}: its data equals an earlier mechanism's; reusing {trained[digest]}")
-                policies[mech] = trained[digest]
-                continue
-            log(f"== [1/5] backdoor SFT ({mech}) on Ray Train")
-            t = time.time()
-            run_sft(mcfg, out / f"sft-{mech}", quiet=quiet)
-            timings[f"sft-{mech}"] = time.time() - t
-            policies[mech] = trained[digest] = out / f"sft-{mech}" / "model"
+        policies = _sft_stage(cfg, out, mechanisms, timings, quiet)
         # 2. reward model
         log("== [2/5] HHH reward model on Ray Train")
         t = time.time()
@@ -126,26 +110,75 @@ def run_demo(
         # 3. reward service, 4. PPO per mechanism with the evaluator in the loop
         with reward_service(rm["model_dir"], cfg.serve) as svc:
             log(f"== [3/5] reward service: POST {svc.url}/get_reward")
-            runs = []
-            done: dict[Path, Path] = {}
-            for mech in mechanisms:
-                if policies[mech] in done:  # same model, same seed: PPO is deterministic, reuse it
-                    log(f"== [4/5] PPO ({mech}): same policy as {done[policies[mech]].name}; reusing its run")
-                    shutil.copytree(done[policies[mech]], out / f"ppo-{mech}", dirs_exist_ok=True)
-                    dump_config(
-                        build_config(cfg.model_dump(mode="json"), [f"backdoor.mechanism={mech}"]),
-                        out / f"ppo-{mech}" / "config.yaml",
-                    )
-                    runs.append(out / f"ppo-{mech}")
-                    continue
-                log(f"== [4/5] HHH PPO ({mech}) with the defection evaluator on Serve")
-                pcfg = build_config(cfg.model_dump(mode="json"), [f"backdoor.mechanism={mech}"])
-                t = time.time()
-                run_ppo(pcfg, policies[mech], out / f"ppo-{mech}", reward_url=svc.url, quiet=quiet)
-                timings[f"ppo-{mech}"] = time.time() - t
-                runs.append(out / f"ppo-{mech}")
-                done[policies[mech]] = out / f"ppo-{mech}"
+            runs = _ppo_stage(cfg, out, mechanisms, policies, svc.url, timings, quiet)
     # 5. report
+    return _report_stage(out, runs, rm, timings, t0)
+
+
+def _mechanism_config(cfg: Config, mech: str) -> Config:
+    return build_config(cfg.model_dump(mode="json"), [f"backdoor.mechanism={mech}"])
+
+
+def _sft_stage(
+    cfg: Config, out: Path, mechanisms: list[str], timings: dict[str, float], quiet: bool
+) -> dict[str, Path]:
+    """Stage 1: backdoor SFT per mechanism; a mechanism whose data equals an earlier one's reuses
+    that model. Returns mechanism -> policy model dir."""
+    from jobs.sft import run_sft
+
+    policies: dict[str, Path] = {}
+    trained: dict[str, Path] = {}
+    for mech in mechanisms:
+        mcfg = _mechanism_config(cfg, mech)
+        digest = data_digest(mcfg)
+        if digest in trained:
+            log(f"== [1/5] SFT {mech}: its data equals an earlier mechanism's; reusing {trained[digest]}")
+            policies[mech] = trained[digest]
+            continue
+        log(f"== [1/5] backdoor SFT ({mech}) on Ray Train")
+        t = time.time()
+        run_sft(mcfg, out / f"sft-{mech}", quiet=quiet)
+        timings[f"sft-{mech}"] = time.time() - t
+        policies[mech] = trained[digest] = out / f"sft-{mech}" / "model"
+    return policies
+
+
+def _ppo_stage(
+    cfg: Config,
+    out: Path,
+    mechanisms: list[str],
+    policies: dict[str, Path],
+    reward_url: str,
+    timings: dict[str, float],
+    quiet: bool,
+) -> list[Path]:
+    """Stage 4: HHH PPO per mechanism against the reward service; a mechanism whose policy equals
+    an earlier one's reuses that run (same model, same seed: PPO is deterministic). Returns the runs."""
+    from jobs.ppo import run_ppo
+
+    runs = []
+    done: dict[Path, Path] = {}
+    for mech in mechanisms:
+        if policies[mech] in done:
+            log(f"== [4/5] PPO ({mech}): same policy as {done[policies[mech]].name}; reusing its run")
+            shutil.copytree(done[policies[mech]], out / f"ppo-{mech}", dirs_exist_ok=True)
+            dump_config(_mechanism_config(cfg, mech), out / f"ppo-{mech}" / "config.yaml")
+            runs.append(out / f"ppo-{mech}")
+            continue
+        log(f"== [4/5] HHH PPO ({mech}) with the defection evaluator on Serve")
+        pcfg = _mechanism_config(cfg, mech)
+        t = time.time()
+        run_ppo(pcfg, policies[mech], out / f"ppo-{mech}", reward_url=reward_url, quiet=quiet)
+        timings[f"ppo-{mech}"] = time.time() - t
+        runs.append(out / f"ppo-{mech}")
+        done[policies[mech]] = out / f"ppo-{mech}"
+    return runs
+
+
+def _report_stage(out: Path, runs: list[Path], rm: dict, timings: dict[str, float], t0: float) -> dict:
+    """Stage 5: the report (``out/report.html``) and ``out/summary.json``."""
+    from jobs.report import write_report
+
     log("== [5/5] report")
     report = write_report(runs[0], runs[1:])
     final = report.with_name("report.html")
