@@ -15,6 +15,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 LOOPBACK = "127.0.0.1"
 
@@ -185,3 +186,10 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, quiet: 
         yield
     finally:
         ray.shutdown()
+
+
+def ray_get(refs: Any) -> Any:
+    """``ray.get``: the results of remote calls (one ``ObjectRef`` or a list), in order."""
+    import ray
+
+    return ray.get(refs)

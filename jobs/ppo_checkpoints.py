@@ -97,7 +97,7 @@ def save_checkpoint(run: Path, step: int, policy, critic, state: dict[str, Any],
     """Each actor writes its part into a temporary dir, then one rename publishes it. ``get``
     resolves the actors' calls (``ray.get``, or ``actors.local.local_get`` in one process)."""
     if get is None:
-        from ray import get
+        from actors.cluster import ray_get as get
     root = run / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:06d}"

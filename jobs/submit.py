@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from actors.job_client import TokenRefused, call, open_client, server_ray_version, working_dir_size
 from rlhf.errors import RlhfError
 
 WORKING_DIR_LIMIT_MB = 100  # Ray's own limit is 512 MiB zipped; beyond ~100 MiB uploads crawl
@@ -168,13 +169,10 @@ def auth_headers(local) -> dict[str, str]:
 
 def connect(address: str | None):
     """(JobSubmissionClient, URL, local head state or None); ClusterUnreachable if nobody answers."""
-    from ray.exceptions import AuthenticationError
-    from ray.job_submission import JobSubmissionClient
-
     url, local = resolve_address(address)
     try:
-        client = JobSubmissionClient(url, headers=auth_headers(local))
-    except AuthenticationError as exc:
+        client = open_client(url, auth_headers(local))
+    except TokenRefused as exc:
         raise ClusterUnreachable(
             f"{url} refused the token: set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token ({_first_line(exc)})"
         ) from exc
@@ -191,11 +189,9 @@ def _first_line(exc: BaseException) -> str:
 
 def _job_call(fn, job_id: str, *args):
     """Call a client method about one job; a 404 becomes JobNotFound."""
-    from ray.exceptions import AuthenticationError
-
     try:
-        return fn(job_id, *args)
-    except AuthenticationError as exc:
+        return call(fn, job_id, *args)
+    except TokenRefused as exc:
         raise ClusterUnreachable(f"the cluster refused the token: {_first_line(exc)}") from exc
     except RuntimeError as exc:
         if "404" in str(exc) or "does not exist" in str(exc):
@@ -231,28 +227,6 @@ def load_runtime_env(path: str | None) -> dict:
             f"--runtime-env {path}: expected a mapping (env_vars, pip, working_dir...), got {type(data).__name__}"
         )
     return data
-
-
-def working_dir_size(path: Path, excludes: list[str], limit: int) -> int:
-    """Bytes that would be uploaded (files not matched by ``excludes``); stops counting past ``limit``."""
-    from ray._private.thirdparty.pathspec import PathSpec
-
-    spec = PathSpec.from_lines("gitwildmatch", excludes)
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        rel = Path(dirpath).relative_to(path)
-        dirnames[:] = [d for d in dirnames if not spec.match_file(f"{(rel / d).as_posix()}/")]
-        for name in filenames:
-            f = Path(dirpath) / name
-            if spec.match_file((rel / name).as_posix()) or f.is_symlink():
-                continue
-            try:
-                total += f.stat().st_size
-            except OSError:
-                continue
-            if total > limit:
-                return total
-    return total
 
 
 def build_runtime_env(runtime_env_file: str | None, working_dir: str | None) -> dict:
@@ -436,7 +410,7 @@ def cmd_cluster(args) -> int:
         for job in jobs:
             counts[_status_name(job.status)] = counts.get(_status_name(job.status), 0) + 1
         summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"
-        print(f"Jobs API:   {url} answers (Ray {client._server_ray_version or '?'}); jobs: {summary}")
+        print(f"Jobs API:   {url} answers (Ray {server_ray_version(client) or '?'}); jobs: {summary}")
         return 0
     raise SubmitError(f"unknown cluster command {what!r}")
 
