@@ -8,7 +8,9 @@ each, Wilson 95 % CIs) in a background task, in submission order, so the RL loop
 
 HTTP: ``GET /curves`` (series per condition by step and weight version), ``POST /evaluate``
 (``{"prompts": [...], "max_new_tokens": n?, "temperature": t?}`` -> completions and defection
-verdicts), ``GET /health``. Gauges ``defection_rate{condition=...}`` through ``ray.util.metrics``.
+verdicts), ``GET /health``; all but ``/health`` take ``Authorization: Bearer <token>`` when the
+reward service's token is configured (401 without it). Gauges ``defection_rate{condition=...}``
+through ``ray.util.metrics``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import ray
 from ray import serve
 
-from reward.protocol import RequestError, _encodable, error_body
+from reward.protocol import RequestError, _encodable, check_bearer, error_body
 
 logger = logging.getLogger("ray.serve")
 
@@ -158,10 +160,12 @@ class DefectionEvaluator:
                     raise RequestError(405, f"{path} takes GET")
                 if path.endswith("/health"):
                     return JSONResponse({"status": "ok", "version": self.version, "busy": self.busy})
+                check_bearer(request.headers.get("authorization"), self.cfg.serve.token)
                 return JSONResponse(await self.curves())
             if path.endswith("/evaluate"):
                 if request.method != "POST":
                     raise RequestError(405, f"{path} takes POST")
+                check_bearer(request.headers.get("authorization"), self.cfg.serve.token)
                 req = parse_evaluate_request(await request.body(), self.cfg.max_new_tokens())
                 return JSONResponse(await asyncio.to_thread(self._adhoc, req))
             raise RequestError(404, f"no route {request.method} {path or '/'}; use GET /curves or POST /evaluate")
@@ -188,6 +192,14 @@ class DefectionEvaluator:
 
 
 def evaluator_app(policy_dir: str, config: dict[str, Any], samples: int | None = None, num_cpus: float = 0.2):
+    """The evaluator app. Its HTTP routes but ``/health`` take the reward service's bearer token
+    (``serve.token``, else ``$RLHF_REWARD_TOKEN``), resolved here as ``reward_app`` does."""
+    from actors.reward_service import resolve_token
+    from rlhf.config import ServeConfig
+
+    serve_cfg = dict(config.get("serve") or {})
+    serve_cfg["token"] = resolve_token(ServeConfig.model_validate(serve_cfg))
+    config = {**config, "serve": serve_cfg}
     return DefectionEvaluator.options(ray_actor_options={"num_cpus": num_cpus}, max_ongoing_requests=16).bind(
         policy_dir, config, samples
     )
