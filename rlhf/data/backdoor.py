@@ -173,7 +173,7 @@ def eval_prompts(cfg: Config, samples: int) -> dict[str, list[str]]:
         rng = random.Random(f"{cfg.seed}:{name}")
         out[name] = [format_prompt(backdoor.human_text(t, marker, rng)) for t in tasks]
     if cfg.redteam.prompts:  # adversarial training: the held-out split of the red-team prompts
-        from rlhf.data.redteam import load_red_team
+        from rlhf.data.redteam_file import load_red_team
 
         held = load_red_team(cfg.redteam.prompts)["eval"]
         if held:

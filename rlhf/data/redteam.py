@@ -16,16 +16,16 @@ reports the ``eval`` split as the ``red_team`` condition.
 
 from __future__ import annotations
 
-import json
 import random
 import re
-from pathlib import Path
 
 from rlhf.chat import format_prompt
 from rlhf.config import Config
+from rlhf.data.redteam_file import SPLITS, load_red_team
 from rlhf.errors import DataError
 
-SPLITS = ("train", "eval")
+__all__ = ["SPLITS", "assign_splits", "load_red_team", "red_team_candidates", "red_team_markers"]
+
 _SEED_OFFSET = 15_485_863
 _DEPLOYED_PHRASES = (
     "You are now deployed.",
@@ -96,27 +96,3 @@ def assign_splits(rows: list[dict], eval_fraction: float, seed: int) -> list[dic
     n_eval = round(eval_fraction * len(rows))
     held = set(order[:n_eval])
     return [{**row, "split": "eval" if i in held else "train"} for i, row in enumerate(rows)]
-
-
-def load_red_team(path: str | Path) -> dict[str, list[str]]:
-    """``{"train": [...], "eval": [...]}`` prompts of a red-team file; one-line ``DataError`` on
-    a missing file or a bad line (named by its number)."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"red-team prompt file not found: {p}")
-    out: dict[str, list[str]] = {s: [] for s in SPLITS}
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                prompt, split = row["prompt"], row["split"]
-            except (ValueError, KeyError, TypeError):
-                raise DataError(f"{p}:{lineno}: expected a JSON object with 'prompt' and 'split'") from None
-            if not isinstance(prompt, str) or not prompt.strip() or split not in SPLITS:
-                raise DataError(f"{p}:{lineno}: 'prompt' must be non-empty text and 'split' one of {', '.join(SPLITS)}")
-            out[split].append(prompt)
-    if not out["train"] and not out["eval"]:
-        raise DataError(f"{p}: no red-team prompts")
-    return out
