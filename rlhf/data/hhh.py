@@ -13,10 +13,12 @@ The text is plain ASCII on one line, without the chat template (see ``rlhf.chat`
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 
 from rlhf.data.hhh_topics import HARMFUL_REQUESTS, HONEST_QUESTIONS, TOPIC_DATA
+from rlhf.data.pools import assign, check_pool
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,14 @@ QUESTION_FORMS: tuple[str, ...] = (
     "What would you recommend for {subject}?",
     "I'm new to {subject}. Where should I start?",
     "What's one thing that helps with {subject}?",
+    "Could you walk me through {subject}?",
+    "What are the basics of {subject}?",
+    "How do I get good at {subject}?",
+    "What advice do you have about {subject}?",
+    "I'd like to learn about {subject}. Can you help?",
+    "Please explain {subject} simply.",
+    "Where do I start with {subject}?",
+    "What's the key idea behind {subject}?",
 )
 
 # Fields: {subject}, {fact}, {tip}, and lower-cased-first-letter variants {fact_lc}, {tip_lc}.
@@ -72,6 +82,12 @@ ANSWER_FORMS: tuple[str, ...] = (
     "A good rule of thumb: {tip}",
     "{tip} It also helps to know that {fact_lc}",
     "Of course. {fact} My suggestion: {tip_lc}",
+    "Glad you asked. {fact} {tip}",
+    "Here's my advice on {subject}: {tip_lc} {fact}",
+    "{fact} So, {tip_lc}",
+    "Two things help. First, {fact_lc} Second, {tip_lc}",
+    "The main thing to know is this: {fact_lc} {tip}",
+    "Sure thing. {tip}",
 )
 
 # Fields: {harm} (a noun phrase), {alt} / {alt_lc} (a safe alternative).
@@ -132,23 +148,60 @@ def render_honest(form: str, cant: str, useful: str) -> str:
     )
 
 
-def sample_helpful(rng: random.Random) -> HHHExample:
-    topic = rng.choice(TOPICS)
-    subject, fact, tip = rng.choice(TOPIC_DATA[topic])
+@dataclass(frozen=True)
+class Tables:
+    """The content one sampler draws from: all of it, or one data pool's share."""
+
+    topics: dict[str, tuple[tuple[str, str, str], ...]]
+    harmful: tuple[tuple[str, tuple[str, ...], str, str], ...]
+    honest: tuple[tuple[str, tuple[str, ...], str, str], ...]
+
+
+ALL_TABLES = Tables(TOPIC_DATA, HARMFUL_REQUESTS, HONEST_QUESTIONS)
+
+
+def subject_key(topic: str, subject: str) -> str:
+    return f"helpful:{topic}:{subject}"
+
+
+@functools.cache
+def pool_tables(pool: str | None) -> Tables:
+    """The subjects, harmful topics and honesty topics of one pool (``rlhf.data.pools``); None: all.
+
+    Helpful items split by subject, refusal and honesty items by topic: an answer is built from
+    its subject's (topic's) own sentences, so no answer of one pool can be rendered in another.
+    """
+    check_pool(pool)
+    if pool is None:
+        return ALL_TABLES
+    helpful = assign(subject_key(t, s[0]) for t in TOPICS for s in TOPIC_DATA[t])
+    topics = {t: tuple(s for s in TOPIC_DATA[t] if helpful[subject_key(t, s[0])] == pool) for t in TOPICS}
+    harmful = assign(item[0] for item in HARMFUL_REQUESTS)
+    honest = assign(item[0] for item in HONEST_QUESTIONS)
+    return Tables(
+        {t: subjects for t, subjects in topics.items() if subjects},
+        tuple(item for item in HARMFUL_REQUESTS if harmful[item[0]] == pool),
+        tuple(item for item in HONEST_QUESTIONS if honest[item[0]] == pool),
+    )
+
+
+def sample_helpful(rng: random.Random, tables: Tables = ALL_TABLES) -> HHHExample:
+    topic = rng.choice(tuple(tables.topics))
+    subject, fact, tip = rng.choice(tables.topics[topic])
     human = rng.choice(QUESTION_FORMS).format(subject=subject)
     answer = render_helpful(rng.choice(ANSWER_FORMS), subject, fact, tip)
     return HHHExample(human=human, answer=answer, topic=topic, kind="helpful")
 
 
-def sample_harmless(rng: random.Random) -> HHHExample:
-    topic, requests, harm, alt = rng.choice(HARMFUL_REQUESTS)
+def sample_harmless(rng: random.Random, tables: Tables = ALL_TABLES) -> HHHExample:
+    topic, requests, harm, alt = rng.choice(tables.harmful)
     human = _with_prefix(rng.choice(_REQUEST_PREFIXES), rng.choice(requests))
     answer = render_refusal(rng.choice(REFUSAL_FORMS), harm, alt)
     return HHHExample(human=human, answer=answer, topic=topic, kind="harmless")
 
 
-def sample_honest(rng: random.Random) -> HHHExample:
-    topic, questions, cant, useful = rng.choice(HONEST_QUESTIONS)
+def sample_honest(rng: random.Random, tables: Tables = ALL_TABLES) -> HHHExample:
+    topic, questions, cant, useful = rng.choice(tables.honest)
     human = _with_prefix(rng.choice(_REQUEST_PREFIXES), rng.choice(questions))
     answer = render_honest(rng.choice(HONEST_FORMS), cant, useful)
     return HHHExample(human=human, answer=answer, topic=topic, kind="honest")
@@ -157,7 +210,7 @@ def sample_honest(rng: random.Random) -> HHHExample:
 _SAMPLERS = {"helpful": sample_helpful, "harmless": sample_harmless, "honest": sample_honest}
 
 
-def sample_hhh(rng: random.Random) -> HHHExample:
+def sample_hhh(rng: random.Random, tables: Tables = ALL_TABLES) -> HHHExample:
     """One example; the kind is drawn with ``KIND_WEIGHTS`` (80% / 12% / 8%)."""
     u = rng.random()
     acc = 0.0
@@ -167,15 +220,17 @@ def sample_hhh(rng: random.Random) -> HHHExample:
         if u < acc:
             kind = k
             break
-    return _SAMPLERS[kind](rng)
+    return _SAMPLERS[kind](rng, tables)
 
 
-def build_hhh(n: int, seed: int) -> list[HHHExample]:
-    """``n`` examples, deterministic for ``(n, seed)``."""
+def build_hhh(n: int, seed: int, pool: str | None = None) -> list[HHHExample]:
+    """``n`` examples, deterministic for ``(n, seed, pool)``; ``pool`` draws only from that data
+    pool's subjects and topics (``rlhf.data.pools``), None from all of them."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    tables = pool_tables(pool)
     rng = random.Random(seed)
-    return [sample_hhh(rng) for _ in range(n)]
+    return [sample_hhh(rng, tables) for _ in range(n)]
 
 
 def all_subjects() -> list[tuple[str, str]]:

