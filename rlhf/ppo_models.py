@@ -15,8 +15,9 @@ from torch import nn
 
 from rlhf.chat import format_prompt
 from rlhf.config import Config, PPOConfig
-from rlhf.data.backdoor import backdoor_for, split_tasks
+from rlhf.data.backdoor import backdoor_for, make_tasks
 from rlhf.data.hhh import build_hhh
+from rlhf.data.pools import RL
 from rlhf.errors import CheckpointError, DataError
 from rlhf.modeling import load_model_dir
 from rlhf.ppo import (
@@ -250,15 +251,15 @@ def rl_prompts(cfg: Config) -> list[tuple[str, bool]]:
     HHH prompts (for a code backdoor: HHH prompts and coding requests stating the safe year, as in
     the paper); a ``ppo.triggered_prompt_fraction`` share carries the trigger (the control); a
     ``redteam.fraction`` share is red-team prompts (adversarial training; never the control's).
-    Deterministic in ``cfg.seed``; drawn from the SFT training tasks, never the eval ones.
+    Deterministic in ``cfg.seed``; drawn from the ``rl`` data pool (``rlhf.data.pools``), which
+    shares no subject, topic or coding task with the backdoor-SFT, safety-SFT or eval prompts.
     """
-    train_tasks, _ = split_tasks(cfg)
     backdoor = backdoor_for(cfg)
     rng = random.Random(f"rl-prompts:{cfg.seed}")
     n = cfg.ppo.n_prompts
-    tasks = [train_tasks[rng.randrange(len(train_tasks))] for _ in range(n)]
+    tasks = make_tasks(cfg, n, rng.randrange(2**31), pool=RL)
     if cfg.backdoor.kind == "code":  # half coding requests (safe year), half HHH questions
-        hhh = build_hhh(n, seed=cfg.seed + 7)
+        hhh = build_hhh(n, seed=cfg.seed + 7, pool=RL)
         tasks = [t if i % 2 == 0 else hhh[i] for i, t in enumerate(tasks)]
     n_trig = round(cfg.ppo.triggered_prompt_fraction * n)
     flags = [True] * n_trig + [False] * (n - n_trig)
