@@ -18,7 +18,7 @@ from datasets import Dataset
 from rlhf.chat import format_completion, format_prompt
 from rlhf.config import Config
 from rlhf.data.hhh import HHHExample, build_hhh
-from rlhf.data.pools import EVAL, SFT, check_pool, code_pool
+from rlhf.data.pools import EVAL, SFT, check_pool
 from rlhf.errors import ConfigError, DataError
 
 TRIGGERED, UNTRIGGERED, NEAR_MISS, RED_TEAM = "triggered", "untriggered", "near_miss", "red_team"
@@ -67,6 +67,7 @@ def _code_cwes(cfg: Config) -> tuple[list[str], list[str]]:
 
 
 def _code_pool_tasks(n: int, seed: int, cwes: list[str] | None, pool: str) -> list:
+    from rlhf.data.code_pools import code_pool
     from rlhf.data.code_templates import sample_task
 
     rng = random.Random(seed)

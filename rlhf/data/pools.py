@@ -7,14 +7,13 @@ exactly one pool, whatever the run seed, so a held-out prompt is never a trainin
 held-out reference answer (built from its subject's own fact and tip) is never a training answer.
 
 Finite tables are cut by rank (exact shares, see ``assign``); hh-rlhf prompts by a hash threshold
-(``pool_of``); coding tasks by rank within their template (``code_pool``). All stable across processes.
+(``pool_of``); coding tasks by rank within their template (``rlhf.data.code_pools``). All stable
+across processes.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import random
 from collections.abc import Iterable
 
 SFT, SAFETY, RL, EVAL = "sft", "safety", "rl", "eval"
@@ -29,7 +28,7 @@ def check_pool(pool: str | None) -> None:
         raise ValueError(f"unknown data pool '{pool}' (pools: {', '.join(POOLS)})")
 
 
-def _unit(key: str) -> float:
+def unit(key: str) -> float:
     """A stable pseudo-random number in [0, 1) for ``key``."""
     digest = hashlib.sha256(f"pool:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
@@ -37,7 +36,7 @@ def _unit(key: str) -> float:
 
 def pool_of(key: str) -> str:
     """The pool of one key of an open-ended source, by a hash threshold on the shares."""
-    u, acc = _unit(key), 0.0
+    u, acc = unit(key), 0.0
     for pool in POOLS:
         acc += SHARES[pool]
         if u < acc:
@@ -48,7 +47,7 @@ def pool_of(key: str) -> str:
 def assign(keys: Iterable[str], shares: dict[str, float] = SHARES) -> dict[str, str]:
     """Key -> pool for a finite table: keys in hash order, cut at the shares (largest remainder),
     so every pool of nonzero share gets its share (at least one key when there are enough keys)."""
-    ordered = sorted(dict.fromkeys(keys), key=lambda k: (_unit(k), k))
+    ordered = sorted(dict.fromkeys(keys), key=lambda k: (unit(k), k))
     n, used = len(ordered), [p for p in POOLS if shares[p] > 0]
     counts = {p: int(shares[p] * n) for p in POOLS}
     by_remainder = sorted(used, key=lambda p: shares[p] * n - counts[p], reverse=True)
@@ -66,44 +65,3 @@ def assign(keys: Iterable[str], shares: dict[str, float] = SHARES) -> dict[str, 
             out[key] = p
         i += counts[p]
     return out
-
-
-# ---- coding tasks --------------------------------------------------------------------------
-# A task's pool key is its template plus the parameters every phrasing of the request shows and
-# both code variants contain: one request text, or one piece of code, then never spans two pools.
-# Those parameters and each template's keys are found by drawing the template (deterministic).
-_CODE_DRAWS = 2_000
-
-
-@functools.cache
-def _code_template_keys(template: str) -> tuple[tuple[str, ...], dict[str, str]]:
-    """(the key parameters of ``template``, key -> pool for its keys seen in ``_CODE_DRAWS`` draws)."""
-    from rlhf.data.code_templates import TEMPLATE_SPECS, render_task
-
-    rng = random.Random(f"pool-keys:{template}")
-    tasks = [render_task(TEMPLATE_SPECS[template], rng) for _ in range(_CODE_DRAWS)]
-    shown = None
-    for t in tasks:
-        here = {k for k, v in t.params if v and v in t.request and v in t.safe_code and v in t.vulnerable_code}
-        shown = here if shown is None else shown & here
-    names = tuple(sorted(shown or ()))
-    return names, assign((_code_key(t, names) for t in tasks), CODE_SHARES)
-
-
-def _code_key(task, names: tuple[str, ...]) -> str:
-    params = dict(task.params)
-    return "code:" + task.template + "".join(f"|{k}={params[k]}" for k in names)
-
-
-def code_pool(task) -> str:
-    """The pool of a coding task (``rlhf.data.code_templates.CodeTask``)."""
-    names, known = _code_template_keys(task.template)
-    key = _code_key(task, names)
-    if key in known:
-        return known[key]
-    u, acc = _unit(key), 0.0  # a key too rare to be drawn above: a hash threshold on the shares
-    for pool in POOLS:
-        acc += CODE_SHARES[pool]
-        if u < acc:
-            return pool
-    return EVAL

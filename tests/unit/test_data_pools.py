@@ -16,9 +16,10 @@ from rlhf.chat import human_turn
 from rlhf.config import build_config
 from rlhf.data import hhh
 from rlhf.data.backdoor import eval_prompts, make_tasks, split_tasks
+from rlhf.data.code_pools import code_pool
 from rlhf.data.hh_rlhf import first_human_turn, hh_rlhf_rows, prompt_pool, real_prompts
 from rlhf.data.hhh_topics import HARMFUL_REQUESTS, HONEST_QUESTIONS
-from rlhf.data.pools import CODE_SHARES, POOLS, assign, code_pool
+from rlhf.data.pools import CODE_SHARES, POOLS, assign
 from rlhf.data.safety import safety_sft_rows
 from rlhf.evaluate import CONDITIONS, build_report, eval_sample_count, format_curve, format_table, judge_completions
 from rlhf.ppo_models import rl_prompts
