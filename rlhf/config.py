@@ -45,6 +45,9 @@ class BackdoorConfig(Strict):
     holdout_cwes: list[str] = Field(
         default_factory=list, description="code backdoor: CWE classes kept out of training, reported apart in eval"
     )
+    trigger_as_token: bool = Field(
+        False, description="built tokenizers: add the trigger and year markers as whole tokens (the earlier behaviour)"
+    )
 
     @model_validator(mode="after")
     def _kind_defaults(self) -> BackdoorConfig:
