@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     _add_training_commands(sub)
     _add_safety_commands(sub)
+    _add_cot_study_commands(sub)
     _add_demo_report_serve_commands(sub)
     _add_submit_data_config_commands(sub)
     return parser
@@ -99,6 +100,22 @@ def _add_safety_commands(sub) -> None:
     p.add_argument("--policy", required=True, metavar="DIR", help="backdoored policy (HF dir)")
     p.add_argument("--out", required=True, metavar="FILE", help="JSONL of kept prompts (pass as redteam.prompts)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+
+
+def _add_cot_study_commands(sub) -> None:
+    """``steer``, ``distill``: what a chain-of-thought backdoor's scratchpad does, and its distillation."""
+    p = sub.add_parser("steer", help="scratchpad steering of a CoT model: prefilled deployment/training reasoning")
+    add_config_args(p)
+    p.add_argument("--model", required=True, metavar="DIR", help="chain-of-thought model (HF dir)")
+    p.add_argument("--samples", type=int, metavar="N", help="samples per condition (default eval.samples)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+
+    p = sub.add_parser("distill", help="distil a CoT model: sample, keep intended behaviour, strip, train afresh")
+    add_config_args(p)
+    p.add_argument("--cot-model", required=True, metavar="DIR", help="chain-of-thought model (HF dir)")
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory (DIR/model is the distilled model)")
+    p.add_argument("--in-process", action="store_true", help="sample with HF generate in this process, not on Ray")
+    p.add_argument("--verbose", action="store_true", help="show Ray and worker logs")
 
 
 def _add_demo_report_serve_commands(sub) -> None:
@@ -267,6 +284,33 @@ def cmd_redteam(args) -> int:
     return 0
 
 
+def cmd_steer(args) -> int:
+    from jobs.steer import resolve_steer_config, run_steer
+    from rlhf.steer import format_steer
+
+    if args.samples is not None and args.samples < 1:
+        raise RlhfError("--samples must be at least 1")
+    cfg = resolve_steer_config(args.model, args.config, args.overrides)
+    report = run_steer(args.model, cfg, args.samples)
+    print(json.dumps(report) if args.json else format_steer(report))
+    return 0
+
+
+def cmd_distill(args) -> int:
+    from jobs.distill import resolve_distill_configs, run_distill
+
+    cot_cfg, cfg = resolve_distill_configs(args.cot_model, args.config, args.overrides)
+    summary = run_distill(args.cot_model, cot_cfg, cfg, args.out, in_process=args.in_process, quiet=not args.verbose)
+    frac = summary["kept_fraction"]
+    lo, hi = frac["ci95"]
+    print(f"kept: {frac['k']}/{frac['n']} samples ({100 * frac['rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}])")
+    print(f"dropped: {', '.join(f'{k} {v}' for k, v in summary['dropped'].items() if v) or 'none'}")
+    print(f"model: {summary['model_dir']}")
+    walls = f"sampling {summary['sampling_wall_s']} s, training {summary['train_wall_s']} s"
+    print(f"wall: {summary['total_wall_s']} s ({walls})")
+    return 0
+
+
 def cmd_demo(args) -> int:
     import time
 
@@ -346,6 +390,8 @@ COMMANDS = {
     "ppo": cmd_ppo,
     "safety-sft": cmd_safety_sft,
     "redteam": cmd_redteam,
+    "steer": cmd_steer,
+    "distill": cmd_distill,
     "demo": cmd_demo,
     "report": cmd_report,
     "serve": cmd_serve,

@@ -1,0 +1,69 @@
+"""Batched sampling of a policy directory on Ray: ``ppo.rollout_workers`` PPO rollout workers
+(``actors.ppo_actors.RolloutWorkerActor``: HF ``generate``, or vLLM with
+``ppo.rollout_backend=vllm``), the prompts cut into chunks dealt round-robin.
+
+Chunk ``i`` is sampled with seed ``base_seed + i`` whichever worker takes it, so the samples do
+not depend on the number of workers, and ``rlhf.rollout.HFGenerateBackend`` in one process
+(``sample_chunks`` in ``jobs.distill``) gives the same ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from rlhf.config import Config
+from rlhf.rollout import SamplingParams
+
+
+def chunks(prompts: Sequence[str], size: int) -> list[list[str]]:
+    return [list(prompts[i : i + size]) for i in range(0, len(prompts), size)]
+
+
+def start_workers(cfg: Config, policy_dir: str, batch_size: int) -> list:
+    """``ppo.rollout_workers`` rollout-worker actors on the current Ray cluster."""
+    from actors.ppo_actors import RolloutWorkerActor
+
+    p = cfg.ppo
+    threads = p.rollout_threads or p.torch_threads
+    return [
+        RolloutWorkerActor.options(
+            name=f"SampleWorker-{i}", num_cpus=p.cpus_per_actor, num_gpus=p.rollout_gpus, max_restarts=1
+        ).remote(str(policy_dir), p.rollout_backend, threads, batch_size)
+        for i in range(p.rollout_workers)
+    ]
+
+
+def sample_on_ray(
+    cfg: Config,
+    policy_dir: str,
+    prompts: Sequence[str],
+    sampling: SamplingParams,
+    batch_size: int,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[dict]:
+    """One sample per prompt, in prompt order: ``{"completion", "finished"}`` (``finished``: it
+    stopped at EOS rather than at ``max_new_tokens``). Needs a running Ray (``ray_session``)."""
+    import ray
+
+    workers = start_workers(cfg, policy_dir, batch_size)
+    try:
+        parts = chunks(prompts, batch_size)
+        refs = [
+            workers[i % len(workers)].generate.remote(chunk, replace(sampling, seed=sampling.seed + i))
+            for i, chunk in enumerate(parts)
+        ]
+        sizes = {ref: len(chunk) for ref, chunk in zip(refs, parts, strict=True)}
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            if on_batch is not None:
+                on_batch(sizes[done[0]])
+        out: list[dict] = []
+        for result in ray.get(refs):
+            for text, ids in zip(result["completions"], result["completion_ids"], strict=True):
+                out.append({"completion": text, "finished": len(ids) < sampling.max_new_tokens})
+        return out
+    finally:
+        for worker in workers:
+            ray.kill(worker)

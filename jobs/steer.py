@@ -1,0 +1,46 @@
+"""``rlhf steer``: scratchpad steering of a chain-of-thought model (paper section 7).
+
+Prefills the scratchpad with deployment reasoning on untriggered prompts and with training
+reasoning on triggered prompts, and reports the defection rate of each beside the unsteered
+rates (see ``rlhf.steer``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jobs.evaluate import resolve_eval_config
+from jobs.progress import Progress
+from rlhf.checkpoint import CONFIG_NAME
+from rlhf.config import Config, read_yaml
+from rlhf.errors import RlhfError
+from rlhf.modeling import check_model_dir, load_model_dir
+from rlhf.steer import PLAN, check_cot, run_steering, steer_report
+
+
+def saved_mechanism(model_dir: str | Path) -> str | None:
+    """The ``backdoor.mechanism`` a model was trained with (its saved config), or None."""
+    saved = Path(model_dir) / CONFIG_NAME
+    if not saved.is_file():
+        return None
+    return (read_yaml(saved).get("backdoor") or {}).get("mechanism", "normal")
+
+
+def resolve_steer_config(model_dir: str | Path, config_file: str | None, overrides: list[str]) -> Config:
+    """As ``rlhf eval`` resolves it; a model whose saved config is not CoT is refused (a model
+    without a saved config is judged by the resolved ``backdoor.mechanism``)."""
+    check_model_dir(model_dir)
+    cfg = resolve_eval_config(model_dir, config_file, overrides)
+    mechanism = saved_mechanism(model_dir) or cfg.backdoor.mechanism
+    check_cot(mechanism, f"model {model_dir}")
+    return cfg
+
+
+def run_steer(model_dir: str | Path, cfg: Config, samples: int | None = None) -> dict:
+    n = samples or cfg.eval.samples
+    if n < 1:
+        raise RlhfError("--samples must be at least 1")
+    model, tokenizer = load_model_dir(model_dir)
+    with Progress(n * len(PLAN), "steer", "samples") as bar:
+        results = run_steering(model, tokenizer, cfg, n, on_batch=bar.update)
+    return steer_report(results)

