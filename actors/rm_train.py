@@ -15,11 +15,11 @@ class RMJob(TrainJob):
 
 
 def rm_loop_per_worker(job: dict) -> None:
-    import torch
     from transformers import AutoModelForSequenceClassification
 
     from reward.train import pair_batches, rm_step
     from rlhf.checkpoint import CONFIG_NAME, save_hf_dir
+    from rlhf.optim import train_step
 
     progress = job.pop("progress", None)
     rank, world, tokenizer, base, model, opt, sched = setup_worker(job, AutoModelForSequenceClassification)
@@ -30,16 +30,12 @@ def rm_loop_per_worker(job: dict) -> None:
     for step in range(1, job["max_steps"] + 1):
         batch = next(stream)
         loss, accuracy = rm_step(model, batch, tokenizer.pad_token_id)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), job["grad_clip"])
-        opt.step()
-        sched.step()
+        grad_norm = train_step(model, loss, opt, sched, job["grad_clip"])
         tokens = sum(len(c) + len(r) for c, r in batch)
         reporter.step(
             step,
             tokens,
-            float(grad_norm),
+            grad_norm,
             sched.get_last_lr()[0],
             **{"train/loss": float(loss), "train/accuracy": accuracy},
         )

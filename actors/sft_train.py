@@ -28,6 +28,7 @@ def train_loop_per_worker(job: dict) -> None:
     from transformers import AutoModelForCausalLM
 
     from rlhf.checkpoint import CONFIG_NAME, save_hf_dir
+    from rlhf.optim import train_step
     from rlhf.sft import Example, batches, collate, completion_loss
 
     progress = job.pop("progress", None)
@@ -60,15 +61,11 @@ def train_loop_per_worker(job: dict) -> None:
     for step in range(start + 1, job["max_steps"] + 1):
         batch = collate(next(stream), tokenizer.pad_token_id)
         loss = completion_loss(model, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), job["grad_clip"])
-        opt.step()
-        sched.step()
+        grad_norm = train_step(model, loss, opt, sched, job["grad_clip"])
         reporter.step(
             step,
             int(batch["attention_mask"].sum()),
-            float(grad_norm),
+            grad_norm,
             sched.get_last_lr()[0],
             **{"train/loss": float(loss)},
         )

@@ -27,7 +27,8 @@ class TrainJob:
     config_yaml: str  # resolved config, saved beside every checkpoint
     seed: int
     batch_size: int
-    lr: float
+    lr: float  # lr, betas, weight_decay, warmup_steps, grad_clip: rlhf.optim.OptimConfig's
+    betas: tuple[float, float]
     weight_decay: float
     warmup_steps: int
     max_steps: int
@@ -43,8 +44,9 @@ def optimisation_fields(section) -> dict:
 
 
 def setup_worker(job: dict, model_class, model_dir: str | None = None):
-    """Per-worker start: threads, seed, tokenizer, model (DDP-wrapped when world > 1), optimiser.
-    The model loads from ``model_dir`` (a checkpoint to resume) or ``job["init_dir"]``.
+    """Per-worker start: threads, seed, tokenizer, model (DDP-wrapped when world > 1), optimiser
+    and schedule (``rlhf.optim``, over ``job["max_steps"]``). The model loads from ``model_dir``
+    (a checkpoint to resume) or ``job["init_dir"]``.
 
     Returns ``(rank, world, tokenizer, base_model, model, optimizer, scheduler)``.
     """
@@ -53,7 +55,7 @@ def setup_worker(job: dict, model_class, model_dir: str | None = None):
     from ray.train.torch import prepare_model
     from transformers import AutoTokenizer
 
-    from rlhf.sft import make_optimizer
+    from rlhf.optim import OptimConfig, make_optimizer, make_scheduler
 
     torch.set_num_threads(job["threads_per_worker"])
     ctx = train.get_context()
@@ -63,7 +65,9 @@ def setup_worker(job: dict, model_class, model_dir: str | None = None):
     base = model_class.from_pretrained(model_dir or job["init_dir"], dtype=torch.float32)
     model = prepare_model(base) if world > 1 else base
     model.train()
-    opt, sched = make_optimizer(model, job["lr"], job["weight_decay"], job["warmup_steps"], job["max_steps"])
+    optim = OptimConfig(**{name: job[name] for name in OptimConfig.model_fields})
+    opt = make_optimizer(model, optim)
+    sched = make_scheduler(opt, optim, job["max_steps"])
     return rank, world, tokenizer, base, model, opt, sched
 
 

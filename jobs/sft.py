@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 import yaml
 
 from jobs.progress import Progress
@@ -215,23 +214,21 @@ def quick_sft(cfg: Config, out: str | Path, steps: int | None = None) -> Path:
 
     Same data, tokenizer and model as ``run_sft``; one worker, ``steps`` (default
     ``sft.max_steps``) AdamW steps; saves an HF dir with the config beside it."""
-    from rlhf.sft import batches, collate, completion_loss, make_optimizer
+    from rlhf.optim import make_optimizer, make_scheduler, train_step
+    from rlhf.sft import batches, collate, completion_loss
 
     s = cfg.sft
     steps = steps or s.max_steps
     data = build_sft_datasets(cfg)
     model, tokenizer = prepare_model(cfg, [r["prompt"] + r["completion"] for r in data["train"]])
     examples = tokenize_pairs(tokenizer, list(data["train"]), cfg.model.max_seq_len)
-    opt, sched = make_optimizer(model, s.lr, s.weight_decay, s.warmup_steps, steps)
+    opt = make_optimizer(model, s)
+    sched = make_scheduler(opt, s, steps)
     stream = batches(examples, s.batch_size, cfg.seed)
     model.train()
     for _ in range(steps):
         loss = completion_loss(model, collate(next(stream), tokenizer.pad_token_id))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-        opt.step()
-        sched.step()
+        train_step(model, loss, opt, sched, s.grad_clip)
     model.eval()
     config_yaml = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     return save_hf_dir(model, tokenizer, out, {CONFIG_NAME: config_yaml})

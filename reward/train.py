@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from reward.model import bradley_terry_loss, collate_sequences, rewards
+from rlhf.optim import OptimConfig, make_optimizer, train_step
 from rlhf.sft import batches
 
 Pair = tuple[list[int], list[int]]
@@ -70,22 +71,19 @@ def train_reward_model_local(
 ) -> list[tuple[float, float]]:
     """Single-process AdamW loop over ``pair_batches``; returns per-step ``(loss, accuracy)``.
 
-    The pad id is ``model.config.pad_token_id``. Gradients are clipped to ``max_grad_norm``.
+    The pad id is ``model.config.pad_token_id``. Gradients are clipped to ``max_grad_norm`` (0: not
+    clipped); constant learning rate, weight decay on every parameter.
     """
     pad_id = model.config.pad_token_id
     if pad_id is None:
         raise ValueError("model.config.pad_token_id must be set")
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
+    opt = make_optimizer(model, OptimConfig(lr=lr, weight_decay=weight_decay, warmup_steps=0), split_decay=False)
     stream = pair_batches(pairs, batch_size, seed)
     model.train()
     history: list[tuple[float, float]] = []
     for _ in range(steps):
         loss, acc = rm_step(model, next(stream), pad_id)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-        opt.step()
+        train_step(model, loss, opt, None, max_grad_norm)
         history.append((float(loss.detach()), acc))
     model.eval()
     return history

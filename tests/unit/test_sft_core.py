@@ -1,4 +1,5 @@
-"""rlhf.sft (tokenisation, labels, batching, schedule, a short fit) and rlhf.rollout generation."""
+"""rlhf.sft (tokenisation, labels, batching, a short fit) and rlhf.rollout generation. The
+optimiser and schedule are tested in test_optim.py."""
 
 from __future__ import annotations
 
@@ -8,17 +9,9 @@ import pytest
 import torch
 
 from rlhf.modeling import build_model, llama_config
+from rlhf.optim import OptimConfig, make_optimizer, make_scheduler, train_step
 from rlhf.rollout import HFGenerateBackend, SamplingParams
-from rlhf.sft import (
-    IGNORE,
-    Example,
-    batches,
-    collate,
-    completion_loss,
-    make_optimizer,
-    tokenize_pairs,
-    warmup_cosine,
-)
+from rlhf.sft import IGNORE, Example, batches, collate, completion_loss, tokenize_pairs
 
 
 def enc(tok, text: str) -> list[int]:
@@ -155,57 +148,18 @@ def test_batches_drop_last_partial_batch_and_small_shards():
         next(batches(_examples(3), 2, seed=0, rank=0, world=4))
 
 
-# ---------------------------------------------------------------- schedule
-
-
-def test_warmup_cosine_values():
-    w, total = 10, 110
-    assert warmup_cosine(0, w, total) == pytest.approx(0.1)
-    assert warmup_cosine(4, w, total) == pytest.approx(0.5)
-    assert warmup_cosine(9, w, total) == pytest.approx(1.0)
-    assert warmup_cosine(10, w, total) == pytest.approx(1.0)
-    assert warmup_cosine(60, w, total) == pytest.approx(0.55)  # halfway: floor + (1 - floor) / 2
-    assert warmup_cosine(35, w, total) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)))
-    assert warmup_cosine(110, w, total) == pytest.approx(0.1)
-    assert warmup_cosine(500, w, total) == pytest.approx(0.1)  # clamped after the end
-    assert warmup_cosine(0, 0, 100) == pytest.approx(1.0)
-    assert warmup_cosine(50, 0, 100, floor=0.0) == pytest.approx(0.5)
-    values = [warmup_cosine(s, w, total) for s in range(w, total + 1)]
-    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
-
-
-def test_make_optimizer_groups_and_schedule():
-    model = build_model(llama_config("tiny", 512, 64), 0)
-    opt, sched = make_optimizer(model, lr=1e-2, weight_decay=0.05, warmup=4, total=20)
-    decay, no_decay = opt.param_groups
-    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
-    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
-    n_unique = len({id(p) for p in model.parameters()})
-    assert len(decay["params"]) + len(no_decay["params"]) == n_unique
-    assert opt.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.25)
-    lrs = []
-    for _ in range(20):
-        opt.step()
-        sched.step()
-        lrs.append(opt.param_groups[0]["lr"])
-    assert lrs[2] == pytest.approx(1e-2)  # step 3 (last warm-up step)
-    assert lrs[-1] == pytest.approx(1e-3)  # floor 0.1 at the end
-
-
 # ---------------------------------------------------------------- a short fit
 
 
 def _fit(model, examples, pad, steps, lr, bs, warmup=5, seed=0):
-    opt, sched = make_optimizer(model, lr, 0.0, warmup, steps)
+    optim = OptimConfig(lr=lr, weight_decay=0.0, warmup_steps=warmup, grad_clip=1.0)
+    opt = make_optimizer(model, optim)
+    sched = make_scheduler(opt, optim, steps)
     it = batches(examples, bs, seed)
     model.train()
     for _ in range(steps):
         loss = completion_loss(model, collate(next(it), pad))
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        train_step(model, loss, opt, sched, optim.grad_clip)
     return model.eval()
 
 

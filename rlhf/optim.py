@@ -1,0 +1,104 @@
+"""The one optimiser and training-step helper of SFT, safety SFT, reward-model training (and PPO).
+
+``OptimConfig`` holds the optimiser settings; the ``sft``, ``safety_sft`` and ``rm`` config
+sections are ``OptimConfig`` subclasses, so their keys (``sft.lr``, ``rm.grad_clip``...) stay
+where they were and a section can be passed wherever an ``OptimConfig`` is expected.
+
+    opt = make_optimizer(model, cfg.sft)                       # AdamW, no decay on biases/norms
+    sched = make_scheduler(opt, cfg.sft, total_steps)          # linear warm-up, cosine to 10 %
+    grad_norm = train_step(model, loss, opt, sched, cfg.sft.grad_clip)
+
+Pure torch + pydantic, no Ray (torch is imported on first use, so ``rlhf.config`` stays light):
+the Ray Train workers in actors/ and the in-process loops call it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:  # torch loads on first use: rlhf.config builds on OptimConfig and stays light
+    import torch
+
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class OptimConfig(BaseModel):
+    """AdamW with a warm-up + cosine schedule and gradient-norm clipping."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    lr: float = Field(1e-3, gt=0)
+    betas: tuple[Beta, Beta] = Field((0.9, 0.95), description="AdamW (beta1, beta2)")
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    grad_clip: float = Field(1.0, gt=0, description="clip the global gradient norm to this")
+
+
+def make_optimizer(
+    model: torch.nn.Module | Iterable[torch.nn.Parameter], cfg: OptimConfig, split_decay: bool = True
+) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters of ``model``.
+
+    ``split_decay``: two parameter groups, weight decay on matrices only (biases, norm gains and
+    other vectors get none); otherwise one group of every parameter, all decayed (also what an
+    iterable of parameters gets)."""
+    import torch
+
+    kwargs = {"lr": cfg.lr, "betas": tuple(cfg.betas)}
+    if split_decay and isinstance(model, torch.nn.Module):
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        decay = [p for _, p in named if p.ndim >= 2]
+        no_decay = [p for _, p in named if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, **kwargs)
+    params = model.parameters() if isinstance(model, torch.nn.Module) else model
+    return torch.optim.AdamW(params, weight_decay=cfg.weight_decay, **kwargs)
+
+
+def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.1) -> float:
+    """Learning-rate multiplier: linear warm-up, then cosine decay to ``floor``."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int, floor: float = 0.1
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """``cfg.warmup_steps`` of linear warm-up, then cosine decay to ``floor`` x lr at ``total_steps``;
+    one ``step()`` per optimiser step."""
+    import torch
+
+    warmup = cfg.warmup_steps
+    # a plain lambda, so the scheduler's state_dict holds no schedule (checkpoints stay as they were)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total_steps, floor))
+
+
+def train_step(
+    model: torch.nn.Module | Iterable[torch.nn.Parameter],
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    grad_clip: float | None = None,
+) -> float | None:
+    """One optimiser step on ``loss``: zero the gradients, backward, clip the global gradient norm
+    to ``grad_clip`` (None or <= 0: no clipping), step the optimiser, then the scheduler.
+
+    Returns the gradient norm before clipping (None when not clipping)."""
+    import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = None
+    if grad_clip is not None and grad_clip > 0:
+        params = model.parameters() if isinstance(model, torch.nn.Module) else model
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return grad_norm
