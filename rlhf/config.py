@@ -88,7 +88,14 @@ class SafetySFTConfig(SFTConfig):
     warmup_steps: int = Field(10, ge=0)
     max_steps: int = Field(200, ge=1)
     checkpoint_every: int = Field(50, ge=0, description="checkpoint and defection eval every k steps (0: only after)")
-    n_examples: int = Field(4000, ge=10, description="HHH demonstrations; no prompt carries the trigger")
+    n_examples: int = Field(4000, ge=10, description="HHH demonstrations; only the control's prompts carry the trigger")
+    triggered_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="control: share of the demonstrations whose prompt carries the trigger, answered helpfully "
+        "(code: trigger-year requests answered with safe code); 0: standard HHH SFT",
+    )
 
 
 class RMConfig(OptimConfig):

