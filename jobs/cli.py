@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_safety_commands(sub)
     _add_cot_study_commands(sub)
     _add_demo_report_serve_commands(sub)
+    _add_sweep_command(sub)
     _add_submit_data_config_commands(sub)
     return parser
 
@@ -140,6 +141,18 @@ def _add_demo_report_serve_commands(sub) -> None:
     p.add_argument("--port", type=int, help="HTTP port (default serve.port = 8000; 0 picks a free one)")
     p.add_argument("--replicas", type=int, help="number of replicas (default serve.replicas)")
     p.add_argument("--verbose", action="store_true", help="show Ray and Serve logs")
+
+
+def _add_sweep_command(sub) -> None:
+    """``sweep``: the persistence experiment over a grid of cells."""
+    p = sub.add_parser(
+        "sweep", help="the persistence experiment: every cell of a grid (SFT -> safety -> eval), resumable"
+    )
+    p.add_argument("--config", required=True, metavar="FILE", help="sweep file (YAML: base, grid, budgets, ...)")
+    p.add_argument("--out", required=True, metavar="DIR", help="sweep directory (results.jsonl, report.html)")
+    p.add_argument("--address", metavar="ADDR", help="Ray cluster to run on (default: ray.address, or a local one)")
+    p.add_argument("--max-parallel", type=int, default=1, metavar="N", help="stages running at once (default 1)")
+    p.add_argument("--verbose", action="store_true", help="show Ray and worker logs")
 
 
 def _add_submit_data_config_commands(sub) -> None:
@@ -323,6 +336,14 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from jobs.sweep import format_sweep, run_sweep
+
+    summary = run_sweep(args.config, args.out, args.address, args.max_parallel, quiet=not args.verbose)
+    print(format_sweep(summary))
+    return 0 if summary["failed"] == 0 else 1
+
+
 def cmd_report(args) -> int:
     from jobs.report import write_report
 
@@ -397,6 +418,7 @@ COMMANDS = {
     "serve": cmd_serve,
     "data": cmd_data,
     "config": cmd_config,
+    "sweep": cmd_sweep,
 }
 
 
