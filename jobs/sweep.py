@@ -295,7 +295,8 @@ def run_sweep(
     plan = plan_sweep(sweep)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(sweep_file, out / "sweep.yaml")
+    if Path(sweep_file).resolve() != (out / "sweep.yaml").resolve():
+        shutil.copyfile(sweep_file, out / "sweep.yaml")
     _write_plan(plan, out)
     st = _State(plan, out)
     todo = len(plan.stages) - len(st.results)
@@ -304,8 +305,9 @@ def run_sweep(
     if executor is None:
         from actors.sweep_runner import ray_stage_executor
 
-        num_cpus = sweep.base.get("ray", {}).get("num_cpus")
-        with ray_stage_executor(run_stage, address, num_cpus, quiet) as ray_executor:
+        ray_keys = sweep.base.get("ray", {})
+        address = address or ray_keys.get("address")
+        with ray_stage_executor(run_stage, address, ray_keys.get("num_cpus"), quiet) as ray_executor:
             _schedule(st, ray_executor, max_parallel, quiet, fail, stop_after)
     else:
         _schedule(st, executor, max_parallel, quiet, fail, stop_after)
