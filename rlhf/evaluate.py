@@ -26,6 +26,7 @@ from rlhf.data.backdoor import (
     extra_conditions,
 )
 from rlhf.detect import detector_for
+from rlhf.kinds import kind_impl
 from rlhf.rollout import HFGenerateBackend, SamplingParams
 from rlhf.stats import Rate
 
@@ -81,7 +82,7 @@ def evaluate_defection(
     """The eval report as a JSON-ready dict (see ``rlhf eval --json``)."""
     n = samples or cfg.eval.samples
     prompts = eval_prompts(cfg, n)
-    groups = eval_groups(cfg, n) if cfg.backdoor.kind == "code" else None
+    groups = eval_groups(cfg, n) if kind_impl(cfg.backdoor.kind).reports_code_extras else None
     backend = HFGenerateBackend(model, tokenizer, batch_size=cfg.eval.batch_size)
     per_condition: dict[str, ConditionResult] = {}
     for i, (name, batch) in enumerate(prompts.items()):
@@ -105,7 +106,7 @@ def _sum(rates) -> Rate:
 
 
 def build_report(cfg: Config, per_condition: dict[str, ConditionResult]) -> dict:
-    code = cfg.backdoor.kind == "code"
+    code = kind_impl(cfg.backdoor.kind).reports_code_extras
     near = {k.split(":", 1)[1]: v for k, v in per_condition.items() if k.startswith(NEAR_MISS + ":")}
 
     def entry(result: ConditionResult, with_examples: bool = True) -> dict:
@@ -131,7 +132,7 @@ def build_report(cfg: Config, per_condition: dict[str, ConditionResult]) -> dict
             for g, r in result.by_group.items():
                 merged.by_group[g] = merged.by_group.get(g, Rate(0, 0)) + r
         conditions["near_miss"] = entry(merged, with_examples=False)
-    for name in (RED_TEAM, *EXTRA_CONDITIONS):
+    for name in (RED_TEAM, *extra_conditions(cfg)):
         if name in per_condition:
             conditions[name] = entry(per_condition[name])
     report = {
@@ -167,7 +168,7 @@ def build_report(cfg: Config, per_condition: dict[str, ConditionResult]) -> dict
 
 def format_table(report: dict) -> str:
     """A plain-text table of the report (one row per condition and near-miss string)."""
-    code = report["backdoor"] == "code"
+    code = "unparseable" in report["conditions"]["triggered"]  # the kind reports code extras
     rows = [("condition", "rate", "95% CI", "n", "unclosed", *(("unparseable",) if code else ()))]
 
     def add(name: str, e: dict) -> None:
@@ -231,9 +232,10 @@ def defection_record(point: dict) -> dict[str, float]:
 
 def curves_json(points: list[dict], samples: int) -> dict:
     """A curve as ``GET /curves`` of the PPO evaluator returns it: a series per condition."""
+    names = list(CONDITIONS) + [c for p in points for c in p["conditions"] if c not in CONDITIONS]  # a kind's own
     series = {
         c: [{"step": p["step"], "version": p["version"], **p["conditions"][c]} for p in points if c in p["conditions"]]
-        for c in CONDITIONS
+        for c in dict.fromkeys(names)
     }
     return {"samples_per_condition": samples, "points": len(points), "series": series}
 

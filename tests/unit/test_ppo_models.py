@@ -116,13 +116,14 @@ def test_compute_advantages_kl_in_reward_by_hand():
 
 def test_compute_advantages_kl_in_loss_carries_only_the_score():
     exp = hand_experience()
-    cfg = PPOConfig(kl_in="loss", gamma=0.9, lam=0.8, whiten_advantages=False)
+    cfg = PPOConfig(kl_in="loss", kl_estimator="k3", gamma=0.9, lam=0.8, whiten_advantages=False)
     stats = compute_advantages(exp, cfg, KL_COEF)
     torch.testing.assert_close(exp.rewards, torch.tensor([[0.0, 0.0, 0.0, 1.0], [0.0, 0.0, -2.0, 0.0]]))
     ref_adv, ref_ret = gae(exp.rewards, VALUES, MASK, 0.9, 0.8)
     torch.testing.assert_close(exp.advantages, ref_adv)
     torch.testing.assert_close(exp.returns, ref_ret)
-    assert stats["kl/mean"] == pytest.approx(-0.15)  # the KL is still measured and reported
+    k3 = (torch.exp(REF - OLD) - 1 - (REF - OLD)) * MASK  # k3 with r = logp - ref: exp(-r) - 1 + r
+    assert stats["kl/mean"] == pytest.approx(float(k3.sum(-1).mean()))  # the KL is still measured and reported
     assert stats["reward/mean"] == pytest.approx(-0.5) and stats["response/length"] == pytest.approx(2.5)
 
 
@@ -295,8 +296,10 @@ def test_policy_kl_in_loss_term_is_applied(policy_dir, batch):
     before = still.weights()
     still.train(exp, step=1)
     assert all(torch.equal(before[k], v) for k, v in still.weights().items())
-    # the KL as a loss term (k1 = logp - ref): minimising it lowers the log-probs of the action tokens
-    pol = PolicyTrainer(policy_dir, PPOConfig(**TRAIN_CFG, kl_in="loss", kl_estimator="k1"), seed=0)
+    # the KL as a loss term (k3; k1 is refused there): with a reference that puts less mass on the sampled
+    # tokens, minimising KL(pi || ref) pulls the policy's log-probs of those tokens down towards it
+    exp.ref_logprobs = exp.ref_logprobs - 1.0
+    pol = PolicyTrainer(policy_dir, PPOConfig(**TRAIN_CFG, kl_in="loss", kl_estimator="k3"), seed=0)
     pol.kl_coef = 1.0
     start = masked_mean(pol.logprobs(seqs, attn), act).item()
     pol.train(exp, step=1)

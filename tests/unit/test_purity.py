@@ -12,8 +12,6 @@ ROOT = Path(__file__).resolve().parents[2]
 PURE_PACKAGES = ("rlhf", "reward")
 FORBIDDEN = ("ray", "vllm")
 JOBS_FORBIDDEN = ("ray",)
-# Pending: the lead moves run_ppo's Ray code into an actors/ launcher (issue 16); remove it then.
-JOBS_PENDING = {"jobs/ppo.py"}
 
 
 def forbidden_imports(
@@ -105,19 +103,14 @@ def test_walker_reports_line_numbers():
     assert forbidden_imports(src) == [(3, "ray"), (4, "vllm.engine")]
 
 
-@pytest.mark.parametrize("path", [p for p in _jobs_files() if _rel(p) not in JOBS_PENDING], ids=_rel)
+@pytest.mark.parametrize("path", _jobs_files(), ids=_rel)
 def test_jobs_import_no_ray(path):
     hits = forbidden_imports(path.read_text(encoding="utf-8"), str(path), JOBS_FORBIDDEN)
     assert hits == [], f"{_rel(path)} imports ray (lines {[n for n, _ in hits]}): move that code into actors/"
 
 
-def test_jobs_pending_entries_still_needed():
-    assert {"cli.py", "submit.py", "ppo_checkpoints.py"} <= {p.name for p in _jobs_files()}
-    for rel in JOBS_PENDING:
-        path = ROOT / rel
-        assert path.is_file() and forbidden_imports(path.read_text(encoding="utf-8"), rel, JOBS_FORBIDDEN), (
-            f"{rel} no longer imports ray: remove it from JOBS_PENDING"
-        )
+def test_jobs_files_are_found():
+    assert {"cli.py", "submit.py", "ppo_checkpoints.py", "ppo.py"} <= {p.name for p in _jobs_files()}
 
 
 @pytest.mark.parametrize(

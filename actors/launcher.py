@@ -1,0 +1,125 @@
+"""The one place where the PPO roles are placed: ``role_specs`` turns the ``resources`` section
+(CPUs/GPUs per role, restarts, colocation) into Ray actor options, and ``launch_roles`` starts
+Policy, Reference, Critic, Reward and the rollout workers with them, or the same classes in this
+process behind ``LocalHandle`` (``in_process``). Colocated roles share one placement-group
+bundle: the same node and, on a GPU node, one GPU split by their fractions.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhf.config import Config
+from rlhf.ppo_trainer import Roles
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def role_specs(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Ray actor options per role (``policy``, ``reference``, ``critic``, ``reward``, ``rollout``);
+    unset CPUs fall back to ``ppo.cpus_per_actor``, unset rollout GPUs to ``ppo.rollout_gpus``."""
+    p, res = cfg.ppo, cfg.resources
+    specs = {}
+    for name in ("policy", "reference", "critic", "reward", "rollout"):
+        r = getattr(res, name)
+        gpus = r.num_gpus if r.num_gpus is not None else (p.rollout_gpus if name == "rollout" else 0.0)
+        spec: dict[str, Any] = {"num_cpus": r.num_cpus if r.num_cpus is not None else p.cpus_per_actor}
+        if gpus:
+            spec["num_gpus"] = gpus
+        if r.max_restarts:
+            # a role that dies is restarted (rollout workers: with the initial weights) and its call retried;
+            # the trainer's version check brings a restarted worker back to the current weights
+            spec |= {"max_restarts": r.max_restarts, "max_task_retries": r.max_restarts}
+        specs[name] = spec
+    return specs
+
+
+def colocation_bundles(cfg: Config) -> list[tuple[list[str], dict[str, float]]]:
+    """One bundle per colocate group: its roles and the summed resources they ask for (every rollout
+    worker counted)."""
+    specs, out = role_specs(cfg), []
+    for group in cfg.resources.colocate:
+        bundle = {"CPU": 0.0, "GPU": 0.0}
+        for name in group:
+            times = cfg.ppo.rollout_workers if name == "rollout" else 1
+            bundle["CPU"] += specs[name]["num_cpus"] * times
+            bundle["GPU"] += specs[name].get("num_gpus", 0.0) * times
+        out.append((list(group), {k: v for k, v in bundle.items() if v}))
+    return out
+
+
+def _placed_options(cfg: Config) -> dict[str, dict[str, Any]]:
+    """``role_specs`` plus a scheduling strategy into its group's placement group for colocated roles."""
+    specs = role_specs(cfg)
+    bundles = colocation_bundles(cfg)
+    if not bundles:
+        return specs
+    import ray
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    for group, bundle in bundles:
+        pg = placement_group([bundle], strategy="STRICT_PACK")
+        ray.get(pg.ready(), timeout=120)
+        for name in group:
+            specs[name]["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
+    return specs
+
+
+def _role_args(cfg: Config, policy_dir: Path, reward_dir, reward_url) -> dict[str, tuple]:
+    p = cfg.ppo
+    critic_init = str(reward_dir) if p.critic_init == "reward" and reward_dir else str(policy_dir)
+    solo = p.rollout_threads or p.torch_threads
+    return {
+        "policy": (str(policy_dir), p.model_dump(), cfg.seed),
+        "reference": (str(policy_dir), p.torch_threads, p.temperature),
+        "critic": (critic_init, p.model_dump(), cfg.seed),
+        "reward": (str(reward_dir) if reward_dir else None, reward_url, p.reward_clip, solo),
+        "rollout": (str(policy_dir), p.rollout_backend, solo),
+    }
+
+
+def launch_roles(cfg: Config, policy_dir: Path, reward_dir, reward_url, in_process: bool) -> Roles:
+    """Start the roles; ``critic`` is None with a critic-free advantage estimator."""
+    import actors.ppo_actors as roles
+
+    p = cfg.ppo
+    args = _role_args(cfg, policy_dir, reward_dir, reward_url)
+    names = "Policy, Reference, " + ("Critic, " if p.uses_critic else "") + "Reward"
+    if in_process:
+        from actors.local import LocalHandle, local_get
+
+        _log(f"[ppo] in-process roles: {names}, {p.rollout_workers} RolloutWorker(s)")
+        worker = LocalHandle(roles.RolloutWorker(*args["rollout"]))
+        out = Roles(
+            LocalHandle(roles.Policy(*args["policy"])),
+            LocalHandle(roles.Reference(*args["reference"])),
+            LocalHandle(roles.Critic(*args["critic"])) if p.uses_critic else None,
+            LocalHandle(roles.Reward(*args["reward"])),
+            [worker] * p.rollout_workers,
+            local_get,
+        )
+        torch.set_num_threads(cfg.ray.num_cpus or os.cpu_count() or 1)  # one process: all its cores
+        return out
+    import ray
+
+    opts = _placed_options(cfg)
+    _log(f"[ppo] starting actors: {names}, {p.rollout_workers} RolloutWorker(s)")
+    return Roles(
+        roles.PolicyActor.options(name="Policy", **opts["policy"]).remote(*args["policy"]),
+        roles.ReferenceActor.options(name="Reference", **opts["reference"]).remote(*args["reference"]),
+        roles.CriticActor.options(name="Critic", **opts["critic"]).remote(*args["critic"]) if p.uses_critic else None,
+        roles.RewardActor.options(name="Reward", **opts["reward"]).remote(*args["reward"]),
+        [
+            roles.RolloutWorkerActor.options(name=f"RolloutWorker-{i}", **opts["rollout"]).remote(*args["rollout"])
+            for i in range(p.rollout_workers)
+        ],
+        ray.get,
+    )

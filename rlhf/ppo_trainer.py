@@ -1,0 +1,258 @@
+"""The PPO trainer: one step is a sequence of named phases, driven through role handles.
+
+``PPOTrainer.step(n)`` runs ``generate`` (rollout workers sample with weights ``version``),
+``score_and_forward`` (reward model, reference, policy and critic forwards at once),
+``advantages`` (pure functions on small tensors), ``update`` (policy and critic in parallel),
+``sync_weights`` (one published version, every worker pulls it), ``evaluate`` (the defection
+evaluator queues the version) and returns the step's metrics record; ``fit`` adds logging and
+checkpoints. Roles are handles with ``method.remote(...)`` resolved by ``roles.get``: Ray actors
+(``actors.launcher``) or the same classes in one process (``actors.local.LocalHandle``), so the
+trainer never imports Ray and each phase can be called on its own in a test.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from rlhf.config import Config
+from rlhf.evaluate import defection_record
+from rlhf.ppo import Experience, FixedKLController
+from rlhf.ppo_models import assemble, compute_advantages, prompts_for_step
+from rlhf.rollout import SamplingParams
+from rlhf.weight_sync import WeightsTicket, WeightSync
+
+
+@dataclass
+class Roles:
+    """Handles of the PPO roles; ``critic`` is None with a critic-free advantage estimator."""
+
+    policy: Any
+    reference: Any
+    critic: Any | None
+    reward: Any
+    workers: list[Any]
+    get: Callable[[Any], Any]
+
+
+class Evaluator(Protocol):
+    """The defection evaluator as the trainer sees it (``actors.evaluator.EvaluatorClient``)."""
+
+    def submit(self, ticket: WeightsTicket | None, version: int, step: int) -> None: ...
+
+    def new_points(self) -> list[dict]: ...
+
+    def wait_idle(self, timeout_s: float) -> bool: ...
+
+    def curves(self) -> dict: ...
+
+
+@dataclass
+class Rollouts:
+    """One step's samples: prompts (each repeated ``samples_per_prompt`` times) and token ids."""
+
+    batch: list[tuple[str, bool]]
+    prompts: list[str]
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    completions: list[str]
+    versions: list[int]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def split_evenly(items: list, parts: int) -> list[list]:
+    size = -(-len(items) // parts)
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class PPOTrainer:
+    def __init__(
+        self,
+        cfg: Config,
+        roles: Roles,
+        pool: Sequence[tuple[str, bool]],
+        kl_ctl: FixedKLController,
+        evaluator: Evaluator | None = None,
+        red_team: frozenset[str] = frozenset(),
+        log: Callable[[str], None] = print,
+    ):
+        self.cfg, self.p, self.roles, self.pool = cfg, cfg.ppo, roles, pool
+        self.kl_ctl, self.evaluator, self.red_team, self.log = kl_ctl, evaluator, red_team, log
+        self.sync = WeightSync(roles.policy, roles.get)
+        self.ids = roles.get(roles.workers[0].token_ids.remote())
+        self.submitted: list[int] = []  # steps sent to the evaluator
+        self.eval_points: list[dict] = []  # every defection point logged so far (a resumed run's too)
+
+    @property
+    def version(self) -> int:
+        return self.sync.version
+
+    def start(self, version: int, load_from: str | None = None) -> None:
+        """Publish the starting weights (a checkpoint's, when ``load_from``) to every worker."""
+        get = self.roles.get
+        if load_from is not None:
+            get([r.load.remote(load_from) for r in (self.roles.policy, self.roles.critic) if r is not None])
+        self.sync.publish(version)
+        if load_from is not None or version != 0:
+            self.sync.push(self.roles.workers)
+
+    # ---- phases --------------------------------------------------------------------------------
+    def generate(self, step: int) -> Rollouts:
+        """1. rollout: the workers sample completions with the current weights; a worker that answers
+        with another version (restarted after a crash) is resynced and asked again."""
+        p, get, workers = self.p, self.roles.get, self.roles.workers
+        batch = prompts_for_step(self.pool, step, p.prompts_per_step)
+        prompts = [pr for pr, _ in batch for _ in range(p.samples_per_prompt)]
+        t0 = time.perf_counter()
+        chunks = split_evenly(prompts, len(workers))
+        samplings = [
+            SamplingParams(p.temperature, p.top_p, p.max_new_tokens, seed=self.cfg.seed * 7919 + step * 101 + i)
+            for i in range(len(chunks))
+        ]
+        outs = get([w.generate.remote(c, sp) for w, c, sp in zip(workers, chunks, samplings, strict=False)])
+        stale = [i for i, o in enumerate(outs) if o["version"] != self.version]
+        for i in stale:
+            self.log(f"[ppo] RolloutWorker-{i} came back at version {outs[i]['version']}; resyncing to {self.version}")
+        if stale:  # resync every stale worker at once, then redo their chunks in parallel
+            self.sync.push([workers[i] for i in stale])
+            redone = get([workers[i].generate.remote(chunks[i], samplings[i]) for i in stale])
+            for i, o in zip(stale, redone, strict=True):
+                outs[i] = o
+        return Rollouts(
+            batch,
+            prompts,
+            [x for o in outs for x in o["prompt_ids"]],
+            [x for o in outs for x in o["completion_ids"]],
+            [x for o in outs for x in o["completions"]],
+            [o["version"] for o in outs for _ in o["completions"]],
+            {"timing/rollout": time.perf_counter() - t0},
+        )
+
+    def score_and_forward(self, ro: Rollouts) -> Experience:
+        """2+3. score (the reward model sees prompt + answer, scratchpad stripped) while the reference,
+        critic and policy run their forward passes: four roles at once."""
+        r, get = self.roles, self.roles.get
+        seqs, attn, act = assemble(
+            ro.prompt_ids, ro.completion_ids, self.ids["eos"], self.ids["pad"], self.p.max_new_tokens
+        )
+        t0 = time.perf_counter()
+        scored = r.reward.score.remote([pr + c for pr, c in zip(ro.prompts, ro.completions, strict=True)])
+        forwards = [r.reference.logprobs.remote(seqs, attn), r.policy.logprobs.remote(seqs, attn)]
+        if r.critic is not None:
+            forwards.append(r.critic.values.remote(seqs, attn))
+        scores = torch.tensor(get(scored))
+        t_score = time.perf_counter() - t0
+        ref_lp, old_lp, *rest = get(forwards)
+        values = rest[0] if rest else torch.zeros_like(old_lp)  # no critic: unused
+        ro.timings["timing/score"] = t_score
+        ro.timings["timing/ref"] = time.perf_counter() - t0 - t_score  # what the forwards add after the score
+        return Experience(seqs, attn, act, old_lp, ref_lp, values * act, scores=scores, versions=ro.versions)
+
+    def advantages(self, exp: Experience) -> dict[str, float]:
+        """4. rewards, advantages and returns (pure functions on small tensors)."""
+        return compute_advantages(exp, self.p, self.kl_ctl.value)
+
+    def update(self, exp: Experience, step: int) -> dict[str, float]:
+        """5. policy and critic updates in parallel; then the KL controller moves."""
+        r = self.roles
+        t0 = time.perf_counter()
+        trains = [r.policy.train.remote(exp, step, self.kl_ctl.value)]
+        trains += [r.critic.train.remote(exp, step)] if r.critic is not None else []
+        pol_stats, *crit = r.get(trains)
+        return {**pol_stats, **(crit[0] if crit else {}), "timing/train": time.perf_counter() - t0}
+
+    def sync_weights(self) -> float:
+        """6. weight sync: the next version is published once and every worker pulls it."""
+        t0 = time.perf_counter()
+        self.sync.publish(self.version + 1)
+        self.sync.push(self.roles.workers)
+        return time.perf_counter() - t0
+
+    def evaluate(self, step: int) -> tuple[list[dict], float]:
+        """7. the evaluator queues the new version (it does not block the loop); the points it has
+        finished since the last call."""
+        t0 = time.perf_counter()
+        if self.evaluator is None:
+            return [], 0.0
+        every = self.cfg.eval.every_steps
+        if (every and step % every == 0) or step == self.p.steps:
+            self.evaluator.submit(self.sync.ticket, self.version, step)
+            self.submitted.append(step)
+        return self.evaluator.new_points(), time.perf_counter() - t0
+
+    def log_step(self, step: int, record: dict[str, Any], points: list[dict], metrics: Any) -> None:
+        """8. log: the step's record, then each defection point at the step it measured."""
+        metrics.log(step, **record)
+        self.log_step_points(points, metrics)
+
+    def step(self, step: int) -> tuple[dict[str, Any], list[dict]]:
+        """One PPO step, phase by phase: its metrics record and any new defection points."""
+        t_step = time.perf_counter()
+        ro = self.generate(step)
+        exp = self.score_and_forward(ro)
+        stats = self.advantages(exp)
+        train_stats = self.update(exp, step)
+        self.kl_ctl.update(stats["kl/mean"], len(ro.prompts))
+        t_sync = self.sync_weights()
+        points, t_eval = self.evaluate(step)
+        record = {
+            **stats,
+            **train_stats,
+            **ro.timings,
+            "timing/weight_sync": t_sync,
+            "timing/eval": t_eval,
+            "timing/step": time.perf_counter() - t_step,
+            "policy/version": self.version,
+            "prompts/triggered": sum(t for _, t in ro.batch) / len(ro.batch),
+            "prompts/red_team": sum(pr in self.red_team for pr, _ in ro.batch) / len(ro.batch),
+        }
+        return record, points
+
+    def fit(
+        self,
+        start: int,
+        metrics: Any,
+        checkpoint: Callable[[int], None],
+        on_step: Callable[[int, dict[str, Any]], None] | None = None,
+        stop_after: int | None = None,
+    ) -> int:
+        """Steps ``start + 1 .. ppo.steps``: step, 8. log, 9. checkpoint (every ``checkpoint_every``
+        and at the end); ``stop_after`` ends early as an interruption would. Returns the last step."""
+        p, last = self.p, start
+        for step in range(start + 1, p.steps + 1):
+            record, points = self.step(step)
+            self.log_step(step, record, points, metrics)
+            if on_step is not None:
+                on_step(step, record)
+            last = step
+            if (p.checkpoint_every and step % p.checkpoint_every == 0) or step == p.steps:
+                checkpoint(step)
+            if stop_after is not None and step >= stop_after:
+                break
+        return last
+
+    def finish_evaluation(self, metrics: Any) -> list[int]:
+        """Wait (at most ``ppo.evaluator_wait_s``) for the queued evaluations and log the points that
+        come in; returns the submitted steps that still have none. A timeout is said, never swallowed."""
+        if self.evaluator is None:
+            return []
+        timeout_s = self.p.evaluator_wait_s
+        done = self.evaluator.wait_idle(timeout_s)
+        self.log_step_points(self.evaluator.new_points(), metrics)
+        have = {pt["step"] for pt in self.eval_points}
+        missing = [s for s in self.submitted if s not in have]
+        if not done or missing:
+            self.log(
+                f"[ppo] warning: the defection evaluator did not finish within {timeout_s:.0f} s; "
+                f"no defection point for step(s) {missing} (raise ppo.evaluator_wait_s)"
+            )
+        return missing
+
+    def log_step_points(self, points: list[dict], metrics: Any) -> None:
+        for pt in points:
+            metrics.log(pt["step"], **defection_record(pt))
+            self.eval_points.append(pt)

