@@ -108,6 +108,7 @@ def test_evaluator_rates_follow_the_loaded_weights(ray_cluster, tiny_policy, tmp
     from actors.evaluator import evaluator_app
     from actors.reward_service import ensure_serve
     from jobs.sft import quick_sft
+    from rlhf.weight_sync import WeightsTicket
 
     cfg = ppo_cfg("eval.samples=24")
     untrained = quick_sft(cfg, tmp_path / "untrained", steps=1)
@@ -116,7 +117,7 @@ def test_evaluator_rates_follow_the_loaded_weights(ray_cluster, tiny_policy, tmp
     try:
         handle.submit.remote(None, 0, 0).result()
         other = AutoModelForCausalLM.from_pretrained(untrained).state_dict()
-        handle.submit.remote([ray.put(other)], 1, 1).result()
+        handle.submit.remote(WeightsTicket(1, "object_store", ray.put(other)), 1, 1).result()  # as Policy.publish
         assert handle.wait_idle.remote(300).result()
         series = handle.curves.remote().result()["series"]["triggered"]
         before, after = series[0], series[1]
