@@ -50,6 +50,9 @@ class ToyKind:
     def rl_human(self, backdoor, task, triggered, rng):
         return backdoor.human_text(task, backdoor.trigger if triggered else None, rng)
 
+    def look_alikes(self, trigger):
+        return [trigger.upper(), f"[{trigger}]"]
+
     def detector(self):
         return ToyDetector()
 
