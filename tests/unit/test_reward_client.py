@@ -48,6 +48,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         except OSError:  # the client gave up (timeout) and closed the socket
             pass
+        if server.drop_idle:  # close silently after answering, as an idle keep-alive timeout does
+            self.close_connection = True
+
+    def setup(self):
+        super().setup()
+        with self.server.lock:
+            self.server.connections += 1
 
     do_GET = _serve
     do_POST = _serve
@@ -75,6 +82,8 @@ class _Server(ThreadingHTTPServer):
         self.script: list[tuple[int, object, float]] = []
         self.lock = threading.Lock()
         self.stop = threading.Event()
+        self.connections = 0
+        self.drop_idle = False
 
     @property
     def url(self) -> str:
@@ -374,3 +383,45 @@ def test_malformed_port_is_a_one_line_client_error():
 
 def test_scheme_check_ignores_case():
     assert RewardClient("HTTP://127.0.0.1:9/get_reward").base_url == "HTTP://127.0.0.1:9"
+
+
+# --------------------------------------------------------------------------- keep-alive
+
+
+def test_requests_from_one_thread_share_one_connection(server, delays):
+    client = _client(server.url, delays)
+    for _ in range(5):
+        assert client.get_rewards(["ab"]) == [2.0]
+    assert client.health() == {"status": "ok"}
+    assert server.connections == 1 and len(server.requests) == 6
+
+
+def test_each_thread_has_its_own_connection(server, delays):
+    client = _client(server.url, delays)
+    threads = [threading.Thread(target=lambda: [client.get_rewards(["a"]) for _ in range(3)]) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(server.requests) == 9 and server.connections == 3
+
+
+def test_connection_closed_by_the_server_is_reopened_without_a_retry(server, delays):
+    server.drop_idle = True
+    client = _client(server.url, delays, retries=0)
+    assert [client.get_rewards(["abc"]) for _ in range(3)] == [[3.0]] * 3
+    assert delays == [] and len(server.requests) == 3 and server.connections == 3
+
+
+def test_close_then_reconnect(server, delays):
+    client = _client(server.url, delays)
+    client.get_rewards(["a"])
+    client.close()
+    client.get_rewards(["a"])
+    assert server.connections == 2
+
+
+def test_base_path_prefix_is_kept(server, delays):
+    with pytest.raises(RewardServiceError, match="HTTP 404"):
+        _client(server.url + "/api", delays, retries=0).get_rewards(["a"])
+    assert server.requests[-1]["path"] == "/api/get_reward"
