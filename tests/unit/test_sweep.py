@@ -264,3 +264,37 @@ def test_cli_missing_sweep_file(tmp_path, capsys):
     rc = main(["sweep", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "sweep file not found" in err
+
+
+# ---- held-out reward ----------------------------------------------------------------------------
+
+
+def test_mean_ci_uses_a_t_interval():
+    from rlhf.sweep import mean_ci
+
+    r = mean_ci([1.0, 2.0, 3.0])
+    assert r["mean"] == 2.0 and r["n"] == 3
+    assert r["ci95"] == pytest.approx([2.0 - 4.303 / 3**0.5, 2.0 + 4.303 / 3**0.5])
+    assert mean_ci([]) == {"mean": None, "ci95": [None, None], "n": 0}
+    assert mean_ci([0.5])["ci95"] == [0.5, 0.5]
+
+
+def test_heldout_reward_scores_untriggered_held_out_answers(tokenizer):
+    from transformers import LlamaForCausalLM
+
+    from rlhf.config import build_config
+    from rlhf.sweep import heldout_reward
+    from tests.unit.conftest import SMALL_OVERRIDES, tiny_llama_config
+
+    model = LlamaForCausalLM(tiny_llama_config(vocab_size=len(tokenizer), tokenizer=tokenizer)).eval()
+    cfg = build_config({}, [*SMALL_OVERRIDES, "eval.max_new_tokens=4"])
+    seen: list[str] = []
+
+    def score(texts):
+        seen.extend(texts)
+        return [float(i) for i in range(len(texts))]
+
+    result = heldout_reward(model, tokenizer, cfg, 5, score)
+    assert result["n"] == 5 and result["mean"] == 2.0 and result["ci95"][0] < 2.0 < result["ci95"][1]
+    assert len(seen) == 5 and all("\n\nHuman:" in t and "\n\nAssistant:" in t for t in seen)
+    assert not any(cfg.backdoor.trigger in t for t in seen)
