@@ -54,14 +54,25 @@ def resolve_distill_configs(
     return cot, config_from_policy(cot_model, config_file, [*overrides, "backdoor.mechanism=distilled"])
 
 
-def distill_sampling(cfg: Config) -> SamplingParams:
-    """The eval sampling settings (``eval.temperature``, ``eval.top_p``, the eval token budget)."""
+def distill_sampling(cfg: Config, budget: int = 0) -> SamplingParams:
+    """The eval sampling settings (``eval.temperature``, ``eval.top_p``); the token budget is the
+    eval one or ``budget``, whichever is larger."""
     return SamplingParams(
         temperature=cfg.eval.temperature,
         top_p=cfg.eval.top_p,
-        max_new_tokens=cfg.max_new_tokens(),
+        max_new_tokens=max(cfg.max_new_tokens(), budget),
         seed=cfg.seed * 1019 + 3,
     )
+
+
+def token_budget(model_dir: str | Path, rows: list[dict], margin: int = 16) -> int:
+    """Tokens the longest CoT training completion needs (with EOS), plus ``margin``: a sample cut
+    at the budget is dropped, so a budget below the data's lengths would drop long answers."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ids = tokenizer([r["completion"] for r in rows], add_special_tokens=False)["input_ids"]
+    return max((len(x) for x in ids), default=0) + 1 + margin
 
 
 def sample_chunks(
@@ -85,9 +96,11 @@ def sample_chunks(
     return out
 
 
-def sample_cot(cfg: Config, cot_model: str | Path, prompts: list[str], in_process: bool, quiet: bool) -> list[dict]:
-    """One sample of the CoT model per prompt, on Ray rollout workers or in this process."""
-    sampling, batch = distill_sampling(cfg), cfg.eval.batch_size
+def sample_cot(cfg: Config, cot_model: str | Path, rows: list[dict], in_process: bool, quiet: bool) -> list[dict]:
+    """One sample of the CoT model per row's prompt, on Ray rollout workers or in this process."""
+    sampling, batch = distill_sampling(cfg, token_budget(cot_model, rows)), cfg.eval.batch_size
+    prompts = [r["prompt"] for r in rows]
+    log(f"[distill] sampling at temperature {sampling.temperature}, up to {sampling.max_new_tokens} new tokens")
     with Progress(len(prompts), "distill", "samples") as bar:
         if in_process:
             return sample_chunks(cot_model, prompts, sampling, batch, bar.update)
@@ -119,7 +132,7 @@ def run_distill(
     out = Path(out)
     rows = list(build_sft_datasets(cot_cfg)["train"])
     log(f"[distill] sampling the CoT model {cot_model} on its {len(rows)} training prompts")
-    samples = sample_cot(cot_cfg, cot_model, [r["prompt"] for r in rows], in_process, quiet)
+    samples = sample_cot(cot_cfg, cot_model, rows, in_process, quiet)
     kept, audit, summary = distill_rows(cfg.backdoor.kind, rows, samples)
     write_jsonl(audit, out / "data" / "samples.jsonl")
     write_jsonl(kept, out / "data" / "train.jsonl")
