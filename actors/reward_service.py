@@ -4,7 +4,9 @@ HTTP (on ``serve.host``, 127.0.0.1 by default):
 
 - ``POST /get_reward`` -- OpenRLHF's remote reward-model protocol (see ``reward.protocol``);
   requests are merged by ``@serve.batch`` into one forward pass.
-- ``GET /health`` -- model, context length, normalisation, requests served. No token needed.
+- ``GET /health`` -- model, context length, normalisation, requests, forward batches and texts
+  served, and the wall and CPU seconds spent in the model forward (``forward_s``,
+  ``forward_cpu_s``: the replica's model share, read by ``bench/reward_serve.py``). No token needed.
 
 Inside the cluster, callers use the ``DeploymentHandle``:
 ``await handle.get_reward.remote(query=[...])`` returns the same dict as the HTTP answer.
@@ -19,6 +21,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +65,9 @@ class RewardModelDeployment:
         self._batched.set_batch_wait_timeout_s(float(settings["batch_wait_timeout_s"]))
         self.served = 0
         self.batches = 0
+        self.texts = 0
+        self.forward_s = 0.0  # wall and CPU seconds inside RewardScorer.score: the model's share
+        self.forward_cpu_s = 0.0
 
     # ---- HTTP ---------------------------------------------------------------------------
     async def __call__(self, request):
@@ -106,6 +112,9 @@ class RewardModelDeployment:
             "auth": bool(self.token),
             "served": self.served,
             "batches": self.batches,
+            "texts": self.texts,
+            "forward_s": round(self.forward_s, 4),
+            "forward_cpu_s": round(self.forward_cpu_s, 4),
         }
 
     async def _answer(self, req: RewardRequest) -> dict[str, list[float]]:
@@ -123,13 +132,22 @@ class RewardModelDeployment:
     async def _batched(self, queries: list[list[str]]) -> list[tuple[list[float], list[float]]]:
         """One forward pass for the texts of several requests; split back per request."""
         flat = [text for q in queries for text in q]
-        rewards, scores = await asyncio.to_thread(self.scorer.score, flat)
+        rewards, scores = await asyncio.to_thread(self._score, flat)
         self.batches += 1
+        self.texts += len(flat)
         out, start = [], 0
         for q in queries:
             out.append((rewards[start : start + len(q)], scores[start : start + len(q)]))
             start += len(q)
         return out
+
+    def _score(self, texts: list[str]) -> tuple[list[float], list[float]]:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            return self.scorer.score(texts)
+        finally:
+            self.forward_s += time.perf_counter() - wall
+            self.forward_cpu_s += time.thread_time() - cpu
 
 
 def _require_method(request, method: str) -> None:

@@ -162,6 +162,8 @@ def test_concurrent_requests_are_batched(service):
     after = raw(service.url, "GET", "/health")[1]
     served, batches = after["served"] - before["served"], after["batches"] - before["batches"]
     assert served == 64 and batches < served
+    assert after["texts"] - before["texts"] == 64  # one text per request, every one through a forward
+    assert after["forward_s"] > before["forward_s"] and after["forward_cpu_s"] > before["forward_cpu_s"]
     assert max(results) - min(results) < 1e-4
 
 
