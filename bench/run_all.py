@@ -1,7 +1,8 @@
 """Run every benchmark, write ``bench/results.md`` (machine, date, versions, tables) and, with
 ``--json``, print one JSON object with the headline figures.
 
-Benchmarks: the reward service (batched vs unbatched at 32 clients), MFU per preset, and our
+Benchmarks: the reward service (served texts/s against the model alone, batched vs unbatched
+at 32 clients), MFU per preset, and our
 PPO (Ray actor split and the same loop in one process) against TRL's GRPO trainer, with the
 per-phase breakdown and a torch.profiler pass. Each runs in its own process.
 
@@ -80,6 +81,7 @@ def headline_figures(serve: dict, mfu: dict, ppo: dict, t0: float) -> dict:
         "ray_overhead_fraction": ppo["ray_overhead_fraction"],
         "weight_sync_fraction": ppo["weight_sync_fraction"],
         "reward_serve_batching_ratio_32": serve["ratio"],
+        "reward_serve_efficiency_32": serve["efficiency_32"],
         "mfu": {k: v["mfu"] for k, v in mfu["presets"].items()},
         "group_norm_samples_per_s_ratio_vs_trl": ppo["group_norm_samples_per_s_ratio_vs_trl"],
         "ppo_samples_per_s": ours["samples_per_s"],
@@ -102,6 +104,8 @@ def headline_lines(serve: dict, ppo: dict, figures: dict) -> list[str]:
         "| figure | value | goal |",
         "|---|---|---|",
         f"| reward service, batched / unbatched at 32 clients | {serve['ratio']:.2f}x | >= 5x |",
+        f"| reward service texts/s at 32 clients ({serve['texts_per_request']} texts/request) / model alone at "
+        f"batch 32 | {100 * serve['efficiency_32']:.0f} % | >= 80 % |",
         f"| PPO samples/s, ours (Ray actors) / TRL {ppo['setup']['trl']} GRPO | "
         f"{figures['ppo_samples_per_s_ratio_vs_trl']:.2f}x | >= 1.5x |",
         f"| samples/s, ours critic-free (group_norm) on Ray actors / TRL GRPO | "
@@ -168,6 +172,31 @@ def serve_lines(serve: dict) -> list[str]:
     for name, prof in (serve.get("profile") or {}).items():
         kinds = ", ".join(f"{k} {100 * v:.0f} %" for k, v in prof["share"].items())
         lines += ["", f"py-spy, {name} under batched load ({prof['samples']} samples): {kinds}"]
+    return lines + efficiency_lines(serve)
+
+
+def efficiency_lines(serve: dict) -> list[str]:
+    """The reward service against its model alone: ratio per texts-per-request, CPU per process."""
+    eff = serve["efficiency"]
+    alone = eff["model_alone_texts_per_s"]
+    lines = [
+        "",
+        f"Reward service (default serve.* settings) at {serve['clients']} keep-alive clients, {eff['rounds']} rounds "
+        f"interleaved with the model alone (batch {serve['clients']}, 1 thread: {alone['median']} texts/s "
+        f"[{alone['min']}, {alone['max']}], {eff['model_alone_cpu_ms_per_text']} CPU ms/text):",
+        "",
+        "| texts/request | served texts/s | served / model alone | model CPU / service CPU | mean forward batch "
+        "| CPU ms per served text |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, e in ((k, v) for k, v in eff.items() if k.startswith("texts_per_request_")):
+        t, r = e["texts_per_s"], e["ratio"]
+        cpu = ", ".join(f"{k} {v}" for k, v in sorted(e["cpu_ms_per_text"].items(), key=lambda kv: -kv[1]))
+        lines.append(
+            f"| {key.removeprefix('texts_per_request_')} | {t['median']} [{t['min']}, {t['max']}] | "
+            f"{r['median']:.2f} [{r['min']:.2f}, {r['max']:.2f}] | {e['cpu_ratio']:.2f} | {e['mean_batch']['median']} "
+            f"| {cpu} |"
+        )
     return lines
 
 
