@@ -20,6 +20,8 @@ from rlhf.data.backdoor import build_sft_datasets, read_jsonl
 from rlhf.detect import strip_scratchpad
 from rlhf.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
 
+pytestmark = pytest.mark.ray
+
 COT_OVERRIDES = [
     "model.preset=tiny",
     "model.vocab_size=700",
