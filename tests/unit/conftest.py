@@ -81,3 +81,17 @@ def tiny_llama_config(vocab_size: int = 50, hidden: int = 16, layers: int = 1, t
         **ids,
         **extra,
     )
+
+
+def save_tiny_llama(tokenizer, path, seed: int = 0, hidden: int = 32, layers: int = 2):
+    """A random tiny Llama policy with ``tokenizer``, saved as an HF dir at ``path`` (its path)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from rlhf.checkpoint import save_hf_dir
+
+    config = tiny_llama_config(len(tokenizer), hidden=hidden, layers=layers, tokenizer=tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return save_hf_dir(model, tokenizer, path)

@@ -18,20 +18,12 @@ from rlhf.errors import ConfigError
 from rlhf.ppo import AdaptiveKLController, Experience, policy_loss
 from rlhf.ppo_models import PolicyTrainer, ReferenceModel, assemble, compute_advantages
 from rlhf.rollout import HFGenerateBackend, SamplingParams
-from tests.unit.conftest import tiny_llama_config
+from tests.unit.conftest import save_tiny_llama, tiny_llama_config
 
 
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory, tokenizer):
-    from transformers import LlamaForCausalLM
-
-    from rlhf.checkpoint import save_hf_dir
-
-    config = tiny_llama_config(len(tokenizer), hidden=32, layers=2, tokenizer=tokenizer)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(3)
-        model = LlamaForCausalLM(config)
-    return save_hf_dir(model, tokenizer, tmp_path_factory.mktemp("ppo-fix") / "pol")
+    return save_tiny_llama(tokenizer, tmp_path_factory.mktemp("ppo-fix") / "pol", seed=3)
 
 
 @pytest.fixture(scope="module")

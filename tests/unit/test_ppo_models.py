@@ -24,7 +24,7 @@ from rlhf.ppo_models import (
     prompts_for_step,
     rl_prompts,
 )
-from tests.unit.conftest import tiny_llama_config
+from tests.unit.conftest import save_tiny_llama, tiny_llama_config
 
 TRAIN_CFG = {"minibatch_size": 2, "epochs": 1, "policy_lr": 1e-2, "critic_lr": 1e-2}
 
@@ -201,15 +201,7 @@ def test_value_model_head_init_ignores_global_rng_state():
 
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory, tokenizer):
-    from transformers import LlamaForCausalLM
-
-    from rlhf.checkpoint import save_hf_dir
-
-    config = tiny_llama_config(len(tokenizer), hidden=32, layers=2, tokenizer=tokenizer)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config)
-    return save_hf_dir(model, tokenizer, tmp_path_factory.mktemp("ppo") / "pol")
+    return save_tiny_llama(tokenizer, tmp_path_factory.mktemp("ppo") / "pol", seed=0)
 
 
 @pytest.fixture(scope="module")
