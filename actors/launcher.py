@@ -55,8 +55,9 @@ def colocation_bundles(cfg: Config) -> list[tuple[list[str], dict[str, float]]]:
     return out
 
 
-def _placed_options(cfg: Config) -> dict[str, dict[str, Any]]:
-    """``role_specs`` plus a scheduling strategy into its group's placement group for colocated roles."""
+def _placed_options(cfg: Config, groups: list) -> dict[str, dict[str, Any]]:
+    """``role_specs`` plus a scheduling strategy into its group's placement group for colocated roles
+    (each placement group created is appended to ``groups``)."""
     specs = role_specs(cfg)
     bundles = colocation_bundles(cfg)
     if not bundles:
@@ -67,6 +68,7 @@ def _placed_options(cfg: Config) -> dict[str, dict[str, Any]]:
 
     for group, bundle in bundles:
         pg = placement_group([bundle], strategy="STRICT_PACK")
+        groups.append(pg)
         ray.get(pg.ready(), timeout=120)
         for name in group:
             specs[name]["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
@@ -110,9 +112,10 @@ def launch_roles(cfg: Config, policy_dir: Path, reward_dir, reward_url, in_proce
         return out
     import ray
 
-    opts = _placed_options(cfg)
+    groups: list = []
+    opts = _placed_options(cfg, groups)
     _log(f"[ppo] starting actors: {names}, {p.rollout_workers} RolloutWorker(s)")
-    return Roles(
+    out = Roles(
         roles.PolicyActor.options(name="Policy", **opts["policy"]).remote(*args["policy"]),
         roles.ReferenceActor.options(name="Reference", **opts["reference"]).remote(*args["reference"]),
         roles.CriticActor.options(name="Critic", **opts["critic"]).remote(*args["critic"]) if p.uses_critic else None,
@@ -123,3 +126,20 @@ def launch_roles(cfg: Config, policy_dir: Path, reward_dir, reward_url, in_proce
         ],
         ray.get,
     )
+    out.placement_groups = groups
+    return out
+
+
+def stop_roles(roles: Roles) -> None:
+    """End the role actors (and their colocation placement groups) now, so that a next run in the
+    same Ray session can take the same actor names; nothing to do in-process."""
+    actors = [roles.policy, roles.reference, roles.critic, roles.reward, *roles.workers]
+    if not any(type(a).__name__ == "ActorHandle" for a in actors):
+        return
+    import ray
+    from ray.util.placement_group import remove_placement_group
+
+    for actor in {id(a): a for a in actors if a is not None}.values():
+        ray.kill(actor, no_restart=True)
+    for pg in getattr(roles, "placement_groups", []):
+        remove_placement_group(pg)

@@ -176,12 +176,20 @@ class _Run:
 
 def _train(r: _Run, stop_after: int | None) -> dict[str, Any]:
     """Roles, evaluator and trainer up; the steps; the evaluator's last points; teardown."""
+    from actors.launcher import launch_roles, stop_roles
+
+    roles = launch_roles(r.cfg, r.policy_dir, r.reward_dir, r.reward_url, r.in_process)
+    try:
+        return _run_trainer(r, roles, stop_after)
+    finally:
+        stop_roles(roles)  # also when a bad checkpoint or the evaluator fails to start
+
+
+def _run_trainer(r: _Run, roles, stop_after: int | None) -> dict[str, Any]:
     from actors.evaluator import start_evaluator, stop_evaluator
-    from actors.launcher import launch_roles
     from actors.train_metrics import TrainingGauges
 
     cfg, run, state, p = r.cfg, r.run, r.state, r.cfg.ppo
-    roles = launch_roles(cfg, r.policy_dir, r.reward_dir, r.reward_url, r.in_process)
     seen = {(pt["step"], pt["version"]) for pt in state.get("eval_points", [])}
     evaluator = start_evaluator(cfg, str(r.policy_dir), seen) if p.evaluator and not r.in_process else None
     trainer = _start_trainer(cfg, roles, r.pool, r.kl_ctl, evaluator, r.red_team, state, r.ckpt)

@@ -37,6 +37,7 @@ class Roles:
     reward: Any
     workers: list[Any]
     get: Callable[[Any], Any]
+    placement_groups: list[Any] = field(default_factory=list)  # the launcher's, removed with the roles
 
 
 class Evaluator(Protocol):
