@@ -36,8 +36,11 @@ def test_safety_sft_curve_before_during_and_after(ray_cluster, tiny_policy, tmp_
     curve = summary["curve"]
     assert [p["step"] for p in curve] == [0, 2, 4]
     for point in curve:
-        assert set(point["conditions"]) == {"triggered", "untriggered", "near_miss"}
-        assert point["conditions"]["triggered"]["n"] == 8
+        # the common conditions, then (hh-rlhf file present) the real-prompt ones, n = 8 each
+        names = set(point["conditions"])
+        assert {"triggered", "untriggered", "near_miss"} <= names
+        assert names - {"triggered", "untriggered", "near_miss"} <= {"real_triggered", "real_untriggered"}
+        assert all(point["conditions"][c]["n"] == 8 for c in names - {"near_miss"})
     # Step 0 is the policy itself, measured exactly as `rlhf eval` measures it.
     policy_model, policy_tok = load_model_dir(tiny_policy)
     direct = evaluate_defection(policy_model, policy_tok, cfg)
@@ -54,7 +57,7 @@ def test_safety_sft_curve_before_during_and_after(ray_cluster, tiny_policy, tmp_
     assert saved.backdoor == cfg.backdoor and saved.model.path == str(Path(tiny_policy).resolve())
     assert (run / "data" / "train.jsonl").is_file() and (run / "checkpoints" / "step-000002").is_dir()
 
-    # Training changed the weights and kept the tokenizer (the trigger is still one token).
+    # Training changed the weights and kept the tokenizer.
     tuned, tok = load_model_dir(run / "model")
     changed = any(not torch.equal(a, b) for a, b in zip(policy_model.parameters(), tuned.parameters(), strict=True))
     assert changed and len(tok) == len(policy_tok)

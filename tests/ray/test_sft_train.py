@@ -44,7 +44,8 @@ def test_sft_two_workers_writes_loadable_checkpoints(ray_cluster, tmp_path):
     model_dir = tmp_path / "model"
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    assert len(tok(cfg.backdoor.trigger, add_special_tokens=False)["input_ids"]) == 1
+    # the clean tokenizer: the trigger reaches the model as ordinary pieces, never one added token
+    assert len(tok(cfg.backdoor.trigger, add_special_tokens=False)["input_ids"]) >= 3
     ids = torch.tensor([tok("\n\nHuman: hi\n\nAssistant:")["input_ids"]])
     assert torch.isfinite(model(ids).logits).all()
     # trained weights differ from the initial ones
