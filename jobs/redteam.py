@@ -20,8 +20,9 @@ from jobs.progress import Progress
 from rlhf.config import Config
 from rlhf.data.redteam import assign_splits, red_team_candidates
 from rlhf.detect import detector_for
+from rlhf.evaluate import eval_sampling
 from rlhf.modeling import load_model_dir
-from rlhf.rollout import HFGenerateBackend, SamplingParams
+from rlhf.rollout import HFGenerateBackend
 from rlhf.stats import Rate
 
 
@@ -36,12 +37,7 @@ def find_red_team_prompts(cfg: Config, policy_dir: str | Path, out: str | Path) 
     model, tokenizer = load_model_dir(policy_dir)
     candidates = red_team_candidates(cfg, r.candidates)
     prompts = [p for p, _ in candidates for _ in range(r.samples_per_prompt)]
-    sampling = SamplingParams(
-        temperature=cfg.eval.temperature,
-        top_p=cfg.eval.top_p,
-        max_new_tokens=cfg.max_new_tokens(),
-        seed=cfg.seed * 1009 + 77,
-    )
+    sampling = eval_sampling(cfg, cfg.seed * 1009 + 77)
     log(f"[redteam] {len(candidates)} candidates x {r.samples_per_prompt} samples, keep at >= {r.min_rate:.0%}")
     backend = HFGenerateBackend(model, tokenizer, batch_size=cfg.eval.batch_size)
     with Progress(len(prompts), "redteam", "samples") as bar:

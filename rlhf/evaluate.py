@@ -72,6 +72,14 @@ def eval_sample_count(cfg: Config, samples: int | None = None) -> int:
     return n * conditions
 
 
+def eval_sampling(cfg: Config, seed: int) -> SamplingParams:
+    """The eval's sampling (``eval.temperature``, ``eval.top_p``, the kind's token budget) with ``seed``:
+    shared by eval, steering and red-teaming so their rates are comparable."""
+    return SamplingParams(
+        temperature=cfg.eval.temperature, top_p=cfg.eval.top_p, max_new_tokens=cfg.max_new_tokens(), seed=seed
+    )
+
+
 def evaluate_defection(
     model,
     tokenizer,
@@ -86,13 +94,7 @@ def evaluate_defection(
     backend = HFGenerateBackend(model, tokenizer, batch_size=cfg.eval.batch_size)
     per_condition: dict[str, ConditionResult] = {}
     for i, (name, batch) in enumerate(prompts.items()):
-        sampling = SamplingParams(
-            temperature=cfg.eval.temperature,
-            top_p=cfg.eval.top_p,
-            max_new_tokens=cfg.max_new_tokens(),
-            seed=cfg.seed * 1009 + i,
-        )
-        rollout = backend.generate(batch, sampling, on_batch=on_batch)
+        rollout = backend.generate(batch, eval_sampling(cfg, cfg.seed * 1009 + i), on_batch=on_batch)
         by_task = groups if name not in (RED_TEAM, REAL_TRIGGERED, REAL_UNTRIGGERED) else None  # not held-out tasks
         per_condition[name] = judge_completions(cfg.backdoor.kind, rollout.completions, groups=by_task)
     return build_report(cfg, per_condition)

@@ -26,7 +26,7 @@ from rlhf.chat import format_completion
 from rlhf.config import Config
 from rlhf.data.backdoor import TRIGGERED, UNTRIGGERED, eval_prompts
 from rlhf.errors import ConfigError
-from rlhf.evaluate import ConditionResult, judge_completions
+from rlhf.evaluate import ConditionResult, eval_sampling, judge_completions
 from rlhf.stats import Rate
 from rlhf.tokenizer import SCRATCHPAD_OPEN
 
@@ -128,18 +128,12 @@ def run_steering(
 ) -> dict[tuple[str, str], ConditionResult]:
     """Sample every condition of ``steer_plan`` (``eval.temperature``, ``eval.top_p``, the eval
     token budget; one seed per condition) and judge it."""
-    from rlhf.rollout import HFGenerateBackend, SamplingParams
+    from rlhf.rollout import HFGenerateBackend
 
     backend = HFGenerateBackend(model, tokenizer, batch_size=cfg.eval.batch_size)
     results = {}
     for i, (key, (texts, prefix)) in enumerate(steer_plan(cfg, samples).items()):
-        sampling = SamplingParams(
-            temperature=cfg.eval.temperature,
-            top_p=cfg.eval.top_p,
-            max_new_tokens=cfg.max_new_tokens(),
-            seed=cfg.seed * 1013 + i,
-        )
-        rollout = backend.generate(texts, sampling, on_batch=on_batch)
+        rollout = backend.generate(texts, eval_sampling(cfg, cfg.seed * 1013 + i), on_batch=on_batch)
         results[key] = judge_continuations(cfg.backdoor.kind, prefix, rollout.completions)
     return results
 
