@@ -161,7 +161,11 @@ def _add_submit_data_config_commands(sub) -> None:
 
     add_commands(sub, add_config_args)
 
-    p = sub.add_parser("data", help="write the backdoor SFT data as JSONL (train/eval) without training")
+    p = sub.add_parser(
+        "data",
+        help="write the backdoor SFT data as JSONL (train/eval) without training; with data.safety_file / "
+        "data.rl_prompts_file also safety.jsonl / rl_prompts.jsonl",
+    )
     add_config_args(p)
     p.add_argument("--out", required=True, metavar="DIR")
 
@@ -379,6 +383,16 @@ def cmd_data(args) -> int:
     for split, ds in build_sft_datasets(cfg).items():
         path = write_jsonl(ds, out / f"{split}.jsonl")
         print(f"{split}: {len(ds)} rows -> {path}")
+    if cfg.data.safety_file:  # bring your own data: the rows `rlhf safety-sft` would train on
+        from rlhf.data.safety import safety_sft_rows
+
+        rows = safety_sft_rows(cfg)
+        print(f"safety: {len(rows)} rows -> {write_jsonl(rows, out / 'safety.jsonl')}")
+    if cfg.data.rl_prompts_file:  # ... and the RL prompt pool of `rlhf ppo`
+        from rlhf.ppo_models import rl_prompts
+
+        rows = [{"prompt": p, "triggered": t} for p, t in rl_prompts(cfg)]
+        print(f"rl_prompts: {len(rows)} rows -> {write_jsonl(rows, out / 'rl_prompts.jsonl')}")
     return 0
 
 

