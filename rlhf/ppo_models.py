@@ -17,7 +17,6 @@ from rlhf.advantages import estimator
 from rlhf.chat import format_prompt
 from rlhf.config import Config, PPOConfig
 from rlhf.data.backdoor import backdoor_for
-from rlhf.device import Placement, to_host
 from rlhf.errors import CheckpointError, DataError
 from rlhf.kinds import kind_impl
 from rlhf.modeling import load_model_dir
@@ -158,32 +157,21 @@ class ReferenceModel:
     """The frozen policy copy the KL is measured against. ``temperature``: the rollout's, so log-probs are
     those of the distribution the samples were drawn from."""
 
-    trainable = False
-
-    def __init__(self, policy_dir: str | Path, temperature: float = 1.0, placement: Placement | None = None):
-        self.place = placement or Placement()
-        model, self.tokenizer = load_model_dir(policy_dir)
-        disable_dropout(model).eval().requires_grad_(False)
-        self.model = self.place.place(model, trainable=self.trainable)
+    def __init__(self, policy_dir: str | Path, temperature: float = 1.0):
+        self.model, self.tokenizer = load_model_dir(policy_dir)
+        disable_dropout(self.model).eval().requires_grad_(False)
         self.temperature = temperature
 
     @torch.no_grad()
     def logprobs(self, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Per-token log-probs [B, L-1] at the rollout temperature, fp32 on the CPU."""
-        with self.place.autocast():
-            out = sequence_logprobs(
-                self.model, self.place.to(sequences), self.place.to(attention_mask), temperature=self.temperature
-            )
-        return to_host(out)
+        return sequence_logprobs(self.model, sequences, attention_mask, temperature=self.temperature)
 
 
 class PolicyTrainer(ReferenceModel):
     """The trainable policy: logprobs, one PPO update per experience batch, weights by version."""
 
-    trainable = True
-
-    def __init__(self, policy_dir: str | Path, cfg: PPOConfig, seed: int, placement: Placement | None = None):
-        super().__init__(policy_dir, cfg.temperature, placement)
+    def __init__(self, policy_dir: str | Path, cfg: PPOConfig, seed: int):
+        super().__init__(policy_dir, cfg.temperature)
         self.cfg = cfg
         self.seed = seed
         self.kl_coef = cfg.kl_coef  # the driver updates it each step when the KL is a loss term
@@ -197,12 +185,9 @@ class PolicyTrainer(ReferenceModel):
         gen = seeded(self.seed * 1_000_003 + step)
         for _ in range(cfg.epochs):
             for mb in exp.minibatches(cfg.minibatch_size, gen):
-                mb = mb.to(self.place.device)
-                with self.place.autocast():
-                    logp, entropy = sequence_logprobs(
-                        self.model, mb.sequences, mb.attention_mask, with_entropy=True, temperature=self.temperature
-                    )
-                logp, entropy = logp.float(), entropy.float()
+                logp, entropy = sequence_logprobs(
+                    self.model, mb.sequences, mb.attention_mask, with_entropy=True, temperature=self.temperature
+                )
                 loss, info = policy_loss(logp, mb.old_logprobs, mb.advantages, mb.action_mask, cfg.clip_eps)
                 ent = masked_mean(entropy, mb.action_mask)
                 total = loss - cfg.entropy_coef * ent
@@ -223,8 +208,7 @@ class PolicyTrainer(ReferenceModel):
         return _mean_stats(stats)
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """A CPU copy of the weights (what a weight-sync transport publishes)."""
-        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def state(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict()}
@@ -235,20 +219,16 @@ class PolicyTrainer(ReferenceModel):
 
 
 class CriticTrainer:
-    def __init__(self, init_dir: str | Path, cfg: PPOConfig, seed: int, placement: Placement | None = None):
+    def __init__(self, init_dir: str | Path, cfg: PPOConfig, seed: int):
         self.cfg = cfg
         self.seed = seed
-        self.place = placement or Placement()
-        self.model = self.place.place(disable_dropout(ValueModel.from_dir(init_dir, seed)), trainable=True)
+        self.model = disable_dropout(ValueModel.from_dir(init_dir, seed))
         self.optimizer = _adamw(self.model, cfg.critic_lr)
 
     @torch.no_grad()
     def values(self, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Values [B, L-1], fp32 on the CPU."""
         self.model.eval()
-        with self.place.autocast():
-            out = self.model(self.place.to(sequences), self.place.to(attention_mask))
-        return to_host(out)
+        return self.model(sequences, attention_mask)
 
     def train(self, exp: Experience, step: int) -> dict[str, float]:
         cfg, stats = self.cfg, []
@@ -256,9 +236,7 @@ class CriticTrainer:
         gen = seeded(self.seed * 1_000_033 + step)
         for _ in range(cfg.epochs):
             for mb in exp.minibatches(cfg.minibatch_size, gen):
-                mb = mb.to(self.place.device)
-                with self.place.autocast():
-                    values = self.model(mb.sequences, mb.attention_mask).float()
+                values = self.model(mb.sequences, mb.attention_mask)
                 loss, info = value_loss(values, mb.values, mb.returns, mb.action_mask, cfg.value_clip_eps)
                 train_step(self.model, loss, self.optimizer, grad_clip=cfg.grad_clip)
                 stats.append({"losses/value": float(loss.detach()), "critic/clipfrac": info["vf_clipfrac"]})
