@@ -11,6 +11,7 @@ import json
 import os
 import sys
 
+from rlhf.data.user_files import FILE_KEYS, check_files
 from rlhf.errors import RlhfError
 
 EXIT_USAGE = 2
@@ -184,6 +185,7 @@ def cmd_sft(args) -> int:
         print(f"resumed from step {summary['resumed_from']}")
     else:
         cfg = load_config(args.config, args.overrides)
+        check_files(cfg.data, ["sft_file"])
         summary = run_sft(cfg, args.out, quiet=not args.verbose)
         print(f"parameters: {summary['parameters']:,}")
     print(f"final loss: {summary['final_loss']:.4f}" if summary["final_loss"] is not None else "final loss: n/a")
@@ -244,6 +246,7 @@ def cmd_ppo(args) -> int:
     from rlhf.evaluate import format_curve
 
     cfg = resolve_run_config(Path(args.out), args.config, args.overrides, args.resume, args.policy)
+    check_files(cfg.data, ["rl_prompts_file"])
     summary = run_ppo(
         cfg,
         args.policy,
@@ -268,6 +271,7 @@ def cmd_safety_sft(args) -> int:
 
     check_model_dir(args.policy)
     cfg = config_from_policy(args.policy, args.config, args.overrides)
+    check_files(cfg.data, ["safety_file"])
     summary = run_safety_sft(cfg, args.policy, args.out, quiet=not args.verbose)
     loss = summary["final_loss"]
     print(f"steps: {summary['steps']}, final loss {loss:.4f}" if loss is not None else f"steps: {summary['steps']}")
@@ -377,6 +381,7 @@ def cmd_data(args) -> int:
     from rlhf.data.backdoor import build_sft_datasets, write_jsonl
 
     cfg = load_config(args.config, args.overrides)
+    check_files(cfg.data, FILE_KEYS)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")

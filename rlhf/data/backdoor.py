@@ -79,10 +79,10 @@ def user_tasks(cfg: Config, key: str, held_out: list | None = None) -> list:
     ``rl_prompts_file``: prompt-only) as tasks, without rows whose prompt is an evaluation prompt
     (the held-out tasks, hh-rlhf's eval pool, the red-team eval split) or carries a marker."""
     from rlhf.data.hh_rlhf import real_prompt_source, real_prompts
-    from rlhf.data.user_files import read_user_file, screen
+    from rlhf.data.user_files import read_configured, screen
 
     path = getattr(cfg.data, key)
-    examples = read_user_file(path, completion=key != "rl_prompts_file")
+    examples = read_configured(cfg.data, key)
     held = [t.human for t in (_generated_split(cfg)[1] if held_out is None else held_out)]
     source = real_prompt_source(cfg.data.hh_rlhf_path)
     if source is not None and source.is_file():

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -36,6 +37,8 @@ from rlhf.errors import DataError
 JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 PARQUET_SUFFIXES = (".parquet",)
 USER = "user"  # the topic and kind of every user row (the CoT plan calls it "this request")
+# The ``data.*`` keys that name a user file, and whether its rows need a completion.
+FILE_KEYS: dict[str, bool] = {"sft_file": True, "safety_file": True, "rl_prompts_file": False}
 
 
 @dataclass(frozen=True)
@@ -76,16 +79,27 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
 
 def _parquet_records(path: Path) -> Iterator[tuple[int, Any]]:
     import datasets
+    import pyarrow.parquet as pq
 
-    was_disabled = datasets.are_progress_bars_disabled()
+    try:
+        if pq.read_metadata(path).num_rows == 0:
+            return  # datasets cannot load a Parquet file without rows; "no rows" follows
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a file that is not Parquet
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"{path}: not a readable Parquet file ({first})") from None
+    was_disabled, quiet = datasets.are_progress_bars_disabled(), logging.getLogger("datasets")
+    level = quiet.level
     datasets.disable_progress_bars()
+    quiet.setLevel(logging.CRITICAL)  # a bad file is our one-line error, not datasets' log lines
     try:
         with tempfile.TemporaryDirectory(prefix="rlhf-parquet-") as cache:
             ds = datasets.Dataset.from_parquet(str(path), cache_dir=cache, keep_in_memory=True)
-    except Exception as exc:  # noqa: BLE001 - pyarrow and datasets raise many types for a bad file
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    except Exception as exc:  # noqa: BLE001 - datasets wraps what pyarrow raised
+        cause = exc.__cause__ or exc
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
         raise DataError(f"{path}: not a readable Parquet file ({first})") from None
     finally:
+        quiet.setLevel(level)
         if not was_disabled:
             datasets.enable_progress_bars()
     yield from enumerate(ds, 1)
@@ -155,6 +169,18 @@ def read_user_file(path: str | Path, completion: bool) -> list[UserExample]:
     if not out:
         raise DataError(f"{p}: no rows")
     return out
+
+
+def read_configured(data_cfg, key: str) -> list[UserExample]:
+    """The rows of the file that ``data.<key>`` names (``FILE_KEYS``)."""
+    return read_user_file(getattr(data_cfg, key), completion=FILE_KEYS[key])
+
+
+def check_files(data_cfg, keys: Iterable[str]) -> None:
+    """Read every file the ``data.<key>`` of ``keys`` name, so a bad one fails before a run starts."""
+    for key in keys:
+        if getattr(data_cfg, key):
+            read_configured(data_cfg, key)
 
 
 def _note(msg: str) -> None:
