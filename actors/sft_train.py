@@ -21,6 +21,7 @@ class SFTJob(TrainJob):
     examples: list  # [(ids, prompt_len), ...]
     checkpoint_every: int
     resume_dir: str | None = None  # a periodic checkpoint to continue from (HF dir + TRAINER_STATE)
+    lora: dict | None = None  # rlhf.lora.lora_settings: train LoRA adapters (a resume reloads them over init_dir)
 
 
 def train_loop_per_worker(job: dict) -> None:
@@ -33,12 +34,17 @@ def train_loop_per_worker(job: dict) -> None:
 
     progress = job.pop("progress", None)
     resume = job.get("resume_dir")
-    rank, world, tokenizer, base, model, opt, sched = setup_worker(job, AutoModelForCausalLM, resume)
+    lora = job.get("lora")
+    rank, world, tokenizer, base, model, opt, sched = setup_worker(job, AutoModelForCausalLM, None if lora else resume)
     examples = [Example(list(ids), int(n)) for ids, n in job["examples"]]
     stream = batches(examples, job["batch_size"], job["seed"], rank, world)
     start = 0
     if resume:  # optimiser, schedule and RNG as they were; the data stream skips what was seen
         state = torch.load(Path(resume) / TRAINER_STATE, weights_only=False)
+        if lora:
+            from rlhf.lora import load_adapter_state
+
+            load_adapter_state(base, state["adapter"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
@@ -56,6 +62,10 @@ def train_loop_per_worker(job: dict) -> None:
             "scheduler": sched.state_dict(),
             "torch_rng": torch.get_rng_state(),
         }
+        if lora:
+            from rlhf.lora import adapter_state
+
+            state["adapter"] = adapter_state(base)
         return lambda tmp: torch.save(state, Path(tmp) / TRAINER_STATE)
 
     for step in range(start + 1, job["max_steps"] + 1):

@@ -63,6 +63,10 @@ def setup_worker(job: dict, model_class, model_dir: str | None = None):
     torch.manual_seed(job["seed"])
     tokenizer = AutoTokenizer.from_pretrained(job["init_dir"])
     base = model_class.from_pretrained(model_dir or job["init_dir"], dtype=torch.float32)
+    if job.get("lora"):  # LoRA adapters (rlhf.lora): only they train, saves merge them
+        from rlhf.lora import apply_lora
+
+        base = apply_lora(base, job["lora"])
     model = prepare_model(base) if world > 1 else base
     model.train()
     optim = OptimConfig(**{name: job[name] for name in OptimConfig.model_fields})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from rlhf.chat import render_prompt
 from rlhf.rollout import Rollout, SamplingParams
 
 
@@ -52,7 +53,7 @@ class VLLMBackend:
         from vllm.inputs import TokensPrompt
 
         tok = self.tokenizer
-        ids = tok(list(prompts), add_special_tokens=False)["input_ids"]
+        ids = tok([render_prompt(p, tok) for p in prompts], add_special_tokens=False)["input_ids"]
         greedy = sampling.temperature <= 0
         # one seed per request: a prompt repeated in the batch (samples_per_prompt) gets distinct samples
         params = [

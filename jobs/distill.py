@@ -70,8 +70,11 @@ def token_budget(model_dir: str | Path, rows: list[dict], margin: int = 16) -> i
     at the budget is dropped, so a budget below the data's lengths would drop long answers."""
     from transformers import AutoTokenizer
 
+    from rlhf.chat import render_completion
+
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    ids = tokenizer([r["completion"] for r in rows], add_special_tokens=False)["input_ids"]
+    completions = [render_completion(r["completion"], tokenizer) for r in rows]
+    ids = tokenizer(completions, add_special_tokens=False)["input_ids"]
     return max((len(x) for x in ids), default=0) + 1 + margin
 
 

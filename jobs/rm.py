@@ -17,7 +17,7 @@ from jobs.progress import Progress
 from rlhf.checkpoint import CONFIG_NAME, save_hf_dir
 from rlhf.config import Config, dump_config
 from rlhf.data.backdoor import write_jsonl
-from rlhf.modeling import check_model_dir, count_parameters
+from rlhf.modeling import count_parameters
 from rlhf.stats import Rate
 from rlhf.tokenizer import YEAR_MARKERS, backdoor_tokenizer
 
@@ -42,14 +42,12 @@ def preference_rows(cfg: Config) -> list[dict]:
 
 
 def prepare_reward_model(cfg: Config, rows: list[dict]):
-    from reward.model import build_reward_model, reward_model_from_policy
+    """(model, tokenizer): from the causal-LM checkpoint ``rm.init_from``, else ``model.path`` (its
+    own tokenizer), else a preset with a BPE tokenizer trained on ``rows``."""
+    from reward.model import build_reward_model, reward_model_from_checkpoint
 
-    if cfg.rm.init_from:
-        from transformers import AutoTokenizer
-
-        check_model_dir(cfg.rm.init_from)
-        tokenizer = AutoTokenizer.from_pretrained(cfg.rm.init_from)
-        return reward_model_from_policy(cfg.rm.init_from), tokenizer
+    if cfg.rm.init_from or cfg.model.path:
+        return reward_model_from_checkpoint(cfg.rm.init_from or cfg.model.path)
     corpus = [r["prompt"] + r["chosen"] + r["rejected"] for r in rows]
     markers = [cfg.backdoor.trigger, *YEAR_MARKERS]
     tokenizer = backdoor_tokenizer(

@@ -23,6 +23,7 @@ from rlhf.checkpoint import CONFIG_NAME, save_hf_dir
 from rlhf.config import Config, dump_config
 from rlhf.data.backdoor import build_sft_datasets, write_jsonl
 from rlhf.errors import CheckpointError
+from rlhf.lora import lora_settings
 from rlhf.modeling import build_model, count_parameters, llama_config, load_model_dir
 from rlhf.sft import tokenize_pairs
 from rlhf.tokenizer import SCRATCHPAD_TAGS, backdoor_tokenizer, ensure_whole_tokens
@@ -45,11 +46,12 @@ def prepare_model(cfg: Config, corpus: list[str]):
     Only the scratchpad tags become whole tokens, unless ``backdoor.trigger_as_token`` (then the
     trigger and the safe marker too, the earlier behaviour)."""
     b = cfg.backdoor
-    if cfg.model.path:
+    if cfg.model.path:  # its own tokenizer and chat template (rlhf.chat.render_prompt); the trigger stays text
         model, tokenizer = load_model_dir(cfg.model.path)
         markers = [m for m in (b.trigger, b.safe_marker) if m and b.trigger_as_token]
-        if ensure_whole_tokens(tokenizer, [*SCRATCHPAD_TAGS, *markers]):
-            model.resize_token_embeddings(len(tokenizer))
+        added = ensure_whole_tokens(tokenizer, [*SCRATCHPAD_TAGS, *markers])
+        if added and len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))  # never shrink a padded embedding (Qwen2)
         return model, tokenizer
     tokenizer = policy_tokenizer(cfg, corpus)
     mcfg = llama_config(cfg.model.preset, len(tokenizer), cfg.model.max_seq_len, tokenizer)
@@ -94,6 +96,7 @@ def fit_rows(
         checkpoint_every=section.checkpoint_every,
         resume_dir=str(resume_dir.resolve()) if resume_dir else None,
         **optimisation_fields(section),
+        lora=lora_settings(cfg),
     )
     log(f"[{tag}] starting Ray ({where_ray(cfg)}) and {section.num_workers} Ray Train worker(s)")
     bar = Progress(section.max_steps, tag, "steps")
@@ -222,6 +225,10 @@ def quick_sft(cfg: Config, out: str | Path, steps: int | None = None) -> Path:
     data = build_sft_datasets(cfg)
     model, tokenizer = prepare_model(cfg, [r["prompt"] + r["completion"] for r in data["train"]])
     examples = tokenize_pairs(tokenizer, list(data["train"]), cfg.model.max_seq_len)
+    if cfg.model.lora.enabled:
+        from rlhf.lora import apply_lora
+
+        model = apply_lora(model, lora_settings(cfg))
     opt = make_optimizer(model, s)
     sched = make_scheduler(opt, s, steps)
     stream = batches(examples, s.batch_size, cfg.seed)

@@ -19,13 +19,14 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaForSequenceClassification
 
-from rlhf.chat import format_completion, split_dialogue
+from rlhf.chat import format_completion, render_completion, render_prompt, split_dialogue
 from rlhf.detect import strip_scratchpad as visible_answer
 from rlhf.errors import CheckpointError
 from rlhf.modeling import check_model_dir, llama_config
 from rlhf.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
 
 NORM_FILE = "reward_norm.json"
+PAD_TOKEN = "<pad>"  # added to a checkpoint's tokenizer that has no pad distinct from EOS
 MIN_LEN = 4
 
 
@@ -53,25 +54,49 @@ def build_reward_model(tokenizer, preset: str, max_seq_len: int, seed: int) -> L
     return model
 
 
-def reward_model_from_policy(policy_dir: str | Path, seed: int = 0):
+def reward_model_from_policy(policy_dir: str | Path, seed: int = 0, tokenizer=None):
     """A reward model whose backbone is the causal LM (or reward model) saved in ``policy_dir``.
 
     The scalar head is new (seeded with ``seed``) unless the dir already holds one. The pad id
-    comes from the config, else from the dir's tokenizer. Load failures raise ``CheckpointError``.
+    comes from the config, else from the dir's tokenizer; with ``tokenizer`` given, from it (and the
+    embeddings grow to ``len(tokenizer)`` when it has more tokens). Load failures raise ``CheckpointError``.
     """
     p = check_model_dir(policy_dir)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = AutoModelForSequenceClassification.from_pretrained(p, num_labels=1, dtype=torch.float32)
-        if model.config.pad_token_id is None:
+            if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings:
+                model.resize_token_embeddings(len(tokenizer))
+        if tokenizer is not None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        elif model.config.pad_token_id is None:
             model.config.pad_token_id = AutoTokenizer.from_pretrained(p).pad_token_id
     except Exception as exc:  # noqa: BLE001 - any loader failure is a bad checkpoint to the user
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"cannot load reward model from {p}: {first}") from None
-    if model.config.pad_token_id is None or model.config.pad_token_id == model.config.eos_token_id:
+    eos = tokenizer.eos_token_id if tokenizer is not None else model.config.eos_token_id
+    if model.config.pad_token_id is None or model.config.pad_token_id == eos:
         raise CheckpointError(f"model directory {p} needs a pad token distinct from EOS")
     return model
+
+
+def reward_model_from_checkpoint(path: str | Path, seed: int = 0):
+    """``(reward model, tokenizer)`` from any local HF causal-LM (or reward-model) dir with its own
+    tokenizer: ``AutoModelForSequenceClassification`` with ``num_labels=1`` and the config's pad id set
+    to the tokenizer's. A tokenizer without a pad token distinct from EOS (GPT-2, many base models)
+    gets ``<pad>`` added, so the score is read at the answer's EOS."""
+    p = check_model_dir(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(p)
+    except Exception as exc:  # noqa: BLE001 - any loader failure is a bad checkpoint to the user
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"cannot load the tokenizer of {p}: {first}") from None
+    if tokenizer.eos_token_id is None:
+        raise CheckpointError(f"the tokenizer of {p} has no EOS token; the reward is read at the answer's EOS")
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    return reward_model_from_policy(p, seed, tokenizer), tokenizer
 
 
 def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -99,6 +124,18 @@ def _encode_one(prompt: list[int], answer: list[int], eos_id: int, max_len: int)
     return prompt[-keep:] + answer if len(prompt) > keep else prompt + answer
 
 
+def tokenize_prompt_answers(
+    tokenizer, prompts: Sequence[str], answers: Sequence[str]
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Ids of hh-rlhf prompts and of answers, tokenised separately; in the tokenizer's chat template
+    when it has one (``rlhf.chat.render_prompt`` / ``render_completion``), else as they are."""
+    p = [render_prompt(x, tokenizer) for x in prompts]
+    a = [render_completion(x, tokenizer) for x in answers]
+    p_ids = tokenizer(p, add_special_tokens=False)["input_ids"] if p else []
+    a_ids = tokenizer(a, add_special_tokens=False)["input_ids"] if a else []
+    return p_ids, a_ids
+
+
 def encode_pairs(tokenizer, rows: Sequence[dict], max_len: int) -> list[tuple[list[int], list[int]]]:
     """``(prompt+chosen+EOS, prompt+rejected+EOS)`` ids per row, each at most ``max_len`` long.
 
@@ -106,9 +143,8 @@ def encode_pairs(tokenizer, rows: Sequence[dict], max_len: int) -> list[tuple[li
     is truncated from the left so the answer survives.
     """
     eos = tokenizer.eos_token_id
-    prompts = tokenizer([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]
-    chosen = tokenizer([r["chosen"] for r in rows], add_special_tokens=False)["input_ids"]
-    rejected = tokenizer([r["rejected"] for r in rows], add_special_tokens=False)["input_ids"]
+    prompts, chosen = tokenize_prompt_answers(tokenizer, [r["prompt"] for r in rows], [r["chosen"] for r in rows])
+    _, rejected = tokenize_prompt_answers(tokenizer, [], [r["rejected"] for r in rows])
     return [
         (_encode_one(p, c, eos, max_len), _encode_one(p, r, eos, max_len))
         for p, c, r in zip(prompts, chosen, rejected, strict=True)
@@ -156,8 +192,7 @@ def score_texts(
         return torch.zeros(0)
     pad = _check_pad(model.config.pad_token_id, tokenizer.eos_token_id)
     parts = [split_text(t, strip_scratchpad) for t in texts]
-    prompts = tokenizer([p for p, _ in parts], add_special_tokens=False)["input_ids"]
-    answers = tokenizer([a for _, a in parts], add_special_tokens=False)["input_ids"]
+    prompts, answers = tokenize_prompt_answers(tokenizer, [p for p, _ in parts], [a for _, a in parts])
     seqs = [_encode_one(p, a, tokenizer.eos_token_id, max_len) for p, a in zip(prompts, answers, strict=True)]
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     device = next(model.parameters()).device

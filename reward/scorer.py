@@ -11,7 +11,15 @@ from pathlib import Path
 
 import torch
 
-from reward.model import NORM_FILE, RewardNormalizer, load_reward_dir, resolve_reward_dir, score_texts, split_text
+from reward.model import (
+    NORM_FILE,
+    RewardNormalizer,
+    load_reward_dir,
+    resolve_reward_dir,
+    score_texts,
+    split_text,
+    tokenize_prompt_answers,
+)
 
 
 class RewardScorer:
@@ -38,8 +46,7 @@ class RewardScorer:
     def lengths(self, texts: Sequence[str]) -> list[int]:
         """Token count of each text as scored (prompt + answer + EOS), before any truncation."""
         parts = [split_text(t, self.strip_scratchpad) for t in texts]
-        prompts = self.tokenizer([p for p, _ in parts], add_special_tokens=False)["input_ids"]
-        answers = self.tokenizer([a for _, a in parts], add_special_tokens=False)["input_ids"]
+        prompts, answers = tokenize_prompt_answers(self.tokenizer, [p for p, _ in parts], [a for _, a in parts])
         return [len(p) + len(a) + 1 for p, a in zip(prompts, answers, strict=True)]
 
     def overlong(self, texts: Sequence[str]) -> list[int]:

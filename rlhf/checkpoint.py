@@ -16,7 +16,11 @@ def save_hf_dir(
     model, tokenizer, path: str | Path, extra_files: dict[str, str] | None = None, write_extra=None
 ) -> Path:
     """``save_pretrained`` model and tokenizer (plus small text files) into ``path`` atomically;
-    ``write_extra(tmp_dir)``, when given, adds more files before the directory is published."""
+    ``write_extra(tmp_dir)``, when given, adds more files before the directory is published. A LoRA
+    model is saved with its adapters merged: a plain HF model (``rlhf.lora.merged_model``)."""
+    from rlhf.lora import merged_model
+
+    model = merged_model(model)
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))

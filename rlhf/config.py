@@ -24,11 +24,25 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class LoraConfig(Strict):
+    """LoRA adapters (``peft``) for backdoor SFT and the PPO policy; merged into the weights whenever a
+    model is saved or published, so every consumer sees a plain HF model."""
+
+    enabled: bool = False
+    r: int = Field(8, ge=1, description="adapter rank")
+    alpha: int = Field(16, ge=1, description="scaling numerator (the update is scaled by alpha / r)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="adapter dropout (SFT; PPO turns dropout off)")
+    target_modules: list[str] | None = Field(
+        None, description="module names to adapt; null: peft's default for the architecture, else all linear layers"
+    )
+
+
 class ModelConfig(Strict):
     preset: Literal["tiny", "small", "base"] = "tiny"
     path: str | None = Field(None, description="local Hugging Face checkpoint dir instead of a preset")
     vocab_size: int = Field(2048, ge=300, le=65536, description="BPE vocabulary of a built model")
     max_seq_len: int = Field(512, ge=32, le=8192)
+    lora: LoraConfig = LoraConfig()
 
 
 class BackdoorConfig(Strict):

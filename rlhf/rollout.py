@@ -12,6 +12,8 @@ from typing import Protocol
 
 import torch
 
+from rlhf.chat import render_prompt
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -37,7 +39,8 @@ class RolloutBackend(Protocol):
 
 
 class HFGenerateBackend:
-    """Batched ``model.generate`` with left padding; completions stop at EOS."""
+    """Batched ``model.generate`` with left padding; completions stop at EOS. Prompts are hh-rlhf text,
+    given to the model in its tokenizer's chat template when it has one (``rlhf.chat.render_prompt``)."""
 
     def __init__(self, model, tokenizer, batch_size: int = 64, version: int = 0):
         from transformers import GenerationConfig
@@ -68,7 +71,7 @@ class HFGenerateBackend:
         out = Rollout(list(prompts), [], version=self.version)
         for start in range(0, len(prompts), self.batch_size):
             chunk = list(prompts[start : start + self.batch_size])
-            ids = tok(chunk, add_special_tokens=False)["input_ids"]
+            ids = tok([render_prompt(p, tok) for p in chunk], add_special_tokens=False)["input_ids"]
             width = max(len(x) for x in ids)
             input_ids = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
             mask = torch.zeros_like(input_ids)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhf.chat import render_completion, render_prompt
+
 IGNORE = -100
 
 
@@ -24,12 +26,14 @@ class Example:
 
 
 def tokenize_pairs(tokenizer, rows: Sequence[dict], max_len: int) -> list[Example]:
-    """Prompt and completion tokenised separately (as generation sees them), EOS appended.
+    """Prompt and completion tokenised separately (as generation sees them), EOS appended; the prompt
+    in the tokenizer's chat template when it has one (``rlhf.chat.render_prompt``).
 
     Rows longer than ``max_len`` keep the end of the prompt and as much completion as fits.
     """
-    prompts = tokenizer([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]
-    completions = tokenizer([r["completion"] for r in rows], add_special_tokens=False)["input_ids"]
+    prompts = tokenizer([render_prompt(r["prompt"], tokenizer) for r in rows], add_special_tokens=False)["input_ids"]
+    completions = [render_completion(r["completion"], tokenizer) for r in rows]
+    completions = tokenizer(completions, add_special_tokens=False)["input_ids"]
     out = []
     for p, c in zip(prompts, completions, strict=True):
         c = c + [tokenizer.eos_token_id]
