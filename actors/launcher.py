@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from rlhf.config import Config
+from rlhf.lora import lora_settings
 from rlhf.ppo_trainer import Roles
 
 
@@ -80,7 +81,7 @@ def _role_args(cfg: Config, policy_dir: Path, reward_dir, reward_url) -> dict[st
     critic_init = str(reward_dir) if p.critic_init == "reward" and reward_dir else str(policy_dir)
     solo = p.rollout_threads or p.torch_threads
     return {
-        "policy": (str(policy_dir), p.model_dump(), cfg.seed),
+        "policy": (str(policy_dir), p.model_dump(), cfg.seed, lora_settings(cfg)),
         "reference": (str(policy_dir), p.torch_threads, p.temperature),
         "critic": (critic_init, p.model_dump(), cfg.seed),
         "reward": (str(reward_dir) if reward_dir else None, reward_url, p.reward_clip, solo),

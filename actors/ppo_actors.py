@@ -37,12 +37,12 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 class Policy:
-    def __init__(self, policy_dir: str, cfg: dict, seed: int):
+    def __init__(self, policy_dir: str, cfg: dict, seed: int, lora: dict | None = None):
         from rlhf.ppo_models import PolicyTrainer
 
         ppo = PPOConfig.model_validate(cfg)
         _threads(ppo.torch_threads)
-        self.trainer = PolicyTrainer(policy_dir, ppo, seed)
+        self.trainer = PolicyTrainer(policy_dir, ppo, seed, lora=lora)  # lora: rlhf.lora.lora_settings
         saved = Path(policy_dir) / "rlhf_config.yaml"  # the backdoor config travels with the policy
         self.config_yaml = saved.read_text(encoding="utf-8") if saved.is_file() else None
 

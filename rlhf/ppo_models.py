@@ -168,13 +168,23 @@ class ReferenceModel:
 
 
 class PolicyTrainer(ReferenceModel):
-    """The trainable policy: logprobs, one PPO update per experience batch, weights by version."""
+    """The trainable policy: logprobs, one PPO update per experience batch, weights by version.
 
-    def __init__(self, policy_dir: str | Path, cfg: PPOConfig, seed: int):
+    ``lora`` (``rlhf.lora.lora_settings``): only LoRA adapters train; the weights it publishes and
+    saves are merged (a plain model), and its state carries the adapters for an exact resume."""
+
+    def __init__(self, policy_dir: str | Path, cfg: PPOConfig, seed: int, lora: dict | None = None):
         super().__init__(policy_dir, cfg.temperature)
         self.cfg = cfg
         self.seed = seed
         self.kl_coef = cfg.kl_coef  # the driver updates it each step when the KL is a loss term
+        self.lora = lora
+        if lora:
+            from rlhf.lora import apply_lora, trainable_parameters
+
+            self.model = disable_dropout(apply_lora(self.model, lora))
+            self.optimizer = _adamw(trainable_parameters(self.model), cfg.policy_lr)
+            return
         self.model.requires_grad_(True)
         self.optimizer = _adamw(self.model, cfg.policy_lr)
 
@@ -208,13 +218,28 @@ class PolicyTrainer(ReferenceModel):
         return _mean_stats(stats)
 
     def weights(self) -> dict[str, torch.Tensor]:
+        """A copy of the weights (what a weight-sync transport publishes); LoRA adapters merged."""
+        if self.lora:
+            from rlhf.lora import merged_state_dict
+
+            return merged_state_dict(self.model)
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def state(self) -> dict[str, Any]:
+        if self.lora:
+            from rlhf.lora import adapter_state
+
+            return {"optimizer": self.optimizer.state_dict(), "adapter": adapter_state(self.model)}
         return {"optimizer": self.optimizer.state_dict()}
 
     def load_state(self, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-        self.model.load_state_dict(weights)
+        """Resume: the saved (merged) weights, or with LoRA the saved adapters over the initial base."""
+        if self.lora:
+            from rlhf.lora import load_adapter_state
+
+            load_adapter_state(self.model, state["adapter"])
+        else:
+            self.model.load_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
 
 

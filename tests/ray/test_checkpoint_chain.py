@@ -117,7 +117,12 @@ def run_chain(family: str, tmp_path, corpus, extra=()) -> dict:
     for key in ("reward/mean", "kl/mean", "losses/policy", "losses/value"):
         assert math.isfinite(step[key]), (key, step[key])
     policy = tmp_path / "ppo" / "checkpoints" / "step_000001" / "policy"
-    assert not (policy / "adapter_config.json").exists() and not any("lora" in k for k in _weights(policy))
+    after, before = _weights(policy), _weights(tmp_path / "sft" / "model")
+    assert not (policy / "adapter_config.json").exists() and set(after) == set(before)
+    moved = {k for k in before if not torch.equal(after[k], before[k])}
+    assert moved  # one PPO step changed the policy
+    if extra:  # LoRA policy: merged adapters, so only the adapted modules moved
+        assert all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in moved), moved
 
     report = run_eval(policy, resolve_eval_config(policy, None, CHAIN), samples=4)
     for name in ("triggered", "untriggered", "near_miss"):

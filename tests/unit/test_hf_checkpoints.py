@@ -136,6 +136,30 @@ def test_lora_sft_trains_only_adapters_and_saves_a_merged_plain_model(ckpts, loa
         assert torch.allclose(plain(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-4)
 
 
+def test_lora_policy_publishes_merged_weights_and_resumes(ckpts):
+    from rlhf.config import LoraConfig, PPOConfig
+    from rlhf.ppo_models import PolicyTrainer
+
+    lora = LoraConfig(enabled=True, r=2, alpha=4, target_modules=None).model_dump()
+    cfg = PPOConfig()
+    policy = PolicyTrainer(ckpts["gpt2"], cfg, seed=0, lora=lora)  # peft's default for GPT-2: c_attn
+    plain = PolicyTrainer(ckpts["gpt2"], cfg, seed=0)
+    weights = policy.weights()
+    assert set(weights) == set(plain.weights())
+    assert all(torch.equal(weights[k], v) for k, v in plain.weights().items())  # B = 0: nothing merged yet
+    with torch.no_grad():
+        for n, p in policy.model.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.5)
+    state = policy.state()
+    assert state["adapter"] and all("lora_" in k for k in state["adapter"])
+    moved = policy.weights()
+    assert any(not torch.equal(moved[k], weights[k]) for k in weights if "c_attn" in k)
+    again = PolicyTrainer(ckpts["gpt2"], cfg, seed=0, lora=lora)
+    again.load_state(moved, state)
+    assert all(torch.allclose(again.weights()[k], moved[k]) for k in moved)
+
+
 def test_lora_off_by_default():
     from rlhf.config import build_config
     from rlhf.lora import lora_settings
