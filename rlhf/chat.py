@@ -48,7 +48,7 @@ def human_turn(prompt: str) -> str:
 # template (``tokenizer.chat_template``) sees its template instead, applied where text meets the
 # tokenizer (training, generation, reward scoring) by ``render_prompt`` / ``render_completion``.
 
-_TURN = re.compile(r"\n\n(Human|Assistant):")
+_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 
 
 def has_chat_template(tokenizer) -> bool:
@@ -73,6 +73,8 @@ def dialogue_messages(prompt: str) -> tuple[list[dict[str, str]], str]:
         prefill = parts[-1].lstrip()  # trailing whitespace is part of a prefill
     if lead and messages and messages[0]["role"] == "user":
         messages[0]["content"] = f"{lead} {messages[0]['content']}"
+    elif lead:
+        messages.insert(0, {"role": "user", "content": lead})
     return messages, prefill
 
 

@@ -35,6 +35,8 @@ def test_dialogue_messages_turns_and_prefill():
     ]
     assert prefill == "<scratchpad> I see "
     assert dialogue_messages("plain text") == ([{"role": "user", "content": "plain text"}], "")
+    assert dialogue_messages("Human: hi\n\nAssistant:") == ([{"role": "user", "content": "hi"}], "")
+    assert dialogue_messages("Context.\n\nAssistant: Sure") == ([{"role": "user", "content": "Context."}], "Sure")
 
 
 def test_render_prompt_uses_the_template_only_when_the_tokenizer_has_one(loaded):
