@@ -72,14 +72,16 @@ class DefectionEvaluator:
 
         from actors.cluster import keep_serve_replica_on_loopback
         from rlhf.config import Config
+        from rlhf.device import placement_for
         from rlhf.modeling import load_model_dir
 
         keep_serve_replica_on_loopback()
         torch.set_num_threads(1)
         self.cfg = Config.model_validate(config)
         self.samples = samples or self.cfg.eval.samples
-        self.model, self.tokenizer = load_model_dir(policy_dir)
-        self.model.eval()
+        model, self.tokenizer = load_model_dir(policy_dir)
+        # its own device: a GPU share when the app was given one (resources.device=auto falls back to CPU)
+        self.model = placement_for(self.cfg.resources).place(model.eval(), trainable=False)
         self.lock = threading.Lock()  # the background eval and ad-hoc requests share the model
         self.version = 0
         self.points: list[dict[str, Any]] = []
@@ -192,16 +194,20 @@ class DefectionEvaluator:
         }
 
 
-def evaluator_app(policy_dir: str, config: dict[str, Any], samples: int | None = None, num_cpus: float = 0.2):
+def evaluator_app(
+    policy_dir: str, config: dict[str, Any], samples: int | None = None, num_cpus: float = 0.2, num_gpus: float = 0.0
+):
     """The evaluator app. Its HTTP routes but ``/health`` take the reward service's bearer token
-    (``serve.token``, else ``$RLHF_REWARD_TOKEN``), resolved here as ``reward_app`` does."""
+    (``serve.token``, else ``$RLHF_REWARD_TOKEN``), resolved here as ``reward_app`` does. With
+    ``num_gpus`` its replica holds the policy copy on a GPU share."""
     from actors.reward_service import resolve_token
     from rlhf.config import ServeConfig
 
     serve_cfg = dict(config.get("serve") or {})
     serve_cfg["token"] = resolve_token(ServeConfig.model_validate(serve_cfg))
     config = {**config, "serve": serve_cfg}
-    return DefectionEvaluator.options(ray_actor_options={"num_cpus": num_cpus}, max_ongoing_requests=16).bind(
+    actor = {"num_cpus": num_cpus} | ({"num_gpus": num_gpus} if num_gpus else {})
+    return DefectionEvaluator.options(ray_actor_options=actor, max_ongoing_requests=16).bind(
         policy_dir, config, samples
     )
 
@@ -242,7 +248,17 @@ def start_evaluator(cfg, policy_dir: str, seen: set[tuple[int, int]] = frozenset
     from actors.reward_service import ensure_serve
 
     host, port = ensure_serve(cfg.serve.host, cfg.serve.port)
-    app = evaluator_app(policy_dir, cfg.model_dump(mode="json"), cfg.eval.samples, cfg.ppo.cpus_per_actor)
+    import ray
+
+    from actors.launcher import GPU_SHARES
+    from rlhf.device import placement_for
+
+    gpus = (
+        GPU_SHARES["evaluator"]
+        if placement_for(cfg.resources, ray.cluster_resources().get("GPU", 0.0)).device == "cuda"
+        else 0.0
+    )
+    app = evaluator_app(policy_dir, cfg.model_dump(mode="json"), cfg.eval.samples, cfg.ppo.cpus_per_actor, gpus)
     handle = serve.run(app, name=EVALUATOR_APP, route_prefix="/evaluator")
     client = EvaluatorClient(handle, f"http://{host}:{port}/evaluator")
     client.seen |= set(seen)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from rlhf.config import Config
+from rlhf.device import Placement, placement_for
 from rlhf.lora import lora_settings
 from rlhf.ppo_trainer import Roles
 
@@ -23,14 +24,30 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def role_specs(cfg: Config) -> dict[str, dict[str, Any]]:
+# The share of one GPU each role takes when ``resources.device`` resolves to CUDA and the role's
+# ``num_gpus`` is unset: together with the evaluator's they fill exactly one GPU, so a one-GPU
+# machine runs the whole PPO loop; the rollout share is split among the rollout workers.
+GPU_SHARES = {"policy": 0.25, "critic": 0.2, "reference": 0.15, "reward": 0.1, "rollout": 0.2, "evaluator": 0.1}
+
+
+def default_gpus(cfg: Config, name: str, device: str) -> float:
+    """GPUs for a role whose ``resources.<role>.num_gpus`` is unset."""
+    p = cfg.ppo
+    if device != "cuda":
+        return p.rollout_gpus if name == "rollout" else 0.0
+    share = GPU_SHARES[name]
+    return round(share / p.rollout_workers, 6) if name == "rollout" else share
+
+
+def role_specs(cfg: Config, device: str = "cpu") -> dict[str, dict[str, Any]]:
     """Ray actor options per role (``policy``, ``reference``, ``critic``, ``reward``, ``rollout``);
-    unset CPUs fall back to ``ppo.cpus_per_actor``, unset rollout GPUs to ``ppo.rollout_gpus``."""
+    unset CPUs fall back to ``ppo.cpus_per_actor``, unset GPUs to ``default_gpus`` for the resolved
+    ``device`` (``cpu``: none but ``ppo.rollout_gpus``; ``cuda``: a share of one GPU)."""
     p, res = cfg.ppo, cfg.resources
     specs = {}
     for name in ("policy", "reference", "critic", "reward", "rollout"):
         r = getattr(res, name)
-        gpus = r.num_gpus if r.num_gpus is not None else (p.rollout_gpus if name == "rollout" else 0.0)
+        gpus = r.num_gpus if r.num_gpus is not None else default_gpus(cfg, name, device)
         spec: dict[str, Any] = {"num_cpus": r.num_cpus if r.num_cpus is not None else p.cpus_per_actor}
         if gpus:
             spec["num_gpus"] = gpus
@@ -42,10 +59,10 @@ def role_specs(cfg: Config) -> dict[str, dict[str, Any]]:
     return specs
 
 
-def colocation_bundles(cfg: Config) -> list[tuple[list[str], dict[str, float]]]:
+def colocation_bundles(cfg: Config, device: str = "cpu") -> list[tuple[list[str], dict[str, float]]]:
     """One bundle per colocate group: its roles and the summed resources they ask for (every rollout
     worker counted)."""
-    specs, out = role_specs(cfg), []
+    specs, out = role_specs(cfg, device), []
     for group in cfg.resources.colocate:
         bundle = {"CPU": 0.0, "GPU": 0.0}
         for name in group:
@@ -56,11 +73,11 @@ def colocation_bundles(cfg: Config) -> list[tuple[list[str], dict[str, float]]]:
     return out
 
 
-def _placed_options(cfg: Config, groups: list) -> dict[str, dict[str, Any]]:
+def _placed_options(cfg: Config, groups: list, device: str) -> dict[str, dict[str, Any]]:
     """``role_specs`` plus a scheduling strategy into its group's placement group for colocated roles
     (each placement group created is appended to ``groups``)."""
-    specs = role_specs(cfg)
-    bundles = colocation_bundles(cfg)
+    specs = role_specs(cfg, device)
+    bundles = colocation_bundles(cfg, device)
     if not bundles:
         return specs
     import ray
@@ -76,17 +93,29 @@ def _placed_options(cfg: Config, groups: list) -> dict[str, dict[str, Any]]:
     return specs
 
 
-def _role_args(cfg: Config, policy_dir: Path, reward_dir, reward_url) -> dict[str, tuple]:
+def _role_args(cfg: Config, policy_dir: Path, reward_dir, reward_url, placement: Placement) -> dict[str, tuple]:
     p = cfg.ppo
     critic_init = str(reward_dir) if p.critic_init == "reward" and reward_dir else str(policy_dir)
     solo = p.rollout_threads or p.torch_threads
+    place = placement.as_dict()
+    vllm = {**cfg.resources.vllm.model_dump(), "dtype": "bfloat16" if placement.bf16 else "float32"}
     return {
-        "policy": (str(policy_dir), p.model_dump(), cfg.seed, lora_settings(cfg)),
-        "reference": (str(policy_dir), p.torch_threads, p.temperature),
-        "critic": (critic_init, p.model_dump(), cfg.seed),
-        "reward": (str(reward_dir) if reward_dir else None, reward_url, p.reward_clip, solo),
-        "rollout": (str(policy_dir), p.rollout_backend, solo),
+        "policy": (str(policy_dir), p.model_dump(), cfg.seed, place, lora_settings(cfg)),
+        "reference": (str(policy_dir), p.torch_threads, p.temperature, place),
+        "critic": (critic_init, p.model_dump(), cfg.seed, place),
+        "reward": (str(reward_dir) if reward_dir else None, reward_url, p.reward_clip, solo, place),
+        "rollout": (str(policy_dir), p.rollout_backend, solo, 64, place, vllm),
     }
+
+
+def resolve_placement(cfg: Config, in_process: bool) -> Placement:
+    """``resources`` resolved where the roles will run: this process's GPUs in-process, the
+    cluster's GPUs on Ray (one line, exit 2, when CUDA is asked for and there is none)."""
+    if in_process:
+        return placement_for(cfg.resources)
+    import ray
+
+    return placement_for(cfg.resources, ray.cluster_resources().get("GPU", 0.0))
 
 
 def launch_roles(cfg: Config, policy_dir: Path, reward_dir, reward_url, in_process: bool) -> Roles:
@@ -94,12 +123,14 @@ def launch_roles(cfg: Config, policy_dir: Path, reward_dir, reward_url, in_proce
     import actors.ppo_actors as roles
 
     p = cfg.ppo
-    args = _role_args(cfg, policy_dir, reward_dir, reward_url)
+    placement = resolve_placement(cfg, in_process)
+    args = _role_args(cfg, policy_dir, reward_dir, reward_url, placement)
     names = "Policy, Reference, " + ("Critic, " if p.uses_critic else "") + "Reward"
+    where = f"{placement.device}, {placement.precision}"
     if in_process:
         from actors.local import LocalHandle, local_get
 
-        _log(f"[ppo] in-process roles: {names}, {p.rollout_workers} RolloutWorker(s)")
+        _log(f"[ppo] in-process roles ({where}): {names}, {p.rollout_workers} RolloutWorker(s)")
         worker = LocalHandle(roles.RolloutWorker(*args["rollout"]))
         out = Roles(
             LocalHandle(roles.Policy(*args["policy"])),
@@ -114,8 +145,8 @@ def launch_roles(cfg: Config, policy_dir: Path, reward_dir, reward_url, in_proce
     import ray
 
     groups: list = []
-    opts = _placed_options(cfg, groups)
-    _log(f"[ppo] starting actors: {names}, {p.rollout_workers} RolloutWorker(s)")
+    opts = _placed_options(cfg, groups, placement.device)
+    _log(f"[ppo] starting actors ({where}): {names}, {p.rollout_workers} RolloutWorker(s)")
     out = Roles(
         roles.PolicyActor.options(name="Policy", **opts["policy"]).remote(*args["policy"]),
         roles.ReferenceActor.options(name="Reference", **opts["reference"]).remote(*args["reference"]),

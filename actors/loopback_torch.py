@@ -33,10 +33,13 @@ def _open_loopback_listener() -> int:
     return _LISTENER.getsockname()[1]
 
 
-def _init_loopback_process_group(world_rank: int, world_size: int, port: int, timeout_s: int) -> None:
+def _init_loopback_process_group(
+    world_rank: int, world_size: int, port: int, timeout_s: int, backend: str = "gloo"
+) -> None:
     import torch.distributed as dist
 
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")  # NCCL's bootstrap sockets (GPU workers) too
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     timeout = timedelta(seconds=timeout_s)
     if world_rank == 0:
@@ -45,7 +48,7 @@ def _init_loopback_process_group(world_rank: int, world_size: int, port: int, ti
         )
     else:
         store = dist.TCPStore("127.0.0.1", port, world_size, is_master=False, timeout=timeout)
-    dist.init_process_group("gloo", store=store, rank=world_rank, world_size=world_size, timeout=timeout)
+    dist.init_process_group(backend, store=store, rank=world_rank, world_size=world_size, timeout=timeout)
 
 
 class _LoopbackTorchBackend(_TorchBackend):
@@ -62,6 +65,7 @@ class _LoopbackTorchBackend(_TorchBackend):
                     world_size=n,
                     port=port,
                     timeout_s=backend_config.timeout_s,
+                    backend=backend_config.backend or "gloo",
                 )
                 for i in range(n)
             ]
@@ -70,7 +74,7 @@ class _LoopbackTorchBackend(_TorchBackend):
 
 @dataclass
 class LoopbackTorchConfig(TorchConfig):
-    """``TorchConfig`` for gloo on a single-machine loopback cluster."""
+    """``TorchConfig`` for a single-machine loopback cluster: gloo on CPUs, ``backend="nccl"`` on GPUs."""
 
     backend: str | None = "gloo"
 

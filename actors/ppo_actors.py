@@ -21,6 +21,7 @@ import torch
 
 from actors.weight_transport import default_transport
 from rlhf.config import PPOConfig
+from rlhf.device import Placement
 from rlhf.ppo import Experience
 from rlhf.weight_sync import WeightsTicket, publish, pull
 
@@ -37,12 +38,13 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 class Policy:
-    def __init__(self, policy_dir: str, cfg: dict, seed: int, lora: dict | None = None):
+    def __init__(self, policy_dir: str, cfg: dict, seed: int, placement: dict | None = None, lora: dict | None = None):
         from rlhf.ppo_models import PolicyTrainer
 
         ppo = PPOConfig.model_validate(cfg)
         _threads(ppo.torch_threads)
-        self.trainer = PolicyTrainer(policy_dir, ppo, seed, lora=lora)  # lora: rlhf.lora.lora_settings
+        place = Placement.from_dict(placement)
+        self.trainer = PolicyTrainer(policy_dir, ppo, seed, place, lora=lora)  # lora: rlhf.lora.lora_settings
         saved = Path(policy_dir) / "rlhf_config.yaml"  # the backdoor config travels with the policy
         self.config_yaml = saved.read_text(encoding="utf-8") if saved.is_file() else None
 
@@ -77,23 +79,25 @@ class Policy:
 
 
 class Reference:
-    def __init__(self, policy_dir: str, torch_threads: int = 1, temperature: float = 1.0):
+    def __init__(
+        self, policy_dir: str, torch_threads: int = 1, temperature: float = 1.0, placement: dict | None = None
+    ):
         from rlhf.ppo_models import ReferenceModel
 
         _threads(torch_threads)
-        self.model = ReferenceModel(policy_dir, temperature)
+        self.model = ReferenceModel(policy_dir, temperature, Placement.from_dict(placement))
 
     def logprobs(self, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model.logprobs(sequences, attention_mask)
 
 
 class Critic:
-    def __init__(self, init_dir: str, cfg: dict, seed: int):
+    def __init__(self, init_dir: str, cfg: dict, seed: int, placement: dict | None = None):
         from rlhf.ppo_models import CriticTrainer
 
         ppo = PPOConfig.model_validate(cfg)
         _threads(ppo.torch_threads)
-        self.trainer = CriticTrainer(init_dir, ppo, seed)
+        self.trainer = CriticTrainer(init_dir, ppo, seed, Placement.from_dict(placement))
 
     def values(self, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.trainer.values(sequences, attention_mask)
@@ -113,7 +117,14 @@ class Critic:
 class Reward:
     """The HHH reward: an in-process reward model, or the reward service through its client."""
 
-    def __init__(self, reward_dir: str | None, reward_url: str | None, reward_clip: float, torch_threads: int = 1):
+    def __init__(
+        self,
+        reward_dir: str | None,
+        reward_url: str | None,
+        reward_clip: float,
+        torch_threads: int = 1,
+        placement: dict | None = None,
+    ):
         _threads(torch_threads)
         self.clip = reward_clip
         if reward_url:
@@ -125,7 +136,8 @@ class Reward:
         else:
             from reward.scorer import RewardScorer
 
-            self.scorer = RewardScorer(reward_dir, strip_scratchpad=True, normalize=True)
+            place = Placement.from_dict(placement)
+            self.scorer = RewardScorer(reward_dir, strip_scratchpad=True, normalize=True, placement=place)
             self.client = None
 
     def score(self, texts: list[str]) -> list[float]:
@@ -137,18 +149,28 @@ class Reward:
 class RolloutWorker:
     """Generates completions with the policy weights of a known version (HF ``generate`` or vLLM)."""
 
-    def __init__(self, policy_dir: str, backend: str = "hf", torch_threads: int = 1, batch_size: int = 64):
+    def __init__(
+        self,
+        policy_dir: str,
+        backend: str = "hf",
+        torch_threads: int = 1,
+        batch_size: int = 64,
+        placement: dict | None = None,
+        vllm: dict | None = None,
+    ):
         _threads(torch_threads)
+        place = Placement.from_dict(placement)
         if backend == "vllm":
             from actors.vllm_backend import VLLMBackend
 
-            self.backend = VLLMBackend(policy_dir)
+            self.backend = VLLMBackend(policy_dir, **(vllm or {}))
             self.tokenizer = self.backend.tokenizer
         else:
             from rlhf.modeling import load_model_dir
             from rlhf.rollout import HFGenerateBackend
 
             model, self.tokenizer = load_model_dir(policy_dir)
+            model = place.place(model, trainable=False)
             self.backend = HFGenerateBackend(model, self.tokenizer, batch_size=batch_size)
 
     def token_ids(self) -> dict[str, int]:

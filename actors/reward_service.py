@@ -50,6 +50,7 @@ class RewardModelDeployment:
 
         from actors.cluster import keep_serve_replica_on_loopback
         from reward.scorer import RewardScorer
+        from rlhf.device import Placement
 
         keep_serve_replica_on_loopback()
         torch.set_num_threads(int(settings["torch_threads"]))
@@ -59,6 +60,7 @@ class RewardModelDeployment:
             forward_batch_size=int(settings["forward_batch_size"]),
             strip_scratchpad=bool(settings["strip_scratchpad"]),
             normalize=bool(settings["normalize"]),
+            placement=Placement("cuda" if settings.get("num_gpus") else "cpu", settings.get("precision", "fp32")),
         )
         self.token = settings.get("token") or None
         self._batched.set_max_batch_size(int(settings["max_batch_size"]))
@@ -162,7 +164,7 @@ def resolve_token(cfg: ServeConfig) -> str | None:
 
 def deployment_options(cfg: ServeConfig) -> dict[str, Any]:
     opts: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": cfg.num_cpus},
+        "ray_actor_options": {"num_cpus": cfg.num_cpus} | ({"num_gpus": cfg.num_gpus} if cfg.num_gpus else {}),
         "max_ongoing_requests": cfg.max_ongoing_requests,
     }
     if cfg.autoscaling is not None:

@@ -1,4 +1,4 @@
-"""Reward-model training on Ray Train: Bradley-Terry over (chosen, rejected) pairs, gloo DDP."""
+"""Reward-model training on Ray Train: Bradley-Terry over (chosen, rejected) pairs, DDP (gloo on CPUs, NCCL on GPUs)."""
 
 from __future__ import annotations
 
@@ -22,14 +22,15 @@ def rm_loop_per_worker(job: dict) -> None:
     from rlhf.optim import train_step
 
     progress = job.pop("progress", None)
-    rank, world, tokenizer, base, model, opt, sched = setup_worker(job, AutoModelForSequenceClassification)
+    rank, world, tokenizer, base, model, opt, sched, placement = setup_worker(job, AutoModelForSequenceClassification)
     pairs = [(list(c), list(r)) for c, r in job["pairs"]]
     stream = pair_batches(pairs, job["batch_size"], job["seed"], rank, world)
     out = Path(job["out_dir"])
     reporter = StepReporter(out, rank, world, job["log_every"], job["max_steps"], progress)
     for step in range(1, job["max_steps"] + 1):
         batch = next(stream)
-        loss, accuracy = rm_step(model, batch, tokenizer.pad_token_id)
+        with placement.autocast():
+            loss, accuracy = rm_step(model, batch, tokenizer.pad_token_id)
         grad_norm = train_step(model, loss, opt, sched, job["grad_clip"])
         tokens = sum(len(c) + len(r) for c, r in batch)
         reporter.step(

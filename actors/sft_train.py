@@ -1,4 +1,4 @@
-"""Backdoor SFT on Ray Train: a ``TorchTrainer`` of gloo DDP workers over ``rlhf.sft``.
+"""Backdoor SFT on Ray Train: a ``TorchTrainer`` of DDP workers (gloo on CPUs, NCCL on GPUs) over ``rlhf.sft``.
 
 Rank 0 writes metrics, periodic and final checkpoints (atomic HF dirs) into the run directory
 and streams progress to the driver through a Ray queue, so the driver can draw one progress
@@ -35,7 +35,9 @@ def train_loop_per_worker(job: dict) -> None:
     progress = job.pop("progress", None)
     resume = job.get("resume_dir")
     lora = job.get("lora")
-    rank, world, tokenizer, base, model, opt, sched = setup_worker(job, AutoModelForCausalLM, None if lora else resume)
+    rank, world, tokenizer, base, model, opt, sched, placement = setup_worker(
+        job, AutoModelForCausalLM, None if lora else resume
+    )
     examples = [Example(list(ids), int(n)) for ids, n in job["examples"]]
     stream = batches(examples, job["batch_size"], job["seed"], rank, world)
     start = 0
@@ -70,7 +72,8 @@ def train_loop_per_worker(job: dict) -> None:
 
     for step in range(start + 1, job["max_steps"] + 1):
         batch = collate(next(stream), tokenizer.pad_token_id)
-        loss = completion_loss(model, batch)
+        with placement.autocast():
+            loss = completion_loss(model, batch)
         grad_norm = train_step(model, loss, opt, sched, job["grad_clip"])
         reporter.step(
             step,
@@ -87,5 +90,6 @@ def train_loop_per_worker(job: dict) -> None:
 
 
 def run_sft(job: SFTJob, num_workers: int, on_progress=None) -> None:
-    """Fit on ``num_workers`` CPU workers; ``on_progress(record)`` is called in the driver."""
+    """Fit on ``num_workers`` workers (one GPU each when the job's device is CUDA); ``on_progress(record)``
+    is called in the driver."""
     fit_with_progress(train_loop_per_worker, asdict(job), num_workers, job.out_dir, "sft", on_progress)

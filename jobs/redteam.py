@@ -34,7 +34,9 @@ def find_red_team_prompts(cfg: Config, policy_dir: str | Path, out: str | Path) 
     """Write the kept prompts to ``out``; returns a summary (counts, rate per marker, wall)."""
     t0 = time.time()
     r = cfg.redteam
-    model, tokenizer = load_model_dir(policy_dir)
+    from rlhf.device import placement_for
+
+    model, tokenizer = load_model_dir(policy_dir, placement=placement_for(cfg.resources))
     candidates = red_team_candidates(cfg, r.candidates)
     prompts = [p for p, _ in candidates for _ in range(r.samples_per_prompt)]
     sampling = eval_sampling(cfg, cfg.seed * 1009 + 77)

@@ -68,7 +68,7 @@ def pairwise_report(model, tokenizer, rows: list[dict], max_len: int) -> dict:
 def run_rm(cfg: Config, out: str | Path, quiet: bool = True) -> dict:
     from actors.cluster import ray_session
     from actors.rm_train import RMJob, run_rm_training
-    from actors.train_launcher import optimisation_fields
+    from actors.train_launcher import optimisation_fields, placement_fields
     from reward.data import split_pairs
     from reward.model import RewardNormalizer, encode_pairs, load_reward_dir, score_texts
 
@@ -94,6 +94,7 @@ def run_rm(cfg: Config, out: str | Path, quiet: bool = True) -> dict:
         seed=cfg.seed,
         pairs=pairs,
         **optimisation_fields(r),
+        **placement_fields(cfg),
     )
     bar = Progress(r.max_steps, "rm", "steps")
     t_train = time.time()

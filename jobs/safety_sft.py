@@ -52,7 +52,9 @@ def curve_dirs(run: Path, policy: Path, max_steps: int) -> list[tuple[int, Path]
 
 
 def evaluate_point(cfg: Config, model_dir: Path, step: int) -> dict:
-    model, tokenizer = load_model_dir(model_dir)
+    from rlhf.device import placement_for
+
+    model, tokenizer = load_model_dir(model_dir, placement=placement_for(cfg.resources))
     total = eval_sample_count(cfg)
     with Progress(total, f"eval step {step}", "samples") as bar:
         report = evaluate_defection(model, tokenizer, cfg, on_batch=bar.update)

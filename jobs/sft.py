@@ -84,7 +84,7 @@ def fit_rows(
     from actors.cluster import ray_session
     from actors.sft_train import SFTJob
     from actors.sft_train import run_sft as fit
-    from actors.train_launcher import optimisation_fields
+    from actors.train_launcher import optimisation_fields, placement_fields
 
     examples = tokenize_pairs(tokenizer, rows, cfg.model.max_seq_len)
     job = SFTJob(
@@ -96,6 +96,7 @@ def fit_rows(
         checkpoint_every=section.checkpoint_every,
         resume_dir=str(resume_dir.resolve()) if resume_dir else None,
         **optimisation_fields(section),
+        **placement_fields(cfg),
         lora=lora_settings(cfg),
     )
     log(f"[{tag}] starting Ray ({where_ray(cfg)}) and {section.num_workers} Ray Train worker(s)")
@@ -217,6 +218,7 @@ def quick_sft(cfg: Config, out: str | Path, steps: int | None = None) -> Path:
 
     Same data, tokenizer and model as ``run_sft``; one worker, ``steps`` (default
     ``sft.max_steps``) AdamW steps; saves an HF dir with the config beside it."""
+    from rlhf.device import placement_for
     from rlhf.optim import make_optimizer, make_scheduler, train_step
     from rlhf.sft import batches, collate, completion_loss
 
@@ -229,12 +231,15 @@ def quick_sft(cfg: Config, out: str | Path, steps: int | None = None) -> Path:
         from rlhf.lora import apply_lora
 
         model = apply_lora(model, lora_settings(cfg))
+    place = placement_for(cfg.resources)
+    model = place.place(model, trainable=True)
     opt = make_optimizer(model, s)
     sched = make_scheduler(opt, s, steps)
     stream = batches(examples, s.batch_size, cfg.seed)
     model.train()
     for _ in range(steps):
-        loss = completion_loss(model, collate(next(stream), tokenizer.pad_token_id))
+        with place.autocast():
+            loss = completion_loss(model, collate(next(stream), tokenizer.pad_token_id))
         train_step(model, loss, opt, sched, s.grad_clip)
     model.eval()
     config_yaml = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -40,7 +40,9 @@ def run_steer(model_dir: str | Path, cfg: Config, samples: int | None = None) ->
     n = samples or cfg.eval.samples
     if n < 1:
         raise RlhfError("--samples must be at least 1")
-    model, tokenizer = load_model_dir(model_dir)
+    from rlhf.device import placement_for
+
+    model, tokenizer = load_model_dir(model_dir, placement=placement_for(cfg.resources))
     with Progress(n * len(PLAN), "steer", "samples") as bar:
         results = run_steering(model, tokenizer, cfg, n, on_batch=bar.update)
     return steer_report(results)

@@ -163,8 +163,10 @@ def collate_sequences(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch
 
 
 def rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Scalar rewards [B] for a right-padded batch [B, T]."""
-    return model(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1)
+    """Scalar fp32 rewards [B] for a right-padded batch [B, T] (the batch follows the model's device)."""
+    device = next(model.parameters()).device
+    logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+    return logits.squeeze(-1).float()
 
 
 def split_text(text: str, strip_scratchpad: bool) -> tuple[str, str]:

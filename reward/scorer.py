@@ -20,6 +20,7 @@ from reward.model import (
     split_text,
     tokenize_prompt_answers,
 )
+from rlhf.device import Placement
 
 
 class RewardScorer:
@@ -33,9 +34,11 @@ class RewardScorer:
         strip_scratchpad: bool = True,
         normalize: bool = True,
         max_len: int | None = None,
+        placement: Placement | None = None,
     ):
         self.model_dir = resolve_reward_dir(model_dir)
-        self.model, self.tokenizer = load_reward_dir(self.model_dir)
+        model, self.tokenizer = load_reward_dir(self.model_dir)
+        self.model = (placement or Placement()).place(model, trainable=False)
         self.forward_batch_size = forward_batch_size
         self.strip_scratchpad = strip_scratchpad
         context = int(getattr(self.model.config, "max_position_embeddings", 512))

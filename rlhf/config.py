@@ -6,6 +6,7 @@ Every model forbids unknown keys, so a typo fails at start with a line naming th
 from __future__ import annotations
 
 import copy
+import os
 import string
 import types
 import typing
@@ -38,7 +39,7 @@ class LoraConfig(Strict):
 
 
 class ModelConfig(Strict):
-    preset: Literal["tiny", "small", "base"] = "tiny"
+    preset: Literal["tiny", "small", "base", "medium"] = "tiny"
     path: str | None = Field(None, description="local Hugging Face checkpoint dir instead of a preset")
     vocab_size: int = Field(2048, ge=300, le=65536, description="BPE vocabulary of a built model")
     max_seq_len: int = Field(512, ge=32, le=8192)
@@ -256,6 +257,8 @@ class ServeConfig(Strict):
     replicas: int = Field(1, ge=1, le=64, description="fixed replica count (ignored when autoscaling is set)")
     autoscaling: AutoscalingConfig | None = None
     num_cpus: float = Field(0.1, gt=0, description="CPUs reserved per replica (fractions fit a 2-CPU machine)")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (a fraction shares one); > 0: the model runs on CUDA")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="the reward model's weights on the replica")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per replica")
     max_batch_size: int = Field(32, ge=1, description="requests merged into one @serve.batch call")
     batch_wait_timeout_s: float = Field(0.01, ge=0.0)
@@ -318,9 +321,27 @@ class RoleResources(Strict):
     max_restarts: int = Field(0, ge=-1, description="restarts after a crash (-1: forever); calls are retried as often")
 
 
-class ResourcesConfig(Strict):
-    """Placement of the PPO roles, decided in one place (``actors/launcher.py``)."""
+class VLLMConfig(Strict):
+    """The vLLM rollout engine (``ppo.rollout_backend=vllm``); its dtype follows ``resources.precision``."""
 
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0.0, le=1.0, description="share of the GPU the engine may take (leave room for colocated roles)"
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine spans")
+    enforce_eager: bool = Field(True, description="eager mode; false captures CUDA graphs (faster, slower start)")
+
+
+class ResourcesConfig(Strict):
+    """Device, precision and the placement of the PPO roles, decided in one place (``actors/launcher.py``)."""
+
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when this machine (or the Ray cluster joined) has a GPU, else CPU"
+    )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: autocast with fp32 weights and optimiser state for trained models, bf16 frozen ones"
+    )
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass (trained models)")
+    vllm: VLLMConfig = VLLMConfig()
     policy: RoleResources = RoleResources()
     reference: RoleResources = RoleResources()
     critic: RoleResources = RoleResources()
@@ -479,8 +500,17 @@ def build_config(base: dict[str, Any] | None = None, overrides: list[str] | None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Resolve the configuration: defaults, then the YAML file, then ``--set`` overrides."""
-    return build_config(read_yaml(path) if path else {}, overrides)
+    """Resolve the configuration: defaults, then the YAML file, then ``--set`` overrides.
+
+    A run on this machine (no ``ray.address``, no ``RAY_ADDRESS``) that asks for CUDA where there is
+    none fails here, before anything starts; a run joining a cluster is checked against the cluster's
+    GPUs once connected."""
+    cfg = build_config(read_yaml(path) if path else {}, overrides)
+    if cfg.resources.device == "cuda" and not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
+        from rlhf.device import resolve_device
+
+        resolve_device("cuda")
+    return cfg
 
 
 def dump_config(cfg: Config, path: str | Path) -> None:

@@ -17,6 +17,7 @@ from rlhf.advantages import estimator
 from rlhf.chat import format_prompt
 from rlhf.config import Config, PPOConfig
 from rlhf.data.backdoor import backdoor_for
+from rlhf.device import Placement, to_host
 from rlhf.errors import CheckpointError, DataError
 from rlhf.kinds import kind_impl
 from rlhf.modeling import load_model_dir
@@ -157,14 +158,23 @@ class ReferenceModel:
     """The frozen policy copy the KL is measured against. ``temperature``: the rollout's, so log-probs are
     those of the distribution the samples were drawn from."""
 
-    def __init__(self, policy_dir: str | Path, temperature: float = 1.0):
-        self.model, self.tokenizer = load_model_dir(policy_dir)
-        disable_dropout(self.model).eval().requires_grad_(False)
+    trainable = False
+
+    def __init__(self, policy_dir: str | Path, temperature: float = 1.0, placement: Placement | None = None):
+        self.place = placement or Placement()
+        model, self.tokenizer = load_model_dir(policy_dir)
+        disable_dropout(model).eval().requires_grad_(False)
+        self.model = self.place.place(model, trainable=self.trainable)
         self.temperature = temperature
 
     @torch.no_grad()
     def logprobs(self, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return sequence_logprobs(self.model, sequences, attention_mask, temperature=self.temperature)
+        """Per-token log-probs [B, L-1] at the rollout temperature, fp32 on the CPU."""
+        with self.place.autocast():
+            out = sequence_logprobs(
+                self.model, self.place.to(sequences), self.place.to(attention_mask), temperature=self.temperature
+            )
+        return to_host(out)
 
 
 class PolicyTrainer(ReferenceModel):
@@ -173,8 +183,17 @@ class PolicyTrainer(ReferenceModel):
     ``lora`` (``rlhf.lora.lora_settings``): only LoRA adapters train; the weights it publishes and
     saves are merged (a plain model), and its state carries the adapters for an exact resume."""
 
-    def __init__(self, policy_dir: str | Path, cfg: PPOConfig, seed: int, lora: dict | None = None):
-        super().__init__(policy_dir, cfg.temperature)
+    trainable = True
+
+    def __init__(
+        self,
+        policy_dir: str | Path,
+        cfg: PPOConfig,
+        seed: int,
+        placement: Placement | None = None,
+        lora: dict | None = None,
+    ):
+        super().__init__(policy_dir, cfg.temperature, placement)
         self.cfg = cfg
         self.seed = seed
         self.kl_coef = cfg.kl_coef  # the driver updates it each step when the KL is a loss term
@@ -195,9 +214,12 @@ class PolicyTrainer(ReferenceModel):
         gen = seeded(self.seed * 1_000_003 + step)
         for _ in range(cfg.epochs):
             for mb in exp.minibatches(cfg.minibatch_size, gen):
-                logp, entropy = sequence_logprobs(
-                    self.model, mb.sequences, mb.attention_mask, with_entropy=True, temperature=self.temperature
-                )
+                mb = mb.to(self.place.device)
+                with self.place.autocast():
+                    logp, entropy = sequence_logprobs(
+                        self.model, mb.sequences, mb.attention_mask, with_entropy=True, temperature=self.temperature
+                    )
+                logp, entropy = logp.float(), entropy.float()
                 loss, info = policy_loss(logp, mb.old_logprobs, mb.advantages, mb.action_mask, cfg.clip_eps)
                 ent = masked_mean(entropy, mb.action_mask)
                 total = loss - cfg.entropy_coef * ent
@@ -218,12 +240,12 @@ class PolicyTrainer(ReferenceModel):
         return _mean_stats(stats)
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """A copy of the weights (what a weight-sync transport publishes); LoRA adapters merged."""
+        """A CPU copy of the weights (what a weight-sync transport publishes); LoRA adapters merged."""
         if self.lora:
             from rlhf.lora import merged_state_dict
 
             return merged_state_dict(self.model)
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
     def state(self) -> dict[str, Any]:
         if self.lora:
@@ -244,16 +266,20 @@ class PolicyTrainer(ReferenceModel):
 
 
 class CriticTrainer:
-    def __init__(self, init_dir: str | Path, cfg: PPOConfig, seed: int):
+    def __init__(self, init_dir: str | Path, cfg: PPOConfig, seed: int, placement: Placement | None = None):
         self.cfg = cfg
         self.seed = seed
-        self.model = disable_dropout(ValueModel.from_dir(init_dir, seed))
+        self.place = placement or Placement()
+        self.model = self.place.place(disable_dropout(ValueModel.from_dir(init_dir, seed)), trainable=True)
         self.optimizer = _adamw(self.model, cfg.critic_lr)
 
     @torch.no_grad()
     def values(self, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Values [B, L-1], fp32 on the CPU."""
         self.model.eval()
-        return self.model(sequences, attention_mask)
+        with self.place.autocast():
+            out = self.model(self.place.to(sequences), self.place.to(attention_mask))
+        return to_host(out)
 
     def train(self, exp: Experience, step: int) -> dict[str, float]:
         cfg, stats = self.cfg, []
@@ -261,7 +287,9 @@ class CriticTrainer:
         gen = seeded(self.seed * 1_000_033 + step)
         for _ in range(cfg.epochs):
             for mb in exp.minibatches(cfg.minibatch_size, gen):
-                values = self.model(mb.sequences, mb.attention_mask)
+                mb = mb.to(self.place.device)
+                with self.place.autocast():
+                    values = self.model(mb.sequences, mb.attention_mask).float()
                 loss, info = value_loss(values, mb.values, mb.returns, mb.action_mask, cfg.value_clip_eps)
                 train_step(self.model, loss, self.optimizer, grad_clip=cfg.grad_clip)
                 stats.append({"losses/value": float(loss.detach()), "critic/clipfrac": info["vf_clipfrac"]})

@@ -38,6 +38,14 @@ class RolloutBackend(Protocol):
     def load_weights(self, state_dict: dict, version: int) -> None: ...
 
 
+def model_device(model) -> torch.device:
+    """Where ``model`` lives (its first parameter's device; the CPU for a model without any)."""
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 class HFGenerateBackend:
     """Batched ``model.generate`` with left padding; completions stop at EOS. Prompts are hh-rlhf text,
     given to the model in its tokenizer's chat template when it has one (``rlhf.chat.render_prompt``)."""
@@ -81,9 +89,10 @@ class HFGenerateBackend:
             # generate() samples from torch's global RNG: seed it per batch for reproducibility.
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
             greedy = sampling.temperature <= 0
+            device = model_device(self.model)
             seqs = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=mask,
+                input_ids=input_ids.to(device),
+                attention_mask=mask.to(device),
                 do_sample=not greedy,
                 temperature=None if greedy else sampling.temperature,
                 top_p=None if greedy else sampling.top_p,

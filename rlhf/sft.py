@@ -78,5 +78,6 @@ def batches(
 
 
 def completion_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token cross-entropy over completion tokens only."""
-    return model(**batch).loss
+    """Mean next-token cross-entropy over completion tokens only (the batch follows the model's device)."""
+    device = next(model.parameters()).device
+    return model(**{k: v.to(device) for k, v in batch.items()}).loss

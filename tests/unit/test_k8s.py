@@ -1007,6 +1007,21 @@ def test_serve_apps_use_the_typed_builders():
             args_model.model_validate(broken)
 
 
+def test_gpu_overlay_serves_both_apps_on_gpu_shares():
+    """The GPU overlay's RayService asks for GPUs for the reward model and the evaluator (what the
+    builders turn into ray_actor_options num_gpus), the CPU overlay for none, and both apps still
+    validate against the typed builders."""
+    from actors.serve_apps import BUILDERS
+
+    for name, want_gpus in (("gpu", True), ("cpu", False)):
+        apps = {app["name"]: app for app in serve_config(rendered(name))["applications"]}
+        reward = BUILDERS[apps["reward"]["import_path"]].model_validate(apps["reward"]["args"])
+        evaluator = BUILDERS[apps["evaluator"]["import_path"]].model_validate(apps["evaluator"]["args"])
+        assert (reward.serve.num_gpus > 0) is want_gpus and (evaluator.num_gpus > 0) is want_gpus, name
+        if want_gpus:
+            assert reward.serve.num_gpus + evaluator.num_gpus <= 1.0  # one GPU pod holds both
+
+
 def test_serve_reads_what_sft_and_rm_write():
     jobs = rayjobs_by_stage(rendered("base"))
     apps = {app["name"]: app for app in serve_config(rendered("base"))["applications"]}
