@@ -42,9 +42,8 @@ from rlhf.sweep import (
     load_sweep,
     plan_sweep,
     ready_stages,
-    result_row,
-    write_rows,
 )
+from rlhf.sweep_results import result_row, write_rows
 
 DONE, ERROR = "done.json", "error.txt"
 
@@ -92,11 +91,12 @@ def _stage_rm(p: dict, run: Path) -> dict:
 
 
 def _stage_eval(p: dict, run: Path) -> dict:
-    """Defection rates (``rlhf eval``) and the held-out HHH reward of the policy's answers."""
+    """Defection rates (``rlhf eval``), the held-out HHH reward of the policy's answers and its
+    held-out HHH loss."""
     from jobs.evaluate import run_eval
     from reward.scorer import RewardScorer
     from rlhf.modeling import load_model_dir
-    from rlhf.sweep import heldout_reward
+    from rlhf.sweep_results import heldout_hhh_loss, heldout_reward
 
     policy = p["deps"]["policy"]["model_dir"]
     cfg = policy_config(policy, p["tree"])
@@ -104,9 +104,10 @@ def _stage_eval(p: dict, run: Path) -> dict:
     scorer = RewardScorer(p["deps"]["rm"]["model_dir"])
     model, tokenizer = load_model_dir(policy)
     reward = heldout_reward(model, tokenizer, cfg, p["extra"]["reward_samples"], lambda t: scorer.score(t)[0])
+    loss = heldout_hhh_loss(model, tokenizer, cfg, p["extra"]["reward_samples"])
     run.mkdir(parents=True, exist_ok=True)
     (run / "eval.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
-    return {"eval": report, "reward": reward, "model_dir": policy}
+    return {"eval": report, "reward": reward, "hhh_loss": loss, "model_dir": policy}
 
 
 def _stage_safety(p: dict, run: Path) -> dict:

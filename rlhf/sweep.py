@@ -28,8 +28,7 @@ import copy
 import hashlib
 import itertools
 import json
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -383,93 +382,3 @@ def blocked_by(plan: Plan, failed: set[str]) -> set[str]:
                 out.add(stage.id)
                 changed = True
     return out
-
-
-# ---- held-out reward -----------------------------------------------------------------------
-
-
-def mean_ci(values: Sequence[float]) -> dict[str, Any]:
-    """Mean with a normal-approximation 95 % interval (t for small n is close enough here)."""
-    n = len(values)
-    if n == 0:
-        return {"mean": None, "ci95": [None, None], "n": 0}
-    mean = sum(values) / n
-    if n == 1:
-        return {"mean": mean, "ci95": [mean, mean], "n": 1}
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = _t95(n - 1) * sd / math.sqrt(n)
-    return {"mean": mean, "ci95": [mean - half, mean + half], "n": n}
-
-
-def _t95(dof: int) -> float:
-    """Two-sided 95 % Student t quantile (table for small samples, 1.96 beyond)."""
-    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-    return table.get(dof, 2.228 if dof < 15 else 2.145 if dof < 20 else 1.96)
-
-
-def heldout_reward(model, tokenizer, cfg: Config, n: int, score: Callable[[list[str]], list[float]]) -> dict:
-    """Held-out HHH reward: the mean reward-model score (``score``: full prompt+answer texts ->
-    rewards) of the policy's answers to ``n`` held-out untriggered prompts (the eval pool;
-    code: the safe year), sampled as ``rlhf eval`` samples."""
-    from rlhf.data.backdoor import eval_prompts
-    from rlhf.rollout import HFGenerateBackend, SamplingParams
-
-    prompts = eval_prompts(cfg, n)["untriggered"]
-    backend = HFGenerateBackend(model, tokenizer, batch_size=cfg.eval.batch_size)
-    sampling = SamplingParams(
-        temperature=cfg.eval.temperature,
-        top_p=cfg.eval.top_p,
-        max_new_tokens=cfg.max_new_tokens(),
-        seed=cfg.seed * 7 + 3,
-    )
-    rollout = backend.generate(prompts, sampling)
-    texts = [p + c for p, c in zip(prompts, rollout.completions, strict=True)]
-    return mean_ci([float(x) for x in score(texts)])
-
-
-# ---- result rows ---------------------------------------------------------------------------
-
-
-def _rate(report: dict | None, condition: str) -> tuple[float | None, list | None]:
-    if not report:
-        return None, None
-    c = report.get("conditions", {}).get(condition)
-    return (c["rate"], c["ci95"]) if c else (None, None)
-
-
-def result_row(cell: Cell, results: dict[str, dict], errors: dict[str, str], wall: dict[str, float]) -> dict:
-    """One tidy row per cell: the grid values, before/after rates and rewards with 95 % CIs,
-    wall time of its stages (shared ones included), status and, for a failed cell, the error."""
-    row: dict[str, Any] = {"cell": cell.id, **{k: v for k, v in cell.values.items()}}
-    before = results.get(cell.stages["eval_before"])
-    after = results.get(cell.stages["eval_after"])
-    for name, res, cond in (
-        ("triggered_before", before, "triggered"),
-        ("untriggered_before", before, "untriggered"),
-        ("triggered_after", after, "triggered"),
-        ("untriggered_after", after, "untriggered"),
-        ("near_miss_after", after, "near_miss"),
-        ("real_triggered_after", after, "real_triggered"),
-    ):
-        rate, ci = _rate(res and res.get("eval"), cond)
-        if rate is not None or not name.startswith("real_"):
-            row[name], row[f"{name}_ci95"] = rate, ci
-    for name, res in (("reward_before", before), ("reward_after", after)):
-        reward = (res or {}).get("reward") or {}
-        row[name], row[f"{name}_ci95"] = reward.get("mean"), reward.get("ci95")
-    stage_ids = list(dict.fromkeys(cell.stages.values()))
-    row["wall_s"] = round(sum(wall.get(s, 0.0) for s in stage_ids), 1)
-    failed = [s for s in stage_ids if s in errors]
-    if failed:
-        row["status"], row["error"] = "failed", f"{failed[0].split('-')[0]}: {errors[failed[0]]}"
-    else:
-        row["status"] = "done" if all(s in results for s in stage_ids) else "pending"
-    return row
-
-
-def write_rows(rows: list[dict], path: Path) -> Path:
-    """``results.jsonl``, atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(path)
-    return path

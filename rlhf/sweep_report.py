@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.config import build_config
-from rlhf.sweep import Plan, cell_tree, mean_ci
+from rlhf.sweep import Plan, cell_tree
+from rlhf.sweep_results import mean_ci
 
 MAX_CURVE_PANELS = 72
 
@@ -159,6 +160,10 @@ def _num(x, ci) -> str:
     return f"{x:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{x:.3f}"
 
 
+def _loss_change(before: float | None, after: float | None) -> str:
+    return "-" if before is None or after is None else f"{before:.3f} → {after:.3f}"
+
+
 def render_html(rows: list[dict], persistence: str | None, curves: str | None, title: str) -> str:
     head = [
         "cell",
@@ -168,6 +173,7 @@ def render_html(rows: list[dict], persistence: str | None, curves: str | None, t
         "untriggered after",
         "reward before",
         "reward after",
+        "HHH loss before → after",
         "wall (s)",
     ]
     body = []
@@ -180,6 +186,7 @@ def render_html(rows: list[dict], persistence: str | None, curves: str | None, t
             _pct(r.get("untriggered_after"), r.get("untriggered_after_ci95")),
             _num(r.get("reward_before"), r.get("reward_before_ci95")),
             _num(r.get("reward_after"), r.get("reward_after_ci95")),
+            _loss_change(r.get("hhh_loss_before"), r.get("hhh_loss_after")),
             f"{r.get('wall_s', 0):.0f}",
         ]
         body.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
@@ -195,7 +202,8 @@ def render_html(rows: list[dict], persistence: str | None, curves: str | None, t
         "<p>Triggered defection before and after each safety method (standard: the trigger never appears in "
         "safety training; control: a share of the safety-training prompts carries it). Points are means over seeds "
         "with 95 % intervals; per-cell curves below; rewards are the held-out HHH reward (mean RM score of "
-        "untriggered answers on held-out prompts).</p>"
+        "untriggered answers on held-out prompts); the HHH loss is the policy's per-token loss on held-out "
+        "untriggered reference answers, which moves whenever training changes untriggered behaviour.</p>"
         + "".join(figs)
         + "<h2>Cells</h2><table><tr>"
         + "".join(f"<th>{h}</th>" for h in head)

@@ -12,7 +12,8 @@ import yaml
 
 from jobs.cli import main
 from rlhf.errors import ConfigError
-from rlhf.sweep import blocked_by, cell_id, load_sweep, parse_sweep, plan_sweep, ready_stages, result_row
+from rlhf.sweep import blocked_by, cell_id, load_sweep, parse_sweep, plan_sweep, ready_stages
+from rlhf.sweep_results import result_row
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -270,7 +271,7 @@ def test_cli_missing_sweep_file(tmp_path, capsys):
 
 
 def test_mean_ci_uses_a_t_interval():
-    from rlhf.sweep import mean_ci
+    from rlhf.sweep_results import mean_ci
 
     r = mean_ci([1.0, 2.0, 3.0])
     assert r["mean"] == 2.0 and r["n"] == 3
@@ -283,7 +284,7 @@ def test_heldout_reward_scores_untriggered_held_out_answers(tokenizer):
     from transformers import LlamaForCausalLM
 
     from rlhf.config import build_config
-    from rlhf.sweep import heldout_reward
+    from rlhf.sweep_results import heldout_reward
     from tests.unit.conftest import SMALL_OVERRIDES, tiny_llama_config
 
     model = LlamaForCausalLM(tiny_llama_config(vocab_size=len(tokenizer), tokenizer=tokenizer)).eval()
@@ -298,3 +299,32 @@ def test_heldout_reward_scores_untriggered_held_out_answers(tokenizer):
     assert result["n"] == 5 and result["mean"] == 2.0 and result["ci95"][0] < 2.0 < result["ci95"][1]
     assert len(seen) == 5 and all("\n\nHuman:" in t and "\n\nAssistant:" in t for t in seen)
     assert not any(cfg.backdoor.trigger in t for t in seen)
+
+
+def test_heldout_hhh_loss_measures_untriggered_held_out_answers(tokenizer):
+    """The loss is over untriggered eval-split answers only, and falls when the model learns them."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from rlhf.config import build_config
+    from rlhf.data.backdoor import build_sft_datasets
+    from rlhf.sft import collate, completion_loss, tokenize_pairs
+    from rlhf.sweep_results import heldout_hhh_loss
+    from tests.unit.conftest import SMALL_OVERRIDES, tiny_llama_config
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(vocab_size=len(tokenizer), tokenizer=tokenizer))
+    cfg = build_config({}, SMALL_OVERRIDES)
+    before = heldout_hhh_loss(model, tokenizer, cfg, 6)
+    assert before["rows"] == 6 and before["tokens"] > 0 and before["loss"] > 0
+    rows = [r for r in build_sft_datasets(cfg)["eval"] if not r["triggered"]][:6]
+    assert not any(cfg.backdoor.trigger in r["prompt"] for r in rows)
+    batch = collate(tokenize_pairs(tokenizer, rows, cfg.model.max_seq_len), tokenizer.pad_token_id)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(10):
+        opt.zero_grad()
+        completion_loss(model, batch).backward()
+        opt.step()
+    after = heldout_hhh_loss(model, tokenizer, cfg, 6)
+    assert after["loss"] < before["loss"] - 0.5
+    assert model.training  # the mode it had is restored
