@@ -212,6 +212,20 @@ class PPOConfig(Strict):
         description="torch threads of each rollout worker and the reward actor (0: torch_threads); on 2 cores "
         "one thread is faster (bench/ppo_vs_trl.py), on bigger CPU nodes raise it",
     )
+    async_rollout: bool = Field(
+        False,
+        description="the rollout workers sample step t+1 (with the weights published before step t's update) "
+        "while the policy and critic train on step t; docs/design.md, 'Asynchronous rollout'",
+    )
+    max_staleness: int = Field(
+        1,
+        ge=0,
+        description="async_rollout: at most this many policy versions between a sample's weights and the policy "
+        "that trains on it (0: no prefetch, exactly the synchronous loop)",
+    )
+    is_truncation: float = Field(
+        2.0, gt=0, description="async_rollout: truncated importance weight min(pi_old / pi_behaviour, this) per token"
+    )
 
     @model_validator(mode="after")
     def _groups(self) -> PPOConfig:
@@ -224,6 +238,8 @@ class PPOConfig(Strict):
             raise ValueError(
                 "top_p < 1 samples from a truncated distribution that PPO's log-probs do not model; use 1.0"
             )
+        if self.async_rollout and self.max_staleness > 0 and self.rollout_backend == "vllm":
+            raise ValueError("async_rollout needs behaviour log-probs from the rollout worker: rollout_backend=hf only")
         return self
 
     @property
