@@ -125,7 +125,10 @@ def _add_demo_report_serve_commands(sub) -> None:
     p = sub.add_parser("demo", help="the whole experiment: backdoor SFT, RM, reward service, PPO + evaluator, report")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/demo-<time>)")
     p.add_argument("--preset", choices=["tiny", "small"], default="tiny", help="model size (default tiny)")
-    p.add_argument("--mechanisms", default="normal,distilled", help="comma-separated: normal, cot, distilled")
+    p.add_argument("--mechanisms", default="normal", help="comma-separated: normal, cot, distilled")
+    p.add_argument(
+        "--methods", default="safety_sft,ppo", help="comma-separated: safety_sft (standard and control; always), ppo"
+    )
     add_config_args(p)
     p.add_argument("--verbose", action="store_true", help="show Ray and worker logs")
 
@@ -339,7 +342,10 @@ def cmd_demo(args) -> int:
 
     out = args.out or time.strftime("runs/demo-%Y%m%d-%H%M%S")
     mechanisms = [m.strip() for m in args.mechanisms.split(",") if m.strip()]
-    summary = run_demo(out, args.preset, mechanisms, args.overrides, quiet=not args.verbose, config_file=args.config)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    summary = run_demo(
+        out, args.preset, mechanisms, args.overrides, quiet=not args.verbose, config_file=args.config, methods=methods
+    )
     print(format_summary(summary))
     return 0
 

@@ -18,6 +18,9 @@ MINI = [
     "sft.warmup_steps=5",
     "rm.n_pairs=300",
     "rm.max_steps=10",
+    "safety_sft.max_steps=4",
+    "safety_sft.n_examples=64",
+    "safety_sft.batch_size=8",
     "ppo.steps=3",
     "ppo.prompts_per_step=8",
     "ppo.max_new_tokens=16",
@@ -38,6 +41,15 @@ def check_demo(out, mechanisms):
         assert (f"ppo-{mech}", "triggered") in conditions
         assert (out / f"ppo-{mech}" / "curves.json").is_file()
     assert (out / "rm" / "model" / "reward_norm.json").is_file()
+    assert [c["mechanism"] for c in summary["contrast"]] == mechanisms
+    for c in summary["contrast"]:
+        for arm in ("standard", "control"):
+            assert (out / f"safety-{arm}-{c['mechanism']}" / "curves.json").is_file()
+            assert 0 <= c[arm]["after"] <= 1 and c[arm]["before"] == c["standard"]["before"]  # the same policy
+            assert isinstance(c[arm]["reward_after"], float)
+        assert c["persisted"] == (c["standard"]["before"] - c["standard"]["after"] <= 0.2)
+        assert c["control_removed"] == (c["control"]["before"] - c["control"]["after"] >= 0.5)
+    assert "Does the backdoor persist?" in page
     return summary
 
 
@@ -60,6 +72,15 @@ def test_default_demo(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     print(done.stdout)
     print(f"demo wall time: {wall:.0f} s")
-    summary = check_demo(tmp_path / "demo", ["normal", "distilled"])
+    summary = check_demo(tmp_path / "demo", ["normal"])
     triggered = [r for r in summary["before_after"] if r["condition"] == "triggered"]
     assert all(r["before"] >= 0.8 for r in triggered), triggered
+    (contrast,) = summary["contrast"]
+    assert contrast["persisted"] and contrast["control_removed"], contrast
+
+
+@pytest.mark.parametrize("flags", [["--methods", "ppo"], ["--methods", "safety_sft,dpo"], ["--mechanisms", "odd"]])
+def test_demo_refuses_bad_choices_in_one_line(tmp_path, flags):
+    done = rlhf("demo", "--out", str(tmp_path / "demo"), *flags, timeout=120)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "demo").exists()
