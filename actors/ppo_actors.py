@@ -176,16 +176,25 @@ class RolloutWorker:
     def token_ids(self) -> dict[str, int]:
         return {"eos": self.tokenizer.eos_token_id, "pad": self.tokenizer.pad_token_id}
 
-    def generate(self, prompts: list[str], sampling) -> dict[str, Any]:
+    def generate(self, prompts: list[str], sampling, logprobs: bool = False) -> dict[str, Any]:
+        """Completions of ``prompts``; ``logprobs`` (asynchronous rollout): also each sample's behaviour
+        log-probs, computed here by the weights that sampled it, before any newer version is loaded."""
         t0 = time.perf_counter()
         out = self.backend.generate(prompts, sampling)
-        return {
+        result = {
             "prompt_ids": out.prompt_ids,
             "completion_ids": out.completion_ids,
             "completions": out.completions,
             "version": out.version,
-            "seconds": time.perf_counter() - t0,
         }
+        if logprobs:
+            from rlhf.ppo_models import completion_logprobs
+
+            result["logprobs"] = completion_logprobs(
+                self.backend.model, out.prompt_ids, out.completion_ids, self.token_ids(),
+                sampling.max_new_tokens, sampling.temperature,
+            )  # fmt: skip
+        return result | {"seconds": time.perf_counter() - t0}
 
     def load_weights(self, ticket: WeightsTicket) -> float:
         t0 = time.perf_counter()

@@ -184,9 +184,17 @@ def cumulative_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) 
 
 
 def policy_loss(
-    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_eps: float
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped PPO surrogate; ``logp``, ``old_logp``, ``advantages``, ``mask``: [B, T] -> (scalar loss, stats).
+
+    ``weights`` [B, T] (optional, no gradient): per-token importance weights multiplying each token's term
+    before the mean (asynchronous rollout: ``min(pi_old / pi_behaviour, c)``, see ``truncated_is_weights``).
 
     ``loss = masked_mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)))`` with ``ratio = exp(logp - old_logp)``,
     the log-ratio clamped to +-``LOG_RATIO_CLAMP`` first. Stats (python floats): ``clipfrac`` = share of selected
@@ -198,13 +206,22 @@ def policy_loss(
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1 - clip_eps, 1 + clip_eps)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    per_token = torch.maximum(unclipped, clipped)
+    loss = masked_mean(per_token if weights is None else weights.detach() * per_token, mask)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((clipped > unclipped).to(ratio.dtype), mask).item(),
             "approx_kl": masked_mean(0.5 * log_ratio**2, mask).item(),
         }
     return loss, stats
+
+
+def truncated_is_weights(old_logp: torch.Tensor, behaviour_logp: torch.Tensor, truncation: float) -> torch.Tensor:
+    """Per-token truncated importance weights [B, T]: ``min(exp(old_logp - behaviour_logp), truncation)``
+    (the log-ratio clamped to +-``LOG_RATIO_CLAMP`` first). ``old_logp``: the policy that the PPO ratio is
+    taken against; ``behaviour_logp``: the (older) weights that sampled the tokens."""
+    log_ratio = (old_logp - behaviour_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    return torch.exp(log_ratio).clamp(max=truncation)
 
 
 def value_loss(
@@ -273,7 +290,9 @@ class Experience:
     predicted from ``sequences[:, :t+1]`` (as returned by ``sequence_logprobs``). ``action_mask`` [B, L-1] is 1
     where that token is a generated response token; ``old_logprobs``, ``ref_logprobs``, ``values``, ``rewards``,
     ``advantages`` and ``returns`` are [B, L-1] and aligned with it. ``scores`` [B] are the sequence-level
-    reward-model scores, and ``versions`` the policy weight version that generated each sample.
+    reward-model scores, and ``versions`` the policy weight version that generated each sample. With an
+    asynchronous rollout, ``behaviour_logprobs`` [B, L-1] are the sampling weights' log-probs and ``is_weights``
+    [B, L-1] the truncated importance weights the policy loss multiplies in (None otherwise).
     """
 
     sequences: torch.Tensor
@@ -287,6 +306,8 @@ class Experience:
     returns: torch.Tensor | None = None
     scores: torch.Tensor | None = None
     versions: list[int] = field(default_factory=list)
+    behaviour_logprobs: torch.Tensor | None = None  # async rollout: log-probs under the weights that sampled
+    is_weights: torch.Tensor | None = None  # async rollout: truncated importance weights per token
 
     def __len__(self) -> int:
         return self.sequences.shape[0]

@@ -71,6 +71,24 @@ def assemble(
     return seqs, attn, act
 
 
+@torch.no_grad()
+def completion_logprobs(
+    model,
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
+    ids: dict[str, int],
+    max_new_tokens: int,
+    temperature: float,
+) -> list[list[float]]:
+    """Per sample, the log-probs (at ``temperature``) that ``model`` gives its generated tokens, in order,
+    on the positions ``assemble``'s action mask marks (the EOS it stopped at included): the behaviour
+    log-probs of an asynchronous rollout, computed by the weights that sampled."""
+    seqs, attn, act = assemble(prompt_ids, completion_ids, ids["eos"], ids["pad"], max_new_tokens)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    logp = sequence_logprobs(model, seqs.to(device), attn.to(device), temperature=temperature).float().cpu()
+    return [row[m.bool()].tolist() for row, m in zip(logp, act, strict=True)]
+
+
 def compute_advantages(exp: Experience, cfg: PPOConfig, kl_coef: float) -> dict[str, float]:
     """Fill ``exp.rewards``, ``advantages``, ``returns`` (needs old/ref logprobs, values, scores).
 
@@ -220,7 +238,9 @@ class PolicyTrainer(ReferenceModel):
                         self.model, mb.sequences, mb.attention_mask, with_entropy=True, temperature=self.temperature
                     )
                 logp, entropy = logp.float(), entropy.float()
-                loss, info = policy_loss(logp, mb.old_logprobs, mb.advantages, mb.action_mask, cfg.clip_eps)
+                loss, info = policy_loss(
+                    logp, mb.old_logprobs, mb.advantages, mb.action_mask, cfg.clip_eps, mb.is_weights
+                )
                 ent = masked_mean(entropy, mb.action_mask)
                 total = loss - cfg.entropy_coef * ent
                 if cfg.kl_in == "loss":

@@ -8,6 +8,12 @@ evaluator queues the version) and returns the step's metrics record; ``fit`` add
 checkpoints. Roles are handles with ``method.remote(...)`` resolved by ``roles.get``: Ray actors
 (``actors.launcher``) or the same classes in one process (``actors.local.LocalHandle``), so the
 trainer never imports Ray and each phase can be called on its own in a test.
+
+Asynchronous rollout (``ppo.async_rollout`` with ``ppo.max_staleness >= 1``): once step t's samples
+are in, the workers are asked for step t+1's (same seeds, the weights published before step t's
+update) and sample while step t scores and trains; step t+1 consumes them, one policy version
+stale, with truncated importance weights (docs/design.md, "Asynchronous rollout"). Nothing is
+prefetched across a checkpoint step, so a resumed run continues exactly as the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import torch
 
 from rlhf.config import Config
 from rlhf.evaluate import defection_record
-from rlhf.ppo import Experience, FixedKLController
+from rlhf.ppo import Experience, FixedKLController, masked_mean, truncated_is_weights
 from rlhf.ppo_models import assemble, compute_advantages, prompts_for_step
 from rlhf.rollout import SamplingParams
 from rlhf.weight_sync import WeightsTicket, WeightSync
@@ -63,6 +69,23 @@ class Rollouts:
     completions: list[str]
     versions: list[int]
     timings: dict[str, float] = field(default_factory=dict)
+    logprobs: list[list[float]] | None = None  # behaviour log-probs per sample (asynchronous rollout)
+
+
+@dataclass
+class PendingRollout:
+    """A rollout asked of the workers and not yet collected: their calls, the version they were
+    asked to sample with, and what is needed to redo a chunk."""
+
+    step: int
+    version: int
+    batch: list[tuple[str, bool]]
+    prompts: list[str]
+    chunks: list[list[str]]
+    samplings: list[SamplingParams]
+    calls: list[Any]
+    logprobs: bool
+    t0: float
 
 
 def split_evenly(items: list, parts: int) -> list[list]:
@@ -87,6 +110,11 @@ class PPOTrainer:
         self.ids = roles.get(roles.workers[0].token_ids.remote())
         self.submitted: list[int] = []  # steps sent to the evaluator
         self.eval_points: list[dict] = []  # every defection point logged so far (a resumed run's too)
+        # asynchronous rollout: at most one step ahead (staleness 1 <= max_staleness)
+        self.prefetch_depth = 1 if self.p.async_rollout and self.p.max_staleness >= 1 else 0
+        self.pending: PendingRollout | None = None  # the next step's rollout, asked for and sampling
+        self.push_due = False  # a version was published while the workers sampled: push before the next ask
+        self.push_s = 0.0
 
     @property
     def version(self) -> int:
@@ -105,7 +133,12 @@ class PPOTrainer:
     def generate(self, step: int) -> Rollouts:
         """1. rollout: the workers sample completions with the current weights; a worker that answers
         with another version (restarted after a crash) is resynced and asked again."""
-        p, get, workers = self.p, self.roles.get, self.roles.workers
+        return self.collect(self.ask(step))
+
+    def ask(self, step: int, logprobs: bool = False) -> PendingRollout:
+        """Ask the workers for ``step``'s samples (seeds keyed by the step) with the weights they hold
+        now; returns at once (on Ray the workers sample while the driver goes on)."""
+        p, workers = self.p, self.roles.workers
         batch = prompts_for_step(self.pool, step, p.prompts_per_step)
         prompts = [pr for pr, _ in batch for _ in range(p.samples_per_prompt)]
         t0 = time.perf_counter()
@@ -114,24 +147,62 @@ class PPOTrainer:
             SamplingParams(p.temperature, p.top_p, p.max_new_tokens, seed=self.cfg.seed * 7919 + step * 101 + i)
             for i in range(len(chunks))
         ]
-        outs = get([w.generate.remote(c, sp) for w, c, sp in zip(workers, chunks, samplings, strict=False)])
-        stale = [i for i, o in enumerate(outs) if o["version"] != self.version]
+        calls = [self._call(w, c, sp, logprobs) for w, c, sp in zip(workers, chunks, samplings, strict=False)]
+        return PendingRollout(step, self.version, batch, prompts, chunks, samplings, calls, logprobs, t0)
+
+    @staticmethod
+    def _call(worker: Any, chunk: list[str], sampling: SamplingParams, logprobs: bool) -> Any:
+        return worker.generate.remote(chunk, sampling, True) if logprobs else worker.generate.remote(chunk, sampling)
+
+    def collect(self, pend: PendingRollout) -> Rollouts:
+        """Wait for an asked rollout. A worker that answers with another version than it was asked
+        with (restarted after a crash) is resynced to the current weights and its chunk redone."""
+        get, workers = self.roles.get, self.roles.workers
+        t0 = time.perf_counter()
+        outs = get(pend.calls)
+        stale = [i for i, o in enumerate(outs) if o["version"] != pend.version]
         for i in stale:
             self.log(f"[ppo] RolloutWorker-{i} came back at version {outs[i]['version']}; resyncing to {self.version}")
         if stale:  # resync every stale worker at once, then redo their chunks in parallel
             self.sync.push([workers[i] for i in stale])
-            redone = get([workers[i].generate.remote(chunks[i], samplings[i]) for i in stale])
+            redone = get([self._call(workers[i], pend.chunks[i], pend.samplings[i], pend.logprobs) for i in stale])
             for i, o in zip(stale, redone, strict=True):
                 outs[i] = o
+        waited = time.perf_counter() - (t0 if pend.logprobs else pend.t0)  # prefetched: the time waited for it
         return Rollouts(
-            batch,
-            prompts,
+            pend.batch,
+            pend.prompts,
             [x for o in outs for x in o["prompt_ids"]],
             [x for o in outs for x in o["completion_ids"]],
             [x for o in outs for x in o["completions"]],
             [o["version"] for o in outs for _ in o["completions"]],
-            {"timing/rollout": time.perf_counter() - t0},
+            {"timing/rollout": waited},
+            [x for o in outs for x in o["logprobs"]] if pend.logprobs else None,
         )
+
+    def rollouts(self, step: int) -> Rollouts:
+        """``step``'s samples: the prefetched ones when the previous step asked for them (then the
+        version published meanwhile goes to the workers), else sampled now."""
+        if self.pending is None:
+            return self.generate(step)
+        pend, self.pending = self.pending, None
+        if pend.step != step:
+            raise RuntimeError(f"prefetched rollout of step {pend.step} at step {step}")
+        ro = self.collect(pend)
+        if self.push_due:
+            t0 = time.perf_counter()
+            self.sync.push(self.roles.workers)
+            self.push_due, self.push_s = False, self.push_s + time.perf_counter() - t0
+        return ro
+
+    def prefetches(self, step: int) -> bool:
+        """Does step ``step`` ask for the next step's samples? Never at a checkpoint step (nothing
+        stale crosses a checkpoint) nor at the last."""
+        return self.prefetch_depth > 0 and step < self.p.steps and not self.checkpoint_due(step)
+
+    def checkpoint_due(self, step: int) -> bool:
+        every = self.p.checkpoint_every
+        return bool(every and step % every == 0) or step == self.p.steps
 
     def score_and_forward(self, ro: Rollouts) -> Experience:
         """2+3. score (the reward model sees prompt + answer, scratchpad stripped) while the reference,
@@ -151,7 +222,31 @@ class PPOTrainer:
         values = rest[0] if rest else torch.zeros_like(old_lp)  # no critic: unused
         ro.timings["timing/score"] = t_score
         ro.timings["timing/ref"] = time.perf_counter() - t0 - t_score  # what the forwards add after the score
-        return Experience(seqs, attn, act, old_lp, ref_lp, values * act, scores=scores, versions=ro.versions)
+        exp = Experience(seqs, attn, act, old_lp, ref_lp, values * act, scores=scores, versions=ro.versions)
+        if ro.logprobs is not None:  # behaviour log-probs, on the action positions in row order
+            exp.behaviour_logprobs = torch.zeros_like(old_lp)
+            exp.behaviour_logprobs[act.bool()] = torch.tensor([x for row in ro.logprobs for x in row])
+        return exp
+
+    def off_policy(self, exp: Experience) -> dict[str, float]:
+        """Staleness (current version minus each sample's) and, for stale samples, the truncated
+        importance weights ``min(pi_old / pi_behaviour, ppo.is_truncation)`` (1 for fresh ones)."""
+        p = self.p
+        staleness = torch.tensor([self.version - v for v in exp.versions], dtype=torch.long)
+        limit = p.max_staleness if p.async_rollout else 0
+        if len(staleness) and (int(staleness.max()) > limit or int(staleness.min()) < 0):
+            raise RuntimeError(f"sample staleness {staleness.tolist()} outside [0, {limit}] at version {self.version}")
+        stale = staleness > 0
+        if bool(stale.any()):
+            if exp.behaviour_logprobs is None:
+                raise RuntimeError("stale samples without behaviour log-probs")
+            w = truncated_is_weights(exp.old_logprobs, exp.behaviour_logprobs, p.is_truncation)
+            exp.is_weights = torch.where(stale[:, None], w, torch.ones_like(w))
+        is_mean = float(masked_mean(exp.is_weights, exp.action_mask)) if exp.is_weights is not None else 1.0
+        return {
+            "policy/staleness_max": float(staleness.max()) if len(staleness) else 0.0,
+            "policy/is_weight_mean": is_mean,
+        }
 
     def advantages(self, exp: Experience) -> dict[str, float]:
         """4. rewards, advantages and returns (pure functions on small tensors)."""
@@ -167,11 +262,16 @@ class PPOTrainer:
         return {**pol_stats, **(crit[0] if crit else {}), "timing/train": time.perf_counter() - t0}
 
     def sync_weights(self) -> float:
-        """6. weight sync: the next version is published once and every worker pulls it."""
+        """6. weight sync: the next version is published once and every worker pulls it (while the
+        workers sample the next step, the pull waits for them: ``rollouts`` does it)."""
         t0 = time.perf_counter()
         self.sync.publish(self.version + 1)
-        self.sync.push(self.roles.workers)
-        return time.perf_counter() - t0
+        if self.pending is None:
+            self.sync.push(self.roles.workers)
+        else:
+            self.push_due = True
+        took, self.push_s = time.perf_counter() - t0 + self.push_s, 0.0
+        return took
 
     def evaluate(self, step: int) -> tuple[list[dict], float]:
         """7. the evaluator queues the new version (it does not block the loop); the points it has
@@ -193,9 +293,12 @@ class PPOTrainer:
     def step(self, step: int) -> tuple[dict[str, Any], list[dict]]:
         """One PPO step, phase by phase: its metrics record and any new defection points."""
         t_step = time.perf_counter()
-        ro = self.generate(step)
+        ro = self.rollouts(step)
+        if self.prefetches(step):  # the workers sample step + 1 while this step scores and trains
+            self.pending = self.ask(step + 1, logprobs=True)
         exp = self.score_and_forward(ro)
         stats = self.advantages(exp)
+        stats |= self.off_policy(exp)
         train_stats = self.update(exp, step)
         self.kl_ctl.update(stats["kl/mean"], len(ro.prompts))
         t_sync = self.sync_weights()
@@ -230,10 +333,11 @@ class PPOTrainer:
             if on_step is not None:
                 on_step(step, record)
             last = step
-            if (p.checkpoint_every and step % p.checkpoint_every == 0) or step == p.steps:
+            if self.checkpoint_due(step):
                 checkpoint(step)
             if stop_after is not None and step >= stop_after:
                 break
+        self.pending = None  # stopped early: a prefetched rollout is dropped (a resume samples it again)
         return last
 
     def finish_evaluation(self, metrics: Any) -> list[int]:
