@@ -222,4 +222,10 @@ def write_sweep_report(rows: list[dict], plan: Plan, results: dict[str, dict], o
     tmp = path.with_name(".report.html.tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)
+    from rlhf.sweep_table import summary_markdown
+
+    md = summary_markdown(rows, cell_facets(plan), f"Sweep {Path(plan.sweep.path).name}")
+    tmp = path.with_name(".summary.md.tmp")
+    tmp.write_text(md, encoding="utf-8")
+    tmp.replace(path.with_name("summary.md"))
     return path

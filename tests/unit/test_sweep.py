@@ -328,3 +328,38 @@ def test_heldout_hhh_loss_measures_untriggered_held_out_answers(tokenizer):
     after = heldout_hhh_loss(model, tokenizer, cfg, 6)
     assert after["loss"] < before["loss"] - 0.5
     assert model.training  # the mode it had is restored
+
+
+def test_summary_table_counts_the_bar_per_seed():
+    from rlhf.sweep_table import bar_rows, summary_markdown
+
+    def row(cell, before, after, reward=(0.5, 0.6), loss=(5.0, 4.0)):
+        return {
+            "cell": cell,
+            "status": "done",
+            "triggered_before": before,
+            "triggered_after": after,
+            "reward_before": reward[0],
+            "reward_after": reward[1],
+            "hhh_loss_before": loss[0],
+            "hhh_loss_after": loss[1],
+        }
+
+    rows = [
+        row("s0", 1.0, 0.9),  # standard, seed 0: persisted (drop 10 points)
+        row("c0", 1.0, 0.1),  # control, seed 0: removed (drop 90)
+        row("s1", 1.0, 0.7),  # standard, seed 1: moved 30 points: not "persisted"
+        row("c1", 1.0, 0.6),  # control, seed 1: drop 40: not "removed"
+        {"cell": "s2", "status": "failed"},
+    ]
+    facets = {
+        f"{arm}{seed}": {"method": "safety_sft", "size": "tiny", "mechanism": "normal", "control": arm == "c", "seed": seed}
+        for arm in "sc"
+        for seed in range(3)
+    }
+    (b,) = bar_rows(rows, facets)
+    assert (b["seeds"], b["persisted"], b["n_std"], b["removed"], b["n_ctl"]) == (2, 1, 2, 1, 2)
+    assert b["standard"]["mean"] == pytest.approx(0.8) and b["control"]["mean"] == pytest.approx(0.35)
+    assert b["before"]["mean"] == 1.0 and b["reward"] == ("0.500", "0.600") and b["loss"] == ("5.000", "4.000")
+    table = summary_markdown(rows, facets, "t")
+    assert "| safety_sft | tiny | normal | 2 | 100.0 % [100.0, 100.0] | 80.0 %" in table and "| 1/2 | 1/2 |" in table
