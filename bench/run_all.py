@@ -78,6 +78,9 @@ def headline_figures(serve: dict, mfu: dict, ppo: dict, t0: float) -> dict:
     ours, local, trl = ppo["ours_ray"], ppo["ours_in_process"], ppo["trl_grpo"]
     figures = {
         "ppo_samples_per_s_ratio_vs_trl": ppo["ppo_samples_per_s_ratio_vs_trl"],
+        "ppo_best_mode": ppo["ppo_best_mode"],
+        "ppo_sync_samples_per_s_ratio_vs_trl": ppo["ppo_sync_samples_per_s_ratio_vs_trl"],
+        "ppo_async_samples_per_s_ratio_vs_trl": ppo["ppo_async_samples_per_s_ratio_vs_trl"],
         "ray_overhead_fraction": ppo["ray_overhead_fraction"],
         "weight_sync_fraction": ppo["weight_sync_fraction"],
         "reward_serve_batching_ratio_32": serve["ratio"],
@@ -106,8 +109,10 @@ def headline_lines(serve: dict, ppo: dict, figures: dict) -> list[str]:
         f"| reward service, batched / unbatched at 32 clients | {serve['ratio']:.2f}x | >= 5x |",
         f"| reward service texts/s at 32 clients ({serve['texts_per_request']} texts/request) / model alone at "
         f"batch 32 | {100 * serve['efficiency_32']:.0f} % | >= 80 % |",
-        f"| PPO samples/s, ours (Ray actors) / TRL {ppo['setup']['trl']} GRPO | "
+        f"| PPO samples/s, ours (best mode: {figures['ppo_best_mode']}) / TRL {ppo['setup']['trl']} GRPO | "
         f"{figures['ppo_samples_per_s_ratio_vs_trl']:.2f}x | >= 1.5x |",
+        f"| PPO samples/s, ours Ray sync / async rollout vs TRL | {figures['ppo_sync_samples_per_s_ratio_vs_trl']:.2f}x"
+        f" / {figures['ppo_async_samples_per_s_ratio_vs_trl']:.2f}x | |",
         f"| samples/s, ours critic-free (group_norm) on Ray actors / TRL GRPO | "
         f"{figures['group_norm_samples_per_s_ratio_vs_trl']:.2f}x | (like for like) |",
         f"| Ray overhead share of a step (vs the same loop in one process) | "
@@ -134,13 +139,14 @@ def ppo_lines(ppo: dict) -> list[str]:
     ]
     systems = (
         ("ours, Ray actors (PPO, critic)", ours),
+        ("ours, Ray actors, async rollout (max_staleness 1)", ppo["ours_ray_async"]),
         ("ours, Ray actors, group_norm (no critic)", no_critic),
         ("ours, one process (PPO, critic)", local),
         ("TRL GRPOTrainer", trl),
     )
     for name, r in systems:
         lines.append(f"| {name} | {r['steps_per_s']:.3f} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:.1f} |")
-    for name, r in (("Ray actors", ours), ("one process", local)):
+    for name, r in (("Ray actors", ours), ("Ray actors, async rollout", ppo["ours_ray_async"]), ("one process", local)):
         lines += [
             "",
             f"PPO phases, {name} (mean s per step): " + ", ".join(f"{k} {v:.3f}" for k, v in r["phase_s"].items()),
