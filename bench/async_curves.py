@@ -140,15 +140,18 @@ def main() -> int:
     t0 = time.time()
     seeds = [int(s) for s in args.seeds.split(",")]
     start = defection(Path(args.policy), config_from_policy(args.policy, None, list(args.set)), args.eval_samples)
-    runs = {mode: {seed: one_run(args, mode, seed) for seed in seeds} for mode in MODES}
-    summary = summarise(runs, start)
-    result = {"command": " ".join(sys.argv), "steps": args.steps, "seeds": seeds, "sets": args.set, **summary}
-    result["wall_s"] = round(time.time() - t0, 1)
-    out = Path(args.out)
-    (out / "curves.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
-    plot(summary, out / "curves.png")
-    (out / "table.md").write_text(markdown(summary, result["command"]), encoding="utf-8")
-    print(json.dumps(table(summary), indent=1))
+    runs: dict = {mode: {} for mode in MODES}
+    for seed in seeds:  # seed by seed, both modes: the files after each seed cover the seeds done so far
+        for mode in MODES:
+            runs[mode][seed] = one_run(args, mode, seed)
+        summary = summarise(runs, start)
+        result = {"command": " ".join(sys.argv), "steps": args.steps, "seeds": list(runs["sync"]), "sets": args.set}
+        result |= {**summary, "wall_s": round(time.time() - t0, 1)}
+        out = Path(args.out)
+        (out / "curves.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+        plot(summary, out / "curves.png")
+        (out / "table.md").write_text(markdown(summary, result["command"]), encoding="utf-8")
+        print(json.dumps(table(summary), indent=1), flush=True)
     return 0
 
 
