@@ -49,3 +49,42 @@ def test_a_critic_free_run_has_no_critic_and_resumes(tiny_policy, tiny_reward_mo
     records = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "reward/mean" in r]
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all("losses/value" not in r and "losses/policy" in r for r in records)
+
+
+def _step_records(run):
+    """The step records of a run without wall-clock keys (``time``, ``timing/*``)."""
+    return [
+        {k: v for k, v in r.items() if k != "time" and not k.startswith("timing/")}
+        for r in read_metrics(run / "metrics.jsonl")
+        if "reward/mean" in r
+    ]
+
+
+def test_async_rollout_with_max_staleness_zero_is_the_synchronous_loop(tiny_policy, tiny_reward_model, tmp_path):
+    base = [*PPO_TEST_OVERRIDES, "ppo.steps=3", "ppo.checkpoint_every=0"]
+    rm = tiny_reward_model["model_dir"]
+    run_ppo(build_config({}, base), tiny_policy, tmp_path / "sync", reward_dir=rm, in_process=True)
+    zero = build_config({}, [*base, "ppo.async_rollout=true", "ppo.max_staleness=0"])
+    run_ppo(zero, tiny_policy, tmp_path / "zero", reward_dir=rm, in_process=True)
+    sync, async0 = _step_records(tmp_path / "sync"), _step_records(tmp_path / "zero")
+    assert len(sync) == 3 and sync == async0  # bit-identical metrics
+    assert all(r["policy/staleness_max"] == 0 and r["policy/is_weight_mean"] == 1.0 for r in sync)
+
+
+def test_async_rollout_stays_within_its_staleness_and_resumes_exactly(tiny_policy, tiny_reward_model, tmp_path):
+    cfg = build_config({}, [*PPO_TEST_OVERRIDES, "ppo.steps=4", "ppo.checkpoint_every=2", "ppo.async_rollout=true"])
+    rm = tiny_reward_model["model_dir"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    run_ppo(cfg, tiny_policy, full, reward_dir=rm, in_process=True)
+    records = _step_records(full)
+    # step 1 samples fresh, step 2 was sampled during step 1; step 3 follows the step-2 checkpoint
+    assert [r["policy/staleness_max"] for r in records] == [0, 1, 0, 1]
+    for r in records:
+        assert 0.0 < r["policy/is_weight_mean"] <= cfg.ppo.is_truncation
+
+    run_ppo(cfg, tiny_policy, cut, reward_dir=rm, in_process=True, stop_after=3)
+    run_ppo(cfg, tiny_policy, cut, reward_dir=rm, in_process=True, resume=True)
+    assert _step_records(cut) == records  # the resumed async run continues exactly
+    a = AutoModelForCausalLM.from_pretrained(full / "checkpoints" / "step_000004" / "policy").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(cut / "checkpoints" / "step_000004" / "policy").state_dict()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
