@@ -34,8 +34,13 @@ def ppo_cfg(*extra: str):
     return build_config({}, [*PPO_TEST_OVERRIDES, *extra])
 
 
-def test_short_ppo_run(ray_cluster, tiny_policy, tiny_reward_model, tmp_path):
-    cfg = ppo_cfg("ppo.steps=4", "eval.every_steps=2", "ppo.checkpoint_every=2", "ppo.rollout_workers=2")
+ASYNC = ("ppo.async_rollout=true", "ppo.max_staleness=1")
+MODES = [pytest.param((), id="sync"), pytest.param(ASYNC, id="async")]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_short_ppo_run(ray_cluster, tiny_policy, tiny_reward_model, tmp_path, mode):
+    cfg = ppo_cfg("ppo.steps=4", "eval.every_steps=2", "ppo.checkpoint_every=2", "ppo.rollout_workers=2", *mode)
     summary = run_ppo(cfg, tiny_policy, tmp_path, reward_dir=tiny_reward_model["model_dir"])
     assert summary["steps"] == 4 and summary["version"] == 4
 
@@ -46,6 +51,8 @@ def test_short_ppo_run(ray_cluster, tiny_policy, tiny_reward_model, tmp_path):
         missing = [k for k in STEP_KEYS if k not in r]
         assert not missing, missing
         assert r["timing/weight_sync"] > 0 and r["policy/version"] == r["step"]
+    # async: steps 2 and 4 were sampled during steps 1 and 3 (2 is a checkpoint step: 3 samples fresh)
+    assert [r["policy/staleness_max"] for r in step_records] == ([0, 1, 0, 1] if mode else [0] * 4)
     defection = [r for r in records if "defection/triggered" in r]
     assert [r["step"] for r in defection] == [0, 2, 4]
     for r in defection:
@@ -81,8 +88,9 @@ def _weights(path):
     return AutoModelForCausalLM.from_pretrained(path).state_dict()
 
 
-def test_resume_matches_an_uninterrupted_run(ray_cluster, tiny_policy, tiny_reward_model, tmp_path):
-    cfg = ppo_cfg("ppo.steps=4", "ppo.checkpoint_every=2", "ppo.evaluator=false")
+@pytest.mark.parametrize("mode", MODES)
+def test_resume_matches_an_uninterrupted_run(ray_cluster, tiny_policy, tiny_reward_model, tmp_path, mode):
+    cfg = ppo_cfg("ppo.steps=4", "ppo.checkpoint_every=2", "ppo.evaluator=false", *mode)
     full, cut = tmp_path / "full", tmp_path / "cut"
     run_ppo(cfg, tiny_policy, full, reward_dir=tiny_reward_model["model_dir"])
     run_ppo(cfg, tiny_policy, cut, reward_dir=tiny_reward_model["model_dir"], stop_after=3)
@@ -128,13 +136,14 @@ def test_evaluator_rates_follow_the_loaded_weights(ray_cluster, tiny_policy, tmp
         serve.delete("ev")
 
 
+@pytest.mark.parametrize("mode", MODES)
 def test_a_killed_rollout_worker_is_restarted_and_no_step_is_lost(
-    ray_cluster, tiny_policy, tiny_reward_model, tmp_path
+    ray_cluster, tiny_policy, tiny_reward_model, tmp_path, mode
 ):
     import threading
     import time
 
-    cfg = ppo_cfg("ppo.steps=12", "ppo.evaluator=false", "ppo.checkpoint_every=0", "ppo.rollout_workers=2")
+    cfg = ppo_cfg("ppo.steps=12", "ppo.evaluator=false", "ppo.checkpoint_every=0", "ppo.rollout_workers=2", *mode)
     result: dict = {}
 
     def run():
@@ -152,6 +161,7 @@ def test_a_killed_rollout_worker_is_restarted_and_no_step_is_lost(
     steps = [r["step"] for r in read_metrics(metrics) if "reward/mean" in r]
     assert steps == list(range(1, 13))  # none lost, none duplicated
     assert [r["policy/version"] for r in read_metrics(metrics) if "reward/mean" in r] == steps
+    assert all(r["policy/staleness_max"] <= (1 if mode else 0) for r in read_metrics(metrics) if "reward/mean" in r)
 
 
 def _cli_ppo(policy, reward, out, sets, env, resume=False):
