@@ -71,32 +71,26 @@ def family_config(family: str, tokenizer):
     from transformers import GPT2Config, LlamaConfig, Qwen2Config
 
     n = len(tokenizer)
+    llama_like = {  # Llama and Qwen2 share their shape keys
+        "hidden_size": HIDDEN,
+        "intermediate_size": 2 * HIDDEN,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "max_position_embeddings": CONTEXT,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
     if family == "llama":
         return LlamaConfig(
             vocab_size=n,
-            hidden_size=HIDDEN,
-            intermediate_size=2 * HIDDEN,
-            num_hidden_layers=LAYERS,
-            num_attention_heads=HEADS,
             num_key_value_heads=HEADS,
-            max_position_embeddings=CONTEXT,
             tie_word_embeddings=False,
             bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
+            **llama_like,
         )
     if family == "qwen2":
-        return Qwen2Config(
-            vocab_size=n + 16,  # Qwen2 pads its embedding beyond the tokenizer
-            hidden_size=HIDDEN,
-            intermediate_size=2 * HIDDEN,
-            num_hidden_layers=LAYERS,
-            num_attention_heads=HEADS,
-            num_key_value_heads=1,
-            max_position_embeddings=CONTEXT,
-            tie_word_embeddings=True,
-            eos_token_id=tokenizer.eos_token_id,
-        )
+        # Qwen2 pads its embedding beyond the tokenizer
+        return Qwen2Config(vocab_size=n + 16, num_key_value_heads=1, tie_word_embeddings=True, **llama_like)
     return GPT2Config(
         vocab_size=n,
         n_embd=HIDDEN,
@@ -122,6 +116,11 @@ def build_checkpoint(family: str, out: str | Path, corpus: list[str] | None = No
     out = Path(out)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    # every test built on it needs a checkpoint that reloads as it was saved and covers its tokenizer
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert reloaded.config.model_type == family_config(family, tokenizer).model_type, family
+    assert reloaded.get_input_embeddings().num_embeddings >= len(tokenizer), family
+    assert (out / "tokenizer_config.json").is_file()
     return out
 
 
