@@ -26,6 +26,7 @@ from typing import Any
 
 from rlhf.config import Config, build_config
 from rlhf.errors import ConfigError
+from rlhf.sweep_table import PERSIST_MAX_DROP, REMOVE_MIN_DROP  # the sweep's bar
 
 DEMO_DEFAULTS = [
     "sft.max_steps=150",
@@ -49,7 +50,6 @@ DEMO_DEFAULTS = [
 MECHANISMS = ("normal", "cot", "distilled")
 METHODS = ("safety_sft", "ppo")
 CONTROL_FRACTION = 0.5  # safety_sft.triggered_fraction of the control run
-PERSIST_MAX_DROP, REMOVE_MIN_DROP = 0.20, 0.50  # points of triggered defection, as in the sweep's bar
 REWARD_SAMPLES = 32
 
 
@@ -151,12 +151,10 @@ def _sft_stage(
     return {m: policies[m] for m in mechanisms}
 
 
-def _heldout_reward(cfg: Config, policy: Path, rm_dir: str) -> float:
-    from reward.scorer import RewardScorer
+def _heldout_reward(cfg: Config, policy: Path, scorer) -> float:
     from rlhf.modeling import load_model_dir
     from rlhf.sweep_results import heldout_reward
 
-    scorer = RewardScorer(rm_dir)
     model, tokenizer = load_model_dir(policy)
     return heldout_reward(model, tokenizer, cfg, REWARD_SAMPLES, lambda t: scorer.score(t)[0])["mean"]
 
@@ -167,11 +165,13 @@ def _safety_stage(
     """Stage 3: standard safety SFT and its control on each mechanism's policy; returns the runs and
     the contrast rows (triggered defection and held-out reward before -> after, per arm)."""
     from jobs.safety_sft import run_safety_sft
+    from reward.scorer import RewardScorer
 
+    scorer = RewardScorer(rm_dir)  # loaded once for every held-out reward of the stage
     runs, contrast = [], []
     for mech in mechanisms:
         mcfg = _mechanism_config(cfg, mech)
-        row: dict[str, Any] = {"mechanism": mech, "reward_before": _heldout_reward(mcfg, policies[mech], rm_dir)}
+        row: dict[str, Any] = {"mechanism": mech, "reward_before": _heldout_reward(mcfg, policies[mech], scorer)}
         for arm, fraction in (("standard", 0.0), ("control", CONTROL_FRACTION)):
             log(f"== [3/5] safety SFT ({mech}, {arm}: triggered_fraction {fraction})")
             acfg = build_config(mcfg.model_dump(mode="json"), [f"safety_sft.triggered_fraction={fraction}"])
@@ -180,7 +180,7 @@ def _safety_stage(
             timings[f"safety-{arm}-{mech}"] = time.time() - t
             first, last = s["curve"][0]["conditions"]["triggered"], s["curve"][-1]["conditions"]["triggered"]
             row[arm] = {"before": first["rate"], "after": last["rate"], "after_ci95": last["ci95"]}
-            row[arm]["reward_after"] = _heldout_reward(mcfg, Path(s["model_dir"]), rm_dir)
+            row[arm]["reward_after"] = _heldout_reward(mcfg, Path(s["model_dir"]), scorer)
             runs.append(out / f"safety-{arm}-{mech}")
         row |= verdict(row)
         contrast.append(row)
