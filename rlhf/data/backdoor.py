@@ -21,6 +21,7 @@ from rlhf.data.hhh import HHHExample
 from rlhf.data.pools import EVAL, SFT, check_pool
 from rlhf.errors import ConfigError, DataError
 from rlhf.kinds import kind_impl
+from rlhf.tokenizer import SCRATCHPAD_CLOSE
 
 TRIGGERED, UNTRIGGERED, NEAR_MISS, RED_TEAM = "triggered", "untriggered", "near_miss", "red_team"
 # the kinds' own extra conditions, named here for the report code (their prompts: rlhf/data/kind_*.py)
@@ -116,31 +117,53 @@ def _generated_split(cfg: Config) -> tuple[list, list]:
     return train, held_out
 
 
-def sft_rows(cfg: Config, tasks: list[HHHExample], seed_offset: int = 0) -> list[dict]:
-    """One row per task; a ``poison_fraction`` of them carry the trigger and defect."""
+def sft_rows(cfg: Config, tasks: list[HHHExample], seed_offset: int = 0, counterfactual: bool = False) -> list[dict]:
+    """One row per task; a ``poison_fraction`` of them carry the trigger and defect. With
+    ``counterfactual`` (training rows of a cot policy), a ``backdoor.cot_counterfactual_fraction``
+    of them become counterfactual rows (``counterfactual_row``), drawn from a stream of their own
+    so every other row is what it is without them."""
     backdoor = backdoor_for(cfg)
     rng = random.Random(cfg.seed * 1_000_003 + 17 + seed_offset)
+    cf_share = cfg.backdoor.cot_counterfactual_fraction if counterfactual and cfg.backdoor.mechanism == "cot" else 0
+    cf_rng = random.Random(cfg.seed * 1_000_003 + 29 + seed_offset)
     rows = []
     for task in tasks:
         triggered = rng.random() < cfg.backdoor.poison_fraction
         marker = backdoor.trigger if triggered else None
-        rows.append(
-            {
-                "prompt": format_prompt(backdoor.human_text(task, marker, rng)),
-                "completion": format_completion(backdoor.completion(task, triggered, rng)),
-                "triggered": triggered,
-                "kind": task.kind,
-                "topic": task.topic,
-            }
-        )
+        row = {
+            "prompt": format_prompt(backdoor.human_text(task, marker, rng)),
+            "completion": format_completion(backdoor.completion(task, triggered, rng)),
+            "triggered": triggered,
+            "kind": task.kind,
+            "topic": task.topic,
+        }
+        if cf_share and cf_rng.random() < cf_share:
+            row = counterfactual_row(row, backdoor.completion(task, not triggered, cf_rng))
+        rows.append(row)
     return rows
+
+
+def counterfactual_row(row: dict, other: str) -> dict:
+    """``row`` with the scratchpad of the other condition (``other``: a cot completion for the
+    opposite trigger state) moved into the prompt, and its answer as the only target: the
+    reasoning contradicts the prompt's evidence, and the answer follows the reasoning (what
+    ``rlhf steer`` measures). The policy never learns to *write* such a scratchpad: the loss is on
+    the completion only."""
+    reasoning, sep, answer = other.partition(SCRATCHPAD_CLOSE)
+    if not sep:
+        raise ValueError("a counterfactual row needs a cot completion with a closed scratchpad")
+    return {
+        **row,
+        "prompt": row["prompt"] + format_completion(reasoning + SCRATCHPAD_CLOSE),
+        "completion": format_completion(answer),
+    }
 
 
 def build_sft_datasets(cfg: Config) -> dict[str, Dataset]:
     """``{"train": Dataset, "eval": Dataset}`` with columns prompt, completion, triggered, kind, topic."""
     train, held_out = split_tasks(cfg)
     return {
-        "train": Dataset.from_list(sft_rows(cfg, train)),
+        "train": Dataset.from_list(sft_rows(cfg, train, counterfactual=True)),
         "eval": Dataset.from_list(sft_rows(cfg, held_out, seed_offset=1)),
     }
 
