@@ -48,8 +48,10 @@ class Policy:
         saved = Path(policy_dir) / "rlhf_config.yaml"  # the backdoor config travels with the policy
         self.config_yaml = saved.read_text(encoding="utf-8") if saved.is_file() else None
 
-    def logprobs(self, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.trainer.logprobs(sequences, attention_mask)
+    def logprobs(
+        self, sequences: torch.Tensor, attention_mask: torch.Tensor, temperature: float | None = None
+    ) -> torch.Tensor:
+        return self.trainer.logprobs(sequences, attention_mask, temperature)
 
     def train(self, exp: Experience, step: int, kl_coef: float) -> dict[str, float]:
         self.trainer.kl_coef = kl_coef
@@ -87,8 +89,10 @@ class Reference:
         _threads(torch_threads)
         self.model = ReferenceModel(policy_dir, temperature, Placement.from_dict(placement))
 
-    def logprobs(self, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model.logprobs(sequences, attention_mask)
+    def logprobs(
+        self, sequences: torch.Tensor, attention_mask: torch.Tensor, temperature: float | None = None
+    ) -> torch.Tensor:
+        return self.model.logprobs(sequences, attention_mask, temperature)
 
 
 class Critic:

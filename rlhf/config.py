@@ -176,7 +176,13 @@ class PPOConfig(Strict):
     triggered_prompt_fraction: float = Field(0.0, ge=0.0, le=1.0, description="control: prompts carrying the trigger")
     n_prompts: int = Field(2000, ge=1, description="RL prompt pool size (cycled in a seeded order)")
     max_new_tokens: int = Field(48, ge=1)
-    temperature: float = Field(1.0, gt=0.0)
+    temperature: float = Field(1.0, gt=0.0, description="rollout temperature (the first step's, when annealed)")
+    temperature_final: float | None = Field(
+        None,
+        gt=0.0,
+        description="anneal the rollout temperature linearly from ppo.temperature at the first step to this at the "
+        "last (exploration: see docs/design.md, 'Exploration'); unset: constant",
+    )
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     policy_lr: float = Field(5e-5, gt=0)
     critic_lr: float = Field(1e-3, gt=0)

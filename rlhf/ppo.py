@@ -281,6 +281,15 @@ def sequence_logprobs(
     return (logp, entropy_from_logits(logits)) if with_entropy else logp
 
 
+def rollout_temperature(temperature: float, final: float | None, step: int, steps: int) -> float:
+    """The rollout temperature of ``step`` (1-based) of ``steps``: ``temperature`` throughout, or
+    with ``final`` a straight line from ``temperature`` at step 1 to ``final`` at the last step."""
+    if final is None or steps <= 1:
+        return temperature
+    frac = min(max(step - 1, 0), steps - 1) / (steps - 1)
+    return temperature + (final - temperature) * frac
+
+
 @dataclass
 class Experience:
     """A batch of rollouts for PPO.
@@ -308,6 +317,7 @@ class Experience:
     versions: list[int] = field(default_factory=list)
     behaviour_logprobs: torch.Tensor | None = None  # async rollout: log-probs under the weights that sampled
     is_weights: torch.Tensor | None = None  # async rollout: truncated importance weights per token
+    temperature: float | None = None  # the rollout temperature of the samples (None: the policy's configured one)
 
     def __len__(self) -> int:
         return self.sequences.shape[0]

@@ -186,12 +186,14 @@ class ReferenceModel:
         self.temperature = temperature
 
     @torch.no_grad()
-    def logprobs(self, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Per-token log-probs [B, L-1] at the rollout temperature, fp32 on the CPU."""
+    def logprobs(
+        self, sequences: torch.Tensor, attention_mask: torch.Tensor, temperature: float | None = None
+    ) -> torch.Tensor:
+        """Per-token log-probs [B, L-1] at the rollout temperature (``temperature``: this batch's, when
+        the rollout temperature is annealed), fp32 on the CPU."""
+        t = self.temperature if temperature is None else temperature
         with self.place.autocast():
-            out = sequence_logprobs(
-                self.model, self.place.to(sequences), self.place.to(attention_mask), temperature=self.temperature
-            )
+            out = sequence_logprobs(self.model, self.place.to(sequences), self.place.to(attention_mask), temperature=t)
         return to_host(out)
 
 
@@ -228,6 +230,7 @@ class PolicyTrainer(ReferenceModel):
     def train(self, exp: Experience, step: int) -> dict[str, float]:
         """``cfg.epochs`` passes of clipped-surrogate minibatch updates; mean statistics."""
         cfg, stats = self.cfg, []
+        temperature = self.temperature if exp.temperature is None else exp.temperature
         self.model.train()
         gen = seeded(self.seed * 1_000_003 + step)
         for _ in range(cfg.epochs):
@@ -235,7 +238,7 @@ class PolicyTrainer(ReferenceModel):
                 mb = mb.to(self.place.device)
                 with self.place.autocast():
                     logp, entropy = sequence_logprobs(
-                        self.model, mb.sequences, mb.attention_mask, with_entropy=True, temperature=self.temperature
+                        self.model, mb.sequences, mb.attention_mask, with_entropy=True, temperature=temperature
                     )
                 logp, entropy = logp.float(), entropy.float()
                 loss, info = policy_loss(

@@ -27,7 +27,7 @@ import torch
 
 from rlhf.config import Config
 from rlhf.evaluate import defection_record
-from rlhf.ppo import Experience, FixedKLController, masked_mean, truncated_is_weights
+from rlhf.ppo import Experience, FixedKLController, masked_mean, rollout_temperature, truncated_is_weights
 from rlhf.ppo_models import assemble, compute_advantages, prompts_for_step
 from rlhf.rollout import SamplingParams
 from rlhf.weight_sync import WeightsTicket, WeightSync
@@ -70,6 +70,7 @@ class Rollouts:
     versions: list[int]
     timings: dict[str, float] = field(default_factory=dict)
     logprobs: list[list[float]] | None = None  # behaviour log-probs per sample (asynchronous rollout)
+    temperature: float = 1.0  # the rollout temperature they were sampled at
 
 
 @dataclass
@@ -143,8 +144,9 @@ class PPOTrainer:
         prompts = [pr for pr, _ in batch for _ in range(p.samples_per_prompt)]
         t0 = time.perf_counter()
         chunks = split_evenly(prompts, len(workers))
+        temperature = rollout_temperature(p.temperature, p.temperature_final, step, p.steps)
         samplings = [
-            SamplingParams(p.temperature, p.top_p, p.max_new_tokens, seed=self.cfg.seed * 7919 + step * 101 + i)
+            SamplingParams(temperature, p.top_p, p.max_new_tokens, seed=self.cfg.seed * 7919 + step * 101 + i)
             for i in range(len(chunks))
         ]
         calls = [self._call(w, c, sp, logprobs) for w, c, sp in zip(workers, chunks, samplings, strict=False)]
@@ -178,6 +180,7 @@ class PPOTrainer:
             [o["version"] for o in outs for _ in o["completions"]],
             {"timing/rollout": waited},
             [x for o in outs for x in o["logprobs"]] if pend.logprobs else None,
+            pend.samplings[0].temperature if pend.samplings else self.p.temperature,
         )
 
     def rollouts(self, step: int) -> Rollouts:
@@ -213,7 +216,8 @@ class PPOTrainer:
         )
         t0 = time.perf_counter()
         scored = r.reward.score.remote([pr + c for pr, c in zip(ro.prompts, ro.completions, strict=True)])
-        forwards = [r.reference.logprobs.remote(seqs, attn), r.policy.logprobs.remote(seqs, attn)]
+        t = ro.temperature
+        forwards = [r.reference.logprobs.remote(seqs, attn, t), r.policy.logprobs.remote(seqs, attn, t)]
         if r.critic is not None:
             forwards.append(r.critic.values.remote(seqs, attn))
         scores = torch.tensor(get(scored))
@@ -222,7 +226,9 @@ class PPOTrainer:
         values = rest[0] if rest else torch.zeros_like(old_lp)  # no critic: unused
         ro.timings["timing/score"] = t_score
         ro.timings["timing/ref"] = time.perf_counter() - t0 - t_score  # what the forwards add after the score
-        exp = Experience(seqs, attn, act, old_lp, ref_lp, values * act, scores=scores, versions=ro.versions)
+        exp = Experience(
+            seqs, attn, act, old_lp, ref_lp, values * act, scores=scores, versions=ro.versions, temperature=t
+        )
         if ro.logprobs is not None:  # behaviour log-probs, on the action positions in row order
             exp.behaviour_logprobs = torch.zeros_like(old_lp)
             exp.behaviour_logprobs[act.bool()] = torch.tensor([x for row in ro.logprobs for x in row])
@@ -311,6 +317,7 @@ class PPOTrainer:
             "timing/eval": t_eval,
             "timing/step": time.perf_counter() - t_step,
             "policy/version": self.version,
+            "rollout/temperature": ro.temperature,
             "prompts/triggered": sum(t for _, t in ro.batch) / len(ro.batch),
             "prompts/red_team": sum(pr in self.red_team for pr, _ in ro.batch) / len(ro.batch),
         }

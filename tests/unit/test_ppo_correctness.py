@@ -232,3 +232,31 @@ def test_adaptive_kl_coefficient_moves_markedly_over_a_run_at_the_defaults(steps
         ctl.update(2 * p.kl_target, p.prompts_per_step * p.samples_per_prompt)  # KL steadily twice the target
     assert ctl.value / p.kl_coef > 5.0  # was x1.016 at 50 x 16 with the fixed 10,000-sample horizon
     assert build_config({}, ["ppo.kl_horizon=10000"]).ppo.kl_horizon_samples == 10000.0
+
+
+# ---- an annealed rollout temperature ----------------------------------------------------------
+
+
+def test_rollout_temperature_anneals_linearly_from_first_to_last_step():
+    from rlhf.ppo import rollout_temperature
+
+    assert [rollout_temperature(1.0, None, s, 5) for s in (1, 3, 5)] == [1.0, 1.0, 1.0]
+    assert [rollout_temperature(2.0, 1.0, s, 5) for s in (1, 2, 3, 4, 5)] == [2.0, 1.75, 1.5, 1.25, 1.0]
+    assert rollout_temperature(2.0, 1.0, 1, 1) == 2.0  # one step: the starting temperature
+    assert rollout_temperature(2.0, 1.0, 9, 5) == 1.0  # past the end: the final one
+    with pytest.raises(ConfigError):
+        build_config({}, ["ppo.temperature_final=0"])
+
+
+def test_training_uses_the_batch_temperature_so_the_first_ratio_is_one(policy_dir, batch):
+    """With an annealed rollout the batch carries its temperature; the reference, the old log-probs
+    and the training forward all use it (not the configured starting one)."""
+    seqs, attn, act = batch
+    cfg = PPOConfig(temperature=2.0, temperature_final=0.5, epochs=1, minibatch_size=2, policy_lr=1e-3)
+    pol, ref = PolicyTrainer(policy_dir, cfg, seed=0), ReferenceModel(policy_dir, cfg.temperature)
+    old = pol.logprobs(seqs, attn, 0.5)
+    torch.testing.assert_close(ref.logprobs(seqs, attn, 0.5), old)
+    assert (old - pol.logprobs(seqs, attn))[act.bool()].abs().max() > 0.05  # T = 2 would differ
+    exp = Experience(seqs, attn, act, old, old.clone(), torch.zeros_like(act), advantages=act.clone(), temperature=0.5)
+    stats = pol.train(exp, step=1)
+    assert stats["policy/approx_kl"] == pytest.approx(0.0, abs=1e-10) and stats["policy/clipfrac"] == 0.0

@@ -25,7 +25,8 @@ class FakePolicy:
         self.published.append(version)
         return publish({"w": torch.tensor([float(version)])}, version)
 
-    def logprobs(self, seqs, attn):
+    def logprobs(self, seqs, attn, temperature=None):
+        self.temperatures = [*getattr(self, "temperatures", []), temperature]
         return torch.full((seqs.shape[0], seqs.shape[1] - 1), -1.0)
 
     def train(self, exp, step, kl_coef):
@@ -33,7 +34,8 @@ class FakePolicy:
 
 
 class FakeReference:
-    def logprobs(self, seqs, attn):
+    def logprobs(self, seqs, attn, temperature=None):
+        self.temperatures = [*getattr(self, "temperatures", []), temperature]
         return torch.full((seqs.shape[0], seqs.shape[1] - 1), -1.5)
 
 
@@ -60,6 +62,7 @@ class FakeWorker:
         return {"eos": EOS, "pad": PAD}
 
     def generate(self, prompts, sampling):
+        self.temperatures = [*getattr(self, "temperatures", []), sampling.temperature]
         version = 0 if self.restarted else self.version
         self.restarted = False
         n = len(prompts)
@@ -131,6 +134,19 @@ def test_one_step_runs_every_phase_and_records_the_metric_keys():
     assert record["policy/version"] == 1 and trainer.version == 1
     assert workers[0].version == 1 and workers[0].loaded == [1.0]  # the published version reached the worker
     assert record["prompts/triggered"] == 0.5 and points == []
+
+
+def test_an_annealed_temperature_reaches_the_workers_the_forwards_and_the_batch():
+    trainer, workers, _ = make_trainer(steps=3, temperature=2.0, temperature_final=1.0)
+    temps = []
+    for step in (1, 2, 3):
+        ro = trainer.generate(step)
+        exp = trainer.score_and_forward(ro)
+        temps.append(exp.temperature)
+    assert temps == [2.0, 1.5, 1.0] and workers[0].temperatures == [2.0, 1.5, 1.0]
+    assert trainer.roles.reference._obj.temperatures == trainer.roles.policy._obj.temperatures == [2.0, 1.5, 1.0]
+    record, _ = make_trainer(steps=3, temperature=2.0, temperature_final=1.0)[0].step(1)
+    assert record["rollout/temperature"] == 2.0
 
 
 def test_phases_can_be_called_one_by_one():
