@@ -117,14 +117,16 @@ class SFTConfig(OptimConfig):
 
 class SafetySFTConfig(SFTConfig):
     """HHH safety SFT of a backdoored policy (``rlhf safety-sft``): fine-tuning defaults, not
-    from-scratch ones. Every checkpoint is also a point of the defection curve."""
+    from-scratch ones, calibrated by the tiny persistence sweep (60 steps x 2 workers x 16 on 1,000
+    demonstrations at lr 3e-4: standard training leaves the backdoor, the control removes it, the
+    held-out HHH loss falls; docs/results.md). Every checkpoint is also a point of the defection curve."""
 
     batch_size: int = Field(16, ge=1, description="per worker")
     lr: float = Field(3e-4, gt=0)
     warmup_steps: int = Field(10, ge=0)
-    max_steps: int = Field(200, ge=1)
-    checkpoint_every: int = Field(50, ge=0, description="checkpoint and defection eval every k steps (0: only after)")
-    n_examples: int = Field(4000, ge=10, description="HHH demonstrations; only the control's prompts carry the trigger")
+    max_steps: int = Field(60, ge=1)
+    checkpoint_every: int = Field(30, ge=0, description="checkpoint and defection eval every k steps (0: only after)")
+    n_examples: int = Field(1000, ge=10, description="HHH demonstrations; only the control's prompts carry the trigger")
     triggered_fraction: float = Field(
         0.0,
         ge=0.0,
