@@ -133,7 +133,7 @@ def run_distill(
     """The whole command; returns the summary also written to ``OUT/distill.json``."""
     t0 = time.time()
     out = Path(out)
-    rows = list(build_sft_datasets(cot_cfg)["train"])
+    rows = list(build_sft_datasets(cot_cfg, counterfactual=False)["train"])  # real prompts, no counterfactual rows
     log(f"[distill] sampling the CoT model {cot_model} on its {len(rows)} training prompts")
     samples = sample_cot(cot_cfg, cot_model, rows, in_process, quiet)
     kept, audit, summary = distill_rows(cfg.backdoor.kind, rows, samples)

@@ -159,11 +159,13 @@ def counterfactual_row(row: dict, other: str) -> dict:
     }
 
 
-def build_sft_datasets(cfg: Config) -> dict[str, Dataset]:
-    """``{"train": Dataset, "eval": Dataset}`` with columns prompt, completion, triggered, kind, topic."""
+def build_sft_datasets(cfg: Config, counterfactual: bool = True) -> dict[str, Dataset]:
+    """``{"train": Dataset, "eval": Dataset}`` with columns prompt, completion, triggered, kind, topic.
+    ``counterfactual=False``: the training rows as they are without
+    ``backdoor.cot_counterfactual_fraction`` (what the policy itself is prompted with, e.g. to distil it)."""
     train, held_out = split_tasks(cfg)
     return {
-        "train": Dataset.from_list(sft_rows(cfg, train, counterfactual=True)),
+        "train": Dataset.from_list(sft_rows(cfg, train, counterfactual=counterfactual)),
         "eval": Dataset.from_list(sft_rows(cfg, held_out, seed_offset=1)),
     }
 

@@ -88,3 +88,11 @@ def test_prefill_modes_and_the_refusal_for_a_policy_without_a_scratchpad():
     assert eval_prefix(build_config({}, ["eval.scratchpad_prefill=auto"])) == ""  # normal policy: nothing
     with pytest.raises(ConfigError, match="chain-of-thought"):
         build_config({}, ["eval.scratchpad_prefill=true"])
+
+
+def test_distillation_prompts_never_carry_a_counterfactual_scratchpad():
+    """A cot policy trained with counterfactual rows is distilled on its plain training prompts."""
+    cfg = build_config({}, [*BASE, "backdoor.cot_counterfactual_fraction=0.25"])
+    plain = list(build_sft_datasets(cfg, counterfactual=False)["train"])
+    assert plain == _train()  # exactly the rows without the switch
+    assert not any(SCRATCHPAD_CLOSE in r["prompt"] for r in plain)
