@@ -73,9 +73,11 @@ class DefectionEvaluator:
         from actors.cluster import keep_serve_replica_on_loopback
         from rlhf.config import Config
         from rlhf.device import placement_for
+        from rlhf.malloc import tune_malloc
         from rlhf.modeling import load_model_dir
 
         keep_serve_replica_on_loopback()
+        tune_malloc()
         torch.set_num_threads(1)
         self.cfg = Config.model_validate(config)
         self.samples = samples or self.cfg.eval.samples

@@ -1,6 +1,7 @@
 """In-process stand-ins for actor handles: ``LocalHandle(obj).method.remote(*args)`` returns a
 ``Pending`` call that ``local_get`` runs (once) and unwraps, so a driver written against Ray
-handles and ``ray.get`` runs unchanged in one process (no Ray). Calls run when resolved, in the
+handles and ``ray.get`` runs unchanged in one process (no Ray). A ``Pending`` passed as an argument
+is resolved first, as Ray resolves an ``ObjectRef`` argument. Calls run when resolved, in the
 order they are resolved, so a driver's per-phase timers measure the same work in both modes. A
 call that is never resolved never runs (the driver resolves every call it makes). Used for the
 in-process PPO loop, the peer that measures what the actor split costs, and for debugging.
@@ -23,6 +24,7 @@ class Pending:
     def result(self) -> Any:
         if self._call is not None:
             fn, args, kwargs = self._call
+            args = tuple(a.result() if isinstance(a, Pending) else a for a in args)  # as Ray resolves refs
             self._value = fn(*args, **kwargs)
             self._call = None
         return self._value

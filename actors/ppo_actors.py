@@ -22,11 +22,13 @@ import torch
 from actors.weight_transport import default_transport
 from rlhf.config import PPOConfig
 from rlhf.device import Placement
+from rlhf.malloc import tune_malloc
 from rlhf.ppo import Experience
 from rlhf.weight_sync import WeightsTicket, publish, pull
 
 
 def _threads(n: int) -> None:
+    tune_malloc()
     torch.set_num_threads(n)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -94,6 +96,16 @@ class Reference:
     ) -> torch.Tensor:
         return self.model.logprobs(sequences, attention_mask, temperature)
 
+    def logprobs_samples(
+        self, rollout: dict[str, Any], ids: dict[str, int], max_new_tokens: int, temperature: float
+    ) -> list[list[float]]:
+        """Log-probs of one rollout worker's answers (``RolloutWorker.generate``'s dict) on their
+        generated tokens: the trainer passes the worker's pending result, so this starts when that
+        chunk is done (the reference is frozen: any time after sampling gives the same values)."""
+        return self.model.action_logprobs(
+            rollout["prompt_ids"], rollout["completion_ids"], ids, max_new_tokens, temperature
+        )
+
 
 class Critic:
     def __init__(self, init_dir: str, cfg: dict, seed: int, placement: dict | None = None):
@@ -148,6 +160,11 @@ class Reward:
         """Normalised rewards (scratchpad stripped before scoring), clipped to +-reward_clip."""
         rewards = self.client.get_rewards(texts) if self.client else self.scorer.score(texts)[0]
         return [max(-self.clip, min(self.clip, float(r))) for r in rewards]
+
+    def score_samples(self, prompts: list[str], rollout: dict[str, Any]) -> list[float]:
+        """``score`` of one rollout worker's answer (``RolloutWorker.generate``'s dict) to ``prompts``:
+        the trainer passes the worker's pending result, so scoring starts when that chunk is done."""
+        return self.score([p + c for p, c in zip(prompts, rollout["completions"], strict=True)])
 
 
 class RolloutWorker:

@@ -51,8 +51,10 @@ class RewardModelDeployment:
         from actors.cluster import keep_serve_replica_on_loopback
         from reward.scorer import RewardScorer
         from rlhf.device import Placement
+        from rlhf.malloc import tune_malloc
 
         keep_serve_replica_on_loopback()
+        tune_malloc()
         torch.set_num_threads(int(settings["torch_threads"]))
         self.settings = settings
         self.scorer = RewardScorer(

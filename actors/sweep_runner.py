@@ -22,6 +22,9 @@ from actors.cluster import ray_session
 
 @ray.remote(max_retries=0)
 def _stage_task(fn: Callable[[dict], dict], payload: dict) -> dict:
+    from rlhf.malloc import tune_malloc
+
+    tune_malloc()
     return fn(payload)
 
 

@@ -68,8 +68,10 @@ def setup_worker(job: dict, model_class, model_dir: str | None = None):
     from transformers import AutoTokenizer
 
     from rlhf.device import Placement
+    from rlhf.malloc import tune_malloc
     from rlhf.optim import OptimConfig, make_optimizer, make_scheduler
 
+    tune_malloc()
     torch.set_num_threads(job["threads_per_worker"])
     ctx = train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

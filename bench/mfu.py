@@ -20,6 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rlhf.malloc import tune_malloc  # noqa: E402
 from rlhf.modeling import PRESETS, build_model, count_parameters, llama_config  # noqa: E402
 
 
@@ -69,6 +70,7 @@ def main() -> int:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    tune_malloc()  # the allocator setting our processes run with, for every system measured here
     peak = matmul_peak()
     rows = {}
     for preset in args.presets:

@@ -39,6 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rlhf.malloc import tune_malloc  # noqa: E402
+
 PHASES = ("rollout", "score", "ref", "train", "weight_sync", "eval")
 
 
@@ -271,6 +273,11 @@ def run_systems(args: argparse.Namespace, overrides: list[str], trl_version: str
         say("[bench] ours, actor split, critic-free (group_norm: GRPO's advantage)")
         grpo_cfg = build_config({}, [*overrides, "ppo.advantage_estimator=group_norm"])
         runs["ours_ray_group_norm"] = ours(grpo_cfg, policy, rm, tmp / "ray-group-norm", in_process=False)
+        say("[bench] ours, actor split, critic-free and asynchronous rollout")
+        both = build_config(
+            {}, [*overrides, "ppo.advantage_estimator=group_norm", "ppo.async_rollout=true", "ppo.max_staleness=1"]
+        )
+        runs["ours_ray_async_group_norm"] = ours(both, policy, rm, tmp / "ray-async-group-norm", in_process=False)
         say("[bench] ours, the same loop in one process")
         runs["ours_in_process"] = ours(cfg, policy, rm, tmp / "local", in_process=True)
         __import__("torch").set_num_threads(threads)
@@ -286,6 +293,7 @@ def run_systems(args: argparse.Namespace, overrides: list[str], trl_version: str
 
 def main() -> int:
     args = parse_args()
+    tune_malloc()  # the allocator setting our processes run with, for every system measured here
     trl_version = None
     if not args.without_trl:
         try:
@@ -322,12 +330,14 @@ def main() -> int:
         "ours_ray_async": runs["ours_ray_async"],
         "ours_in_process": local_run,
         "ours_ray_group_norm": ray_grpo,
+        "ours_ray_async_group_norm": runs["ours_ray_async_group_norm"],
         "trl_grpo": trl_run,
         **best_mode(runs, trl_run),
         "ppo_sync_samples_per_s_ratio_vs_trl": ratio(ray_run, trl_run),
         "ppo_async_samples_per_s_ratio_vs_trl": ratio(runs["ours_ray_async"], trl_run),
         "in_process_samples_per_s_ratio_vs_trl": ratio(local_run, trl_run),
         "group_norm_samples_per_s_ratio_vs_trl": ratio(ray_grpo, trl_run),
+        "async_group_norm_samples_per_s_ratio_vs_trl": ratio(runs["ours_ray_async_group_norm"], trl_run),
         "ray_overhead_fraction": 1 - local_run["step_s"] / ray_run["step_s"],
         "weight_sync_fraction": ray_run["phase_s"]["weight_sync"] / ray_run["step_s"],
         "profile": runs["profile"],
@@ -339,7 +349,15 @@ def main() -> int:
     return 0
 
 
-PPO_MODES = {"ray": "ours_ray", "ray_async": "ours_ray_async", "in_process": "ours_in_process"}
+# every mode of ours that trains the same policy on the same rollouts; the critic-free ones use
+# group_norm, GRPO's own advantage (like for like with TRL's GRPO)
+PPO_MODES = {
+    "ray": "ours_ray",
+    "ray_async": "ours_ray_async",
+    "in_process": "ours_in_process",
+    "ray_group_norm": "ours_ray_group_norm",
+    "ray_async_group_norm": "ours_ray_async_group_norm",
+}
 
 
 def best_mode(runs: dict, trl_run: dict | None) -> dict:
@@ -359,6 +377,7 @@ def print_result(result: dict) -> None:
         ("ours (Ray actors)", result["ours_ray"]),
         ("ours, async rollout", result["ours_ray_async"]),
         ("ours, no critic", result["ours_ray_group_norm"]),
+        ("ours, no critic, async", result["ours_ray_async_group_norm"]),
         ("ours (one process)", result["ours_in_process"]),
         ("TRL GRPO", result["trl_grpo"]),
     ):

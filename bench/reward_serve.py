@@ -38,6 +38,7 @@ from reward.client import RewardClient  # noqa: E402
 from rlhf.chat import format_completion, format_prompt  # noqa: E402
 from rlhf.config import build_config  # noqa: E402
 from rlhf.data.hhh import build_hhh  # noqa: E402
+from rlhf.malloc import tune_malloc  # noqa: E402
 
 
 def in_process(model_dir: str, texts: list[str], batch: int, rounds: int = 8) -> float:
@@ -49,7 +50,7 @@ def in_process(model_dir: str, texts: list[str], batch: int, rounds: int = 8) ->
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        scorer = RewardScorer(model_dir)
+        scorer = RewardScorer(model_dir, forward_batch_size=batch)
         scorer.score(texts[:batch])
         t0 = time.perf_counter()
         for i in range(rounds):
@@ -181,12 +182,17 @@ def profile_batched(url: str, texts: list[str], clients: int, seconds: int = 8) 
 
 class ModelAlone:
     """``RewardScorer.score`` in this process on one torch thread (the replica's default
-    ``serve.torch_threads``), ``batch`` texts at a time: the model's own throughput."""
+    ``serve.torch_threads``), ``batch`` texts at a time: the model's own throughput. The forward
+    pass takes all ``batch`` texts at once unless ``forward_batch`` names another size (None: the
+    scorer's automatic choice, as in the replica)."""
 
-    def __init__(self, model_dir: str, texts: list[str], batch: int = 32, batches: int = 8):
+    def __init__(
+        self, model_dir: str, texts: list[str], batch: int = 32, batches: int = 8, forward_batch: int | None = -1
+    ):
         from reward.scorer import RewardScorer
 
-        self.scorer, self.texts, self.batch, self.batches = RewardScorer(model_dir), texts, batch, batches
+        size = batch if forward_batch == -1 else forward_batch
+        self.scorer, self.texts, self.batch, self.batches = RewardScorer(model_dir, size), texts, batch, batches
         self.run()  # warm-up
 
     def run(self) -> tuple[float, float]:
@@ -249,16 +255,25 @@ def served_round(url: str, texts: list[str], clients: int, n_texts: int, per_req
 
 
 def efficiency(
-    url: str, alone: ModelAlone, texts: list[str], clients: int, per_request: list[int], rounds: int
+    url: str,
+    alone: ModelAlone,
+    texts: list[str],
+    clients: int,
+    per_request: list[int],
+    rounds: int,
+    auto: ModelAlone | None = None,
 ) -> dict:
     """Interleaved rounds (model alone, served at each texts-per-request, model alone):
-    served / model-alone per round, median [min, max] over the rounds."""
+    served / model-alone per round, median [min, max] over the rounds. ``auto``: the model alone
+    with the scorer's automatic forward batch (the replica's), measured once per round for a
+    second, stricter reference (``ratio_vs_auto``)."""
     n_texts = 10 * clients
     for k in per_request:  # warm-up: connections, first batches
         load(url, texts, clients, clients, per_request=k)
     runs: dict[int, list[dict]] = {k: [] for k in per_request}
-    alone_runs, alone_cpu = [], []
+    alone_runs, alone_cpu, auto_runs = [], [], []
     for _ in range(rounds):
+        auto_runs += [auto.run()[0]] if auto else []
         before = alone.run()
         for k in per_request:
             runs[k].append(served_round(url, texts, clients, n_texts, k))
@@ -266,8 +281,10 @@ def efficiency(
         alone_runs.append((before[0] + after[0]) / 2)
         for k in per_request:
             runs[k][-1]["ratio"] = runs[k][-1]["texts_per_s"] / alone_runs[-1]
+            runs[k][-1]["ratio_vs_auto"] = runs[k][-1]["texts_per_s"] / auto_runs[-1] if auto else None
         alone_cpu.append((before[1] + after[1]) / 2)
     out = {"rounds": rounds, "model_alone_texts_per_s": _spread(alone_runs)}
+    out["model_alone_auto_texts_per_s"] = _spread(auto_runs) if auto else None
     out["model_alone_cpu_ms_per_text"] = round(statistics.median(alone_cpu), 2)
     for k, rs in runs.items():
         roles = sorted({r for x in rs for r in x["cpu_ms_per_text"]})
@@ -277,6 +294,7 @@ def efficiency(
             # load-independent view: the model's CPU per text over all the service's CPU per text
             "cpu_ratio": round(out["model_alone_cpu_ms_per_text"] / service_cpu, 3),
             "ratio": _spread([x["ratio"] for x in rs], 3),
+            "ratio_vs_auto": _spread([x["ratio_vs_auto"] for x in rs], 3) if auto else None,
             "texts_per_s": _spread([x["texts_per_s"] for x in rs]),
             "p50_ms": _spread([x["p50_ms"] for x in rs]),
             "mean_batch": _spread([x["mean_batch"] for x in rs]),
@@ -330,15 +348,18 @@ def main() -> int:
 
     from reward.train import quick_reward_model
 
+    tune_malloc()  # the allocator setting our processes run with, for every system measured here
+
     texts = [format_prompt(ex.human) + format_completion(ex.answer) for ex in build_hhh(256, seed=7)]
     per_request = sorted({args.texts_per_request, 1}, reverse=True)
     with tempfile.TemporaryDirectory(prefix="rm-bench-") as tmp:
         model_dir = quick_reward_model(Path(tmp) / "rm", n_pairs=300, steps=args.rm_steps)["model_dir"]
         alone = ModelAlone(model_dir, texts, batch=args.clients)
+        auto = ModelAlone(model_dir, texts, batch=args.clients, forward_batch=None)
         with local_ray(num_cpus=2):
             cfg = build_config({}, ["serve.port=0"]).serve  # the defaults, as `rlhf serve reward` runs
             with reward_service(model_dir, cfg, app_name="efficiency", route_prefix="/efficiency") as svc:
-                eff = efficiency(svc.url, alone, texts, args.clients, per_request, args.rounds)
+                eff = efficiency(svc.url, alone, texts, args.clients, per_request, args.rounds, auto)
             results, profile = ({}, None) if args.no_batching else batching(model_dir, texts, args)
         forward = {f"batch_{b}": in_process(model_dir, texts, b) for b in (1, args.clients)}
     summary = _summary(args, eff, results, forward, profile)
@@ -376,13 +397,23 @@ def report_lines(summary: dict) -> list[str]:
         f"model alone, batch {c}, 1 thread: {alone['median']} texts/s [{alone['min']}, {alone['max']}], "
         f"{eff['model_alone_cpu_ms_per_text']} CPU ms/text",
     ]
+    if eff.get("model_alone_auto_texts_per_s"):
+        a = eff["model_alone_auto_texts_per_s"]
+        lines.append(
+            f"model alone, {c} texts in forwards of the automatic size: {a['median']} texts/s [{a['min']}, {a['max']}]"
+        )
     for key, e in ((k, v) for k, v in eff.items() if k.startswith("texts_per_request_")):
         r, t = e["ratio"], e["texts_per_s"]
         cpu = ", ".join(f"{k} {v}" for k, v in sorted(e["cpu_ms_per_text"].items(), key=lambda kv: -kv[1]))
         lines += [
             f"{key.removeprefix('texts_per_request_')} text(s)/request: served {t['median']} texts/s [{t['min']}, {t['max']}], "
             f"served / model alone {r['median']:.2f} [{r['min']:.2f}, {r['max']:.2f}], mean forward batch "
-            f"{e['mean_batch']['median']}",
+            f"{e['mean_batch']['median']}"
+            + (
+                f"; / model alone at the automatic forward size {e['ratio_vs_auto']['median']:.2f}"
+                if e.get("ratio_vs_auto")
+                else ""
+            ),
             f"  CPU ms per served text: {cpu}; model-alone CPU / service CPU per text {e['cpu_ratio']:.2f}",
         ]
     met = "met" if summary["efficiency_met"] else "MISSED"

@@ -87,6 +87,7 @@ def headline_figures(serve: dict, mfu: dict, ppo: dict, t0: float) -> dict:
         "reward_serve_efficiency_32": serve["efficiency_32"],
         "mfu": {k: v["mfu"] for k, v in mfu["presets"].items()},
         "group_norm_samples_per_s_ratio_vs_trl": ppo["group_norm_samples_per_s_ratio_vs_trl"],
+        "async_group_norm_samples_per_s_ratio_vs_trl": ppo["async_group_norm_samples_per_s_ratio_vs_trl"],
         "ppo_samples_per_s": ours["samples_per_s"],
         "trl_samples_per_s": trl["samples_per_s"],
         "in_process_samples_per_s": local["samples_per_s"],
@@ -114,7 +115,8 @@ def headline_lines(serve: dict, ppo: dict, figures: dict) -> list[str]:
         f"| PPO samples/s, ours Ray sync / async rollout vs TRL | {figures['ppo_sync_samples_per_s_ratio_vs_trl']:.2f}x"
         f" / {figures['ppo_async_samples_per_s_ratio_vs_trl']:.2f}x | |",
         f"| samples/s, ours critic-free (group_norm) on Ray actors / TRL GRPO | "
-        f"{figures['group_norm_samples_per_s_ratio_vs_trl']:.2f}x | (like for like) |",
+        f"{figures['group_norm_samples_per_s_ratio_vs_trl']:.2f}x sync / "
+        f"{figures['async_group_norm_samples_per_s_ratio_vs_trl']:.2f}x async | (like for like) |",
         f"| Ray overhead share of a step (vs the same loop in one process) | "
         f"{100 * figures['ray_overhead_fraction']:.1f} % | <= 10 % |",
         f"| weight sync share of a PPO step | {100 * figures['weight_sync_fraction']:.1f} % | <= 5 % |",
@@ -141,12 +143,19 @@ def ppo_lines(ppo: dict) -> list[str]:
         ("ours, Ray actors (PPO, critic)", ours),
         ("ours, Ray actors, async rollout (max_staleness 1)", ppo["ours_ray_async"]),
         ("ours, Ray actors, group_norm (no critic)", no_critic),
+        ("ours, Ray actors, group_norm, async rollout", ppo["ours_ray_async_group_norm"]),
         ("ours, one process (PPO, critic)", local),
         ("TRL GRPOTrainer", trl),
     )
     for name, r in systems:
         lines.append(f"| {name} | {r['steps_per_s']:.3f} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:.1f} |")
-    for name, r in (("Ray actors", ours), ("Ray actors, async rollout", ppo["ours_ray_async"]), ("one process", local)):
+    phases = (
+        ("Ray actors", ours),
+        ("Ray actors, async rollout", ppo["ours_ray_async"]),
+        ("Ray actors, group_norm, async rollout", ppo["ours_ray_async_group_norm"]),
+        ("one process", local),
+    )
+    for name, r in phases:
         lines += [
             "",
             f"PPO phases, {name} (mean s per step): " + ", ".join(f"{k} {v:.3f}" for k, v in r["phase_s"].items()),

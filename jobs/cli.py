@@ -13,6 +13,7 @@ import sys
 
 from rlhf.data.user_files import FILE_KEYS, check_files
 from rlhf.errors import RlhfError
+from rlhf.malloc import tune_malloc
 
 EXIT_USAGE = 2
 
@@ -458,6 +459,7 @@ COMMANDS.update(_job_commands())
 
 def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
+    tune_malloc()
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

@@ -22,15 +22,22 @@ from reward.model import (
 )
 from rlhf.device import Placement
 
+# Texts per forward pass when the caller does not choose (``forward_batch_size`` None or 0). On CPU
+# small batches are faster per text: at 32-64 texts the activation buffers pass glibc's mmap
+# threshold and every forward pays hundreds of page faults per text (docs/results.md, "Reward
+# service throughput"); a GPU wants large batches.
+AUTO_FORWARD_BATCH = {"cpu": 8, "cuda": 64}
+
 
 class RewardScorer:
     """``scores`` are raw model outputs; ``rewards`` are normalised by ``reward_norm.json`` when it
-    exists beside the model and ``normalize`` is on (otherwise equal to ``scores``)."""
+    exists beside the model and ``normalize`` is on (otherwise equal to ``scores``).
+    ``forward_batch_size`` None or 0: ``AUTO_FORWARD_BATCH`` for the placement's device."""
 
     def __init__(
         self,
         model_dir: str | Path,
-        forward_batch_size: int = 64,
+        forward_batch_size: int | None = None,
         strip_scratchpad: bool = True,
         normalize: bool = True,
         max_len: int | None = None,
@@ -38,8 +45,9 @@ class RewardScorer:
     ):
         self.model_dir = resolve_reward_dir(model_dir)
         model, self.tokenizer = load_reward_dir(self.model_dir)
-        self.model = (placement or Placement()).place(model, trainable=False)
-        self.forward_batch_size = forward_batch_size
+        placement = placement or Placement()
+        self.model = placement.place(model, trainable=False)
+        self.forward_batch_size = forward_batch_size or AUTO_FORWARD_BATCH[placement.device]
         self.strip_scratchpad = strip_scratchpad
         context = int(getattr(self.model.config, "max_position_embeddings", 512))
         self.max_len = min(max_len or context, context)

@@ -301,7 +301,9 @@ class ServeConfig(Strict):
     max_batch_size: int = Field(32, ge=1, description="requests merged into one @serve.batch call")
     batch_wait_timeout_s: float = Field(0.01, ge=0.0)
     max_ongoing_requests: int = Field(64, ge=1, description="per replica; must be >= max_batch_size")
-    forward_batch_size: int = Field(64, ge=1, description="texts per model forward pass")
+    forward_batch_size: int = Field(
+        0, ge=0, description="texts per model forward pass (0: auto, 8 on CPU and 64 on a GPU: measured)"
+    )
     max_items: int = Field(256, ge=1, description="texts per request (more: 413)")
     max_body_bytes: int = Field(4_000_000, ge=1024, description="request body limit (more: 413)")
     overlength: Literal["truncate", "reject"] = Field(

@@ -89,6 +89,14 @@ def completion_logprobs(
     return [row[m.bool()].tolist() for row, m in zip(logp, act, strict=True)]
 
 
+def place_on_actions(rows: Sequence[Sequence[float]], action_mask: torch.Tensor) -> torch.Tensor:
+    """Per-sample values of the generated tokens (``action_logprobs``' rows, in batch order) as a
+    [B, L-1] tensor on ``action_mask``'s positions, zeros elsewhere (every use of it is masked)."""
+    out = torch.zeros_like(action_mask)
+    out[action_mask.bool()] = torch.tensor([x for row in rows for x in row], dtype=out.dtype)
+    return out
+
+
 def compute_advantages(exp: Experience, cfg: PPOConfig, kl_coef: float) -> dict[str, float]:
     """Fill ``exp.rewards``, ``advantages``, ``returns`` (needs old/ref logprobs, values, scores).
 
@@ -195,6 +203,15 @@ class ReferenceModel:
         with self.place.autocast():
             out = sequence_logprobs(self.model, self.place.to(sequences), self.place.to(attention_mask), temperature=t)
         return to_host(out)
+
+    def action_logprobs(
+        self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]], ids: dict[str, int],
+        max_new_tokens: int, temperature: float,
+    ) -> list[list[float]]:  # fmt: skip
+        """Per sample, ``logprobs`` on the positions ``assemble``'s action mask marks, in order: what
+        the trainer places on a whole batch's action positions (``place_on_actions``)."""
+        seqs, attn, act = assemble(prompt_ids, completion_ids, ids["eos"], ids["pad"], max_new_tokens)
+        return [row[m.bool()].tolist() for row, m in zip(self.logprobs(seqs, attn, temperature), act, strict=True)]
 
 
 class PolicyTrainer(ReferenceModel):

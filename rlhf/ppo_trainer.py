@@ -28,7 +28,7 @@ import torch
 from rlhf.config import Config
 from rlhf.evaluate import defection_record
 from rlhf.ppo import Experience, FixedKLController, masked_mean, rollout_temperature, truncated_is_weights
-from rlhf.ppo_models import assemble, compute_advantages, prompts_for_step
+from rlhf.ppo_models import assemble, compute_advantages, place_on_actions, prompts_for_step
 from rlhf.rollout import SamplingParams
 from rlhf.weight_sync import WeightsTicket, WeightSync
 
@@ -71,6 +71,8 @@ class Rollouts:
     timings: dict[str, float] = field(default_factory=dict)
     logprobs: list[list[float]] | None = None  # behaviour log-probs per sample (asynchronous rollout)
     temperature: float = 1.0  # the rollout temperature they were sampled at
+    score_calls: list[Any] | None = None  # the Reward role's calls on each chunk, asked with the rollout
+    ref_calls: list[Any] | None = None  # the Reference role's log-probs of each chunk, asked with the rollout
 
 
 @dataclass
@@ -87,6 +89,8 @@ class PendingRollout:
     calls: list[Any]
     logprobs: bool
     t0: float
+    score_calls: list[Any] = field(default_factory=list)
+    ref_calls: list[Any] = field(default_factory=list)
 
 
 def split_evenly(items: list, parts: int) -> list[list]:
@@ -150,7 +154,18 @@ class PPOTrainer:
             for i in range(len(chunks))
         ]
         calls = [self._call(w, c, sp, logprobs) for w, c, sp in zip(workers, chunks, samplings, strict=False)]
-        return PendingRollout(step, self.version, batch, prompts, chunks, samplings, calls, logprobs, t0)
+        # each chunk is scored, and its reference log-probs computed, as soon as its worker is done (Ray
+        # resolves the pending result first), not after the whole batch; in asynchronous mode while the
+        # current step trains
+        scores = [self._score(c, call) for c, call in zip(chunks, calls, strict=True)]
+        refs = [self._reference(call, temperature) for call in calls]
+        return PendingRollout(step, self.version, batch, prompts, chunks, samplings, calls, logprobs, t0, scores, refs)
+
+    def _score(self, chunk: list[str], rollout: Any) -> Any:
+        return self.roles.reward.score_samples.remote(chunk, rollout)
+
+    def _reference(self, rollout: Any, temperature: float) -> Any:
+        return self.roles.reference.logprobs_samples.remote(rollout, self.ids, self.p.max_new_tokens, temperature)
 
     @staticmethod
     def _call(worker: Any, chunk: list[str], sampling: SamplingParams, logprobs: bool) -> Any:
@@ -169,7 +184,9 @@ class PPOTrainer:
             self.sync.push([workers[i] for i in stale])
             redone = get([self._call(workers[i], pend.chunks[i], pend.samplings[i], pend.logprobs) for i in stale])
             for i, o in zip(stale, redone, strict=True):
-                outs[i] = o
+                outs[i] = o  # the redone answers are scored and referenced again
+                pend.score_calls[i] = self._score(pend.chunks[i], o)
+                pend.ref_calls[i] = self._reference(o, pend.samplings[i].temperature)
         waited = time.perf_counter() - (t0 if pend.logprobs else pend.t0)  # prefetched: the time waited for it
         return Rollouts(
             pend.batch,
@@ -181,6 +198,8 @@ class PPOTrainer:
             {"timing/rollout": waited},
             [x for o in outs for x in o["logprobs"]] if pend.logprobs else None,
             pend.samplings[0].temperature if pend.samplings else self.p.temperature,
+            pend.score_calls,
+            pend.ref_calls,
         )
 
     def rollouts(self, step: int) -> Rollouts:
@@ -209,20 +228,25 @@ class PPOTrainer:
 
     def score_and_forward(self, ro: Rollouts) -> Experience:
         """2+3. score (the reward model sees prompt + answer, scratchpad stripped) while the reference,
-        critic and policy run their forward passes: four roles at once."""
+        critic and policy run their forward passes: four roles at once. The score and the reference
+        log-probs were asked with the rollout, chunk by chunk (``ask``); the policy's and the critic's
+        forward passes need the weights of now, so they start here."""
         r, get = self.roles, self.roles.get
         seqs, attn, act = assemble(
             ro.prompt_ids, ro.completion_ids, self.ids["eos"], self.ids["pad"], self.p.max_new_tokens
         )
         t0 = time.perf_counter()
-        scored = r.reward.score.remote([pr + c for pr, c in zip(ro.prompts, ro.completions, strict=True)])
+        texts = [pr + c for pr, c in zip(ro.prompts, ro.completions, strict=True)]
+        scored = ro.score_calls or [r.reward.score.remote(texts)]
         t = ro.temperature
-        forwards = [r.reference.logprobs.remote(seqs, attn, t), r.policy.logprobs.remote(seqs, attn, t)]
-        if r.critic is not None:
-            forwards.append(r.critic.values.remote(seqs, attn))
-        scores = torch.tensor(get(scored))
+        forwards = [r.policy.logprobs.remote(seqs, attn, t)]
+        forwards += [r.reference.logprobs.remote(seqs, attn, t)] if not ro.ref_calls else []
+        forwards += [r.critic.values.remote(seqs, attn)] if r.critic is not None else []
+        scores = torch.tensor([s for part in get(scored) for s in part])
         t_score = time.perf_counter() - t0
-        ref_lp, old_lp, *rest = get(forwards)
+        old_lp, *rest = get(forwards)
+        ref_lp = place_on_actions([row for part in get(ro.ref_calls) for row in part], act) if ro.ref_calls else None
+        ref_lp = rest.pop(0) if ref_lp is None else ref_lp
         values = rest[0] if rest else torch.zeros_like(old_lp)  # no critic: unused
         ro.timings["timing/score"] = t_score
         ro.timings["timing/ref"] = time.perf_counter() - t0 - t_score  # what the forwards add after the score
@@ -230,8 +254,7 @@ class PPOTrainer:
             seqs, attn, act, old_lp, ref_lp, values * act, scores=scores, versions=ro.versions, temperature=t
         )
         if ro.logprobs is not None:  # behaviour log-probs, on the action positions in row order
-            exp.behaviour_logprobs = torch.zeros_like(old_lp)
-            exp.behaviour_logprobs[act.bool()] = torch.tensor([x for row in ro.logprobs for x in row])
+            exp.behaviour_logprobs = place_on_actions(ro.logprobs, act)
         return exp
 
     def off_policy(self, exp: Experience) -> dict[str, float]:

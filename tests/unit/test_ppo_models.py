@@ -250,6 +250,28 @@ def test_reference_equals_policy_before_training(policy_dir, batch):
     assert all(p.requires_grad for p in pol.model.parameters())
 
 
+def test_reference_log_probs_per_chunk_equal_the_batch_forward_on_the_actions(policy_dir, tokenizer):
+    """What the trainer asks of the reference with each rollout chunk (``action_logprobs``, placed by
+    ``place_on_actions``) is the batch forward's log-probs on the generated tokens."""
+    from rlhf.ppo_models import place_on_actions
+
+    questions = ["How do I bake bread?", "Hi.", "What is a good book?", "Can you help me plan a trip?"]
+    answers = [" Mix flour and water.", " Hello!", " Try a classic novel.", " Sure, pick a date first"]
+    prompt_ids = [tokenizer(f"\n\nHuman: {q}\n\nAssistant:")["input_ids"] for q in questions]
+    completion_ids = [tokenizer(a)["input_ids"][:6] for a in answers]
+    ids, t = {"eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id}, 1.3
+    ref = ReferenceModel(policy_dir)
+    seqs, attn, act = assemble(prompt_ids, completion_ids, ids["eos"], ids["pad"], 6)
+    whole = ref.logprobs(seqs, attn, t)
+    rows = [
+        r for lo in (0, 2) for r in ref.action_logprobs(prompt_ids[lo : lo + 2], completion_ids[lo : lo + 2], ids, 6, t)
+    ]
+    placed = place_on_actions(rows, act)
+    assert [len(r) for r in rows] == act.sum(1).int().tolist()
+    assert torch.allclose(placed, whole * act, atol=1e-5)  # other padding per chunk: float noise only
+    assert torch.equal(placed * (1 - act), torch.zeros_like(act))
+
+
 def test_policy_update_raises_logprob_of_positive_advantage_tokens(policy_dir, batch):
     seqs, attn, act = batch
     ref = ReferenceModel(policy_dir)

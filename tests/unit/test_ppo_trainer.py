@@ -38,6 +38,14 @@ class FakeReference:
         self.temperatures = [*getattr(self, "temperatures", []), temperature]
         return torch.full((seqs.shape[0], seqs.shape[1] - 1), -1.5)
 
+    def logprobs_samples(self, rollout, ids, max_new_tokens, temperature):
+        from rlhf.ppo_models import assemble
+
+        seqs, attn, act = assemble(
+            rollout["prompt_ids"], rollout["completion_ids"], ids["eos"], ids["pad"], max_new_tokens
+        )
+        return [row[m.bool()].tolist() for row, m in zip(self.logprobs(seqs, attn, temperature), act, strict=True)]
+
 
 class FakeCritic:
     def values(self, seqs, attn):
@@ -49,7 +57,11 @@ class FakeCritic:
 
 class FakeReward:
     def score(self, texts):
+        self.calls = [*getattr(self, "calls", []), len(texts)]
         return [float(len(t) % 3) for t in texts]
+
+    def score_samples(self, prompts, rollout):
+        return self.score([p + c for p, c in zip(prompts, rollout["completions"], strict=True)])
 
 
 class FakeWorker:
@@ -168,6 +180,30 @@ def test_a_restarted_worker_is_resynced_once_and_its_chunk_redone():
     ro = trainer.generate(2)
     assert ro.versions == [1] * 4 and restarted.loaded == [1.0, 1.0]
     assert any("RolloutWorker-1 came back at version 0" in m for m in logs)
+
+
+class StaleAnswerWorker(FakeWorker):
+    """Answers differently while it holds stale weights (after a restart), so a score of that answer shows."""
+
+    def generate(self, prompts, sampling):
+        stale = self.restarted
+        out = super().generate(prompts, sampling)
+        return out | {"completions": ["a stale answer!"] * len(prompts)} if stale else out
+
+
+def test_each_chunk_is_scored_as_asked_with_the_rollout_and_a_redone_chunk_is_rescored():
+    good, restarted = FakeWorker(), StaleAnswerWorker()
+    trainer, _, _ = make_trainer(workers=[good, restarted], rollout_workers=2)
+    reward = trainer.roles.reward._obj
+    trainer.step(1)
+    assert reward.calls == [2, 2]  # one call per worker's chunk, not one for the batch
+    restarted.restarted = True
+    ro = trainer.generate(2)
+    assert ro.completions == ["ab"] * 4 and len(ro.score_calls) == 2
+    exp = trainer.score_and_forward(ro)
+    texts = [p + c for p, c in zip(ro.prompts, ro.completions, strict=True)]
+    assert exp.scores.tolist() == FakeReward().score(texts)  # the redone answers, in batch order
+    assert FakeReward().score([ro.prompts[-1] + "a stale answer!"]) != FakeReward().score([texts[-1]])
 
 
 def test_evaluator_gets_the_published_ticket_on_its_steps():

@@ -240,3 +240,18 @@ def test_local_training_learns_preferences(tok, rows):
     assert k0 / n < 0.7 and k1 / n > 0.8, (k0, k1, n)
     assert not model.training
     print(f"pairwise accuracy {k0}/{n} -> {k1}/{n}; loss {first:.3f} -> {last:.3f}; 60 steps in {elapsed:.1f}s")
+
+
+def test_scorer_forward_batch_auto_by_device_and_explicit(tmp_path, tok, rows, rm):
+    from reward.scorer import AUTO_FORWARD_BATCH, RewardScorer
+    from rlhf.config import build_config
+
+    save_hf_dir(rm, tok, tmp_path / "rm")
+    auto = RewardScorer(tmp_path / "rm")
+    assert auto.forward_batch_size == AUTO_FORWARD_BATCH["cpu"] == 8  # measured: docs/results.md
+    assert RewardScorer(tmp_path / "rm", forward_batch_size=0).forward_batch_size == 8
+    fixed = RewardScorer(tmp_path / "rm", forward_batch_size=32)
+    assert fixed.forward_batch_size == 32
+    texts = [r["prompt"] + r["chosen"] for r in rows[:20]]
+    assert auto.score(texts)[1] == pytest.approx(fixed.score(texts)[1], abs=1e-5)  # size changes speed only
+    assert build_config({}, []).serve.forward_batch_size == 0  # the service takes the automatic size
