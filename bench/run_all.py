@@ -6,7 +6,10 @@ at 32 clients), MFU per preset, and our
 PPO (Ray actor split and the same loop in one process) against TRL's GRPO trainer, with the
 per-phase breakdown and a torch.profiler pass. Each runs in its own process.
 
-    python bench/run_all.py [--json] [--ppo-steps 20]
+    python bench/run_all.py [--json] [--ppo-steps 20] [--long-steps 10]
+
+PPO runs twice: the default setting (48 new tokens) and a longer-generation one (128 new tokens,
+where sampling is a larger share of the step and the asynchronous rollout has more to hide).
 """
 
 from __future__ import annotations
@@ -57,13 +60,18 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--ppo-steps", type=int, default=20)
+    ap.add_argument("--long-steps", type=int, default=10, help="steps of the longer-generation PPO setting")
     args = ap.parse_args()
     t0 = time.perf_counter()
     serve = run_json("reward_serve.py")
     mfu = run_json("mfu.py")
     ppo = run_json("ppo_vs_trl.py", "--steps", str(args.ppo_steps))
-    figures = headline_figures(serve, mfu, ppo, t0)
-    lines = headline_lines(serve, ppo, figures) + ppo_lines(ppo) + serve_lines(serve)
+    long = run_json(
+        "ppo_vs_trl.py", "--steps", str(args.long_steps), "--max-new-tokens", str(LONG_TOKENS), "--no-profile"
+    )
+    figures = headline_figures(serve, mfu, ppo, t0) | long_figures(long)
+    figures["wall_s"] = round(time.perf_counter() - t0, 1)
+    lines = headline_lines(serve, ppo, figures) + ppo_lines(ppo, long) + serve_lines(serve)
     lines += ["", f"run_all wall time: {figures['wall_s']:.0f} s"]
     (ROOT / "bench" / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     if args.json:
@@ -97,6 +105,20 @@ def headline_figures(serve: dict, mfu: dict, ppo: dict, t0: float) -> dict:
     return figures
 
 
+LONG_TOKENS = 128  # the longer-generation setting: generation a larger share of the step
+
+
+def long_figures(long: dict) -> dict:
+    """The longer-generation setting's ratios against TRL (``long_generation_*``)."""
+    return {
+        "long_generation_max_new_tokens": long["setup"]["max_new_tokens"],
+        "long_generation_ppo_samples_per_s_ratio_vs_trl": long["ppo_samples_per_s_ratio_vs_trl"],
+        "long_generation_ppo_best_mode": long["ppo_best_mode"],
+        "long_generation_ppo_sync_samples_per_s_ratio_vs_trl": long["ppo_sync_samples_per_s_ratio_vs_trl"],
+        "long_generation_ppo_async_samples_per_s_ratio_vs_trl": long["ppo_async_samples_per_s_ratio_vs_trl"],
+    }
+
+
 def headline_lines(serve: dict, ppo: dict, figures: dict) -> list[str]:
     """The title, the machine line and the table of figures against their goals."""
     lines = [
@@ -112,6 +134,9 @@ def headline_lines(serve: dict, ppo: dict, figures: dict) -> list[str]:
         f"batch 32 | {100 * serve['efficiency_32']:.0f} % | >= 80 % |",
         f"| PPO samples/s, ours (best mode: {figures['ppo_best_mode']}) / TRL {ppo['setup']['trl']} GRPO | "
         f"{figures['ppo_samples_per_s_ratio_vs_trl']:.2f}x | >= 1.5x |",
+        f"| the same, {figures['long_generation_max_new_tokens']} new tokens (best mode: "
+        f"{figures['long_generation_ppo_best_mode']}) | {figures['long_generation_ppo_samples_per_s_ratio_vs_trl']:.2f}x"
+        " | >= 1.5x |",
         f"| PPO samples/s, ours Ray sync / async rollout vs TRL | {figures['ppo_sync_samples_per_s_ratio_vs_trl']:.2f}x"
         f" / {figures['ppo_async_samples_per_s_ratio_vs_trl']:.2f}x | |",
         f"| samples/s, ours critic-free (group_norm) on Ray actors / TRL GRPO | "
@@ -125,30 +150,36 @@ def headline_lines(serve: dict, ppo: dict, figures: dict) -> list[str]:
     return lines
 
 
-def ppo_lines(ppo: dict) -> list[str]:
-    """Our PPO against TRL's GRPO: throughput per system, phases, the profiler pass."""
-    ours, local, trl = ppo["ours_ray"], ppo["ours_in_process"], ppo["trl_grpo"]
-    no_critic = ppo["ours_ray_group_norm"]
-    lines: list[str] = []
+def systems_table(ppo: dict) -> list[str]:
+    """Throughput per system of one ``ppo_vs_trl.py`` run, with its setting in a heading line."""
     setup = ppo["setup"]
-    lines += [
+    lines = [
         "",
         f"PPO vs TRL: tiny policy, {setup['prompts_per_step']} prompts x {setup['samples_per_prompt']} samples per "
-        f"step, {setup['max_new_tokens']} new tokens, {setup['steps']} steps each (the first is warm-up).",
+        f"step, {setup['max_new_tokens']} new tokens, {setup['steps']} steps each (the first is warm-up); "
+        f"best mode of ours {ppo['ppo_best_mode']}: {ppo['ppo_samples_per_s_ratio_vs_trl']:.2f}x TRL.",
         "",
         "| system | steps/s | samples/s | tokens/s |",
         "|---|---|---|---|",
     ]
     systems = (
-        ("ours, Ray actors (PPO, critic)", ours),
+        ("ours, Ray actors (PPO, critic)", ppo["ours_ray"]),
         ("ours, Ray actors, async rollout (max_staleness 1)", ppo["ours_ray_async"]),
-        ("ours, Ray actors, group_norm (no critic)", no_critic),
+        ("ours, Ray actors, group_norm (no critic)", ppo["ours_ray_group_norm"]),
         ("ours, Ray actors, group_norm, async rollout", ppo["ours_ray_async_group_norm"]),
-        ("ours, one process (PPO, critic)", local),
-        ("TRL GRPOTrainer", trl),
+        ("ours, one process (PPO, critic)", ppo["ours_in_process"]),
+        ("TRL GRPOTrainer", ppo["trl_grpo"]),
     )
     for name, r in systems:
         lines.append(f"| {name} | {r['steps_per_s']:.3f} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:.1f} |")
+    return lines
+
+
+def ppo_lines(ppo: dict, long: dict) -> list[str]:
+    """Our PPO against TRL's GRPO: throughput per system (the default and the longer-generation
+    setting), phases, the profiler pass."""
+    ours, local = ppo["ours_ray"], ppo["ours_in_process"]
+    lines = systems_table(ppo) + systems_table(long)
     phases = (
         ("Ray actors", ours),
         ("Ray actors, async rollout", ppo["ours_ray_async"]),
