@@ -340,11 +340,22 @@ class Experience:
         picked.versions = [self.versions[i] for i in index.tolist()] if self.versions else []
         return picked
 
+    def trimmed(self) -> Experience:
+        """The same samples without the padding columns no sample of theirs reaches: [B, L] fields cut to
+        the longest sequence, [B, L-1] fields to one less. Exact for right-padded causal models (a
+        position never sees a later one); a minibatch of short samples then costs what they need."""
+        width = int(self.attention_mask.sum(1).max()) if len(self) else 0
+        full = self.sequences.shape[1]
+        if width >= full:
+            return self
+        return self._map(lambda t: t[:, :width] if t.dim() == 2 and t.shape[1] == full else
+                         t[:, : width - 1] if t.dim() == 2 and t.shape[1] == full - 1 else t)  # fmt: skip
+
     def minibatches(self, size: int, generator: torch.Generator | None = None) -> Iterator[Experience]:
         """Shuffle along the batch dim with ``generator`` and yield consecutive chunks of ``size`` samples
-        (the last may be smaller); every sample appears exactly once."""
+        (the last may be smaller), each ``trimmed`` of its padding; every sample appears exactly once."""
         if size <= 0:
             raise ValueError(f"minibatch size must be positive, got {size}")
         order = torch.randperm(len(self), generator=generator)
         for start in range(0, len(self), size):
-            yield self.select(order[start : start + size])
+            yield self.select(order[start : start + size]).trimmed()

@@ -272,6 +272,28 @@ def test_reference_log_probs_per_chunk_equal_the_batch_forward_on_the_actions(po
     assert torch.equal(placed * (1 - act), torch.zeros_like(act))
 
 
+def test_minibatches_drop_the_padding_their_samples_never_reach(policy_dir, batch):
+    seqs, attn, act = batch
+    ref = ReferenceModel(policy_dir)
+    exp = make_exp(batch, ref)
+    lengths = attn.sum(1)
+    short = torch.argsort(lengths)[:2]  # the two shortest samples
+    mb = exp.select(short).trimmed()
+    width = int(lengths[short].max())
+    assert width < seqs.shape[1] and mb.sequences.shape == (2, width) and mb.action_mask.shape == (2, width - 1)
+    assert mb.old_logprobs.shape == mb.advantages.shape == (2, width - 1) and mb.scores.shape == (2,)
+    assert torch.equal(mb.action_mask.sum(1), act[short].sum(1))  # no generated token is cut
+    torch.testing.assert_close(
+        ref.logprobs(mb.sequences, mb.attention_mask) * mb.action_mask,
+        mb.old_logprobs * mb.action_mask,
+        atol=1e-5,
+        rtol=1e-5,
+    )
+    assert exp.trimmed() is exp  # the longest sample fills the batch: nothing to cut
+    seen = [mb.sequences.shape[1] for mb in exp.minibatches(2, torch.Generator().manual_seed(0))]
+    assert max(seen) == seqs.shape[1] and sum(len(m) for m in exp.minibatches(2)) == len(exp)
+
+
 def test_policy_update_raises_logprob_of_positive_advantage_tokens(policy_dir, batch):
     seqs, attn, act = batch
     ref = ReferenceModel(policy_dir)
