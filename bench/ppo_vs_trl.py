@@ -280,6 +280,8 @@ def run_systems(args: argparse.Namespace, overrides: list[str], trl_version: str
         runs["ours_ray_async_group_norm"] = ours(both, policy, rm, tmp / "ray-async-group-norm", in_process=False)
         say("[bench] ours, the same loop in one process")
         runs["ours_in_process"] = ours(cfg, policy, rm, tmp / "local", in_process=True)
+        say("[bench] ours, one process, critic-free (group_norm)")
+        runs["ours_in_process_group_norm"] = ours(grpo_cfg, policy, rm, tmp / "local-group-norm", in_process=True)
         __import__("torch").set_num_threads(threads)
         runs["trl_grpo"] = None
         if trl_version:
@@ -331,6 +333,7 @@ def main() -> int:
         "ours_in_process": local_run,
         "ours_ray_group_norm": ray_grpo,
         "ours_ray_async_group_norm": runs["ours_ray_async_group_norm"],
+        "ours_in_process_group_norm": runs["ours_in_process_group_norm"],
         "trl_grpo": trl_run,
         **best_mode(runs, trl_run),
         "ppo_sync_samples_per_s_ratio_vs_trl": ratio(ray_run, trl_run),
@@ -357,6 +360,7 @@ PPO_MODES = {
     "in_process": "ours_in_process",
     "ray_group_norm": "ours_ray_group_norm",
     "ray_async_group_norm": "ours_ray_async_group_norm",
+    "in_process_group_norm": "ours_in_process_group_norm",
 }
 
 
@@ -378,6 +382,7 @@ def print_result(result: dict) -> None:
         ("ours, async rollout", result["ours_ray_async"]),
         ("ours, no critic", result["ours_ray_group_norm"]),
         ("ours, no critic, async", result["ours_ray_async_group_norm"]),
+        ("ours, no critic, 1 proc", result["ours_in_process_group_norm"]),
         ("ours (one process)", result["ours_in_process"]),
         ("TRL GRPO", result["trl_grpo"]),
     ):

@@ -168,6 +168,7 @@ def systems_table(ppo: dict) -> list[str]:
         ("ours, Ray actors, group_norm (no critic)", ppo["ours_ray_group_norm"]),
         ("ours, Ray actors, group_norm, async rollout", ppo["ours_ray_async_group_norm"]),
         ("ours, one process (PPO, critic)", ppo["ours_in_process"]),
+        ("ours, one process, group_norm (no critic)", ppo["ours_in_process_group_norm"]),
         ("TRL GRPOTrainer", ppo["trl_grpo"]),
     )
     for name, r in systems:

@@ -7,7 +7,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SYSTEMS = ("ours_ray", "ours_ray_async", "ours_ray_group_norm", "ours_ray_async_group_norm", "ours_in_process")
+SYSTEMS = (
+    "ours_ray",
+    "ours_ray_async",
+    "ours_ray_group_norm",
+    "ours_ray_async_group_norm",
+    "ours_in_process",
+    "ours_in_process_group_norm",
+)
 
 
 def fake_ppo(tokens: int, best: float) -> dict:
