@@ -86,7 +86,13 @@ def completion_logprobs(
     seqs, attn, act = assemble(prompt_ids, completion_ids, ids["eos"], ids["pad"], max_new_tokens)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     logp = sequence_logprobs(model, seqs.to(device), attn.to(device), temperature=temperature).float().cpu()
-    return [row[m.bool()].tolist() for row, m in zip(logp, act, strict=True)]
+    return action_rows(logp, act)
+
+
+def action_rows(values: torch.Tensor, action_mask: torch.Tensor) -> list[list[float]]:
+    """Per sample, the entries of ``values`` [B, L-1] on its action positions, in order (the inverse of
+    ``place_on_actions``)."""
+    return [row[m.bool()].tolist() for row, m in zip(values, action_mask, strict=True)]
 
 
 def place_on_actions(rows: Sequence[Sequence[float]], action_mask: torch.Tensor) -> torch.Tensor:
@@ -211,7 +217,7 @@ class ReferenceModel:
         """Per sample, ``logprobs`` on the positions ``assemble``'s action mask marks, in order: what
         the trainer places on a whole batch's action positions (``place_on_actions``)."""
         seqs, attn, act = assemble(prompt_ids, completion_ids, ids["eos"], ids["pad"], max_new_tokens)
-        return [row[m.bool()].tolist() for row, m in zip(self.logprobs(seqs, attn, temperature), act, strict=True)]
+        return action_rows(self.logprobs(seqs, attn, temperature), act)
 
 
 class PolicyTrainer(ReferenceModel):

@@ -71,8 +71,8 @@ class Rollouts:
     timings: dict[str, float] = field(default_factory=dict)
     logprobs: list[list[float]] | None = None  # behaviour log-probs per sample (asynchronous rollout)
     temperature: float = 1.0  # the rollout temperature they were sampled at
-    score_calls: list[Any] | None = None  # the Reward role's calls on each chunk, asked with the rollout
-    ref_calls: list[Any] | None = None  # the Reference role's log-probs of each chunk, asked with the rollout
+    score_calls: list[Any] = field(default_factory=list)  # the Reward role's calls, one per chunk (``ask``)
+    ref_calls: list[Any] = field(default_factory=list)  # the Reference role's log-probs, one per chunk
 
 
 @dataclass
@@ -236,17 +236,13 @@ class PPOTrainer:
             ro.prompt_ids, ro.completion_ids, self.ids["eos"], self.ids["pad"], self.p.max_new_tokens
         )
         t0 = time.perf_counter()
-        texts = [pr + c for pr, c in zip(ro.prompts, ro.completions, strict=True)]
-        scored = ro.score_calls or [r.reward.score.remote(texts)]
         t = ro.temperature
         forwards = [r.policy.logprobs.remote(seqs, attn, t)]
-        forwards += [r.reference.logprobs.remote(seqs, attn, t)] if not ro.ref_calls else []
         forwards += [r.critic.values.remote(seqs, attn)] if r.critic is not None else []
-        scores = torch.tensor([s for part in get(scored) for s in part])
+        scores = torch.tensor([s for part in get(ro.score_calls) for s in part])
         t_score = time.perf_counter() - t0
         old_lp, *rest = get(forwards)
-        ref_lp = place_on_actions([row for part in get(ro.ref_calls) for row in part], act) if ro.ref_calls else None
-        ref_lp = rest.pop(0) if ref_lp is None else ref_lp
+        ref_lp = place_on_actions([row for part in get(ro.ref_calls) for row in part], act)
         values = rest[0] if rest else torch.zeros_like(old_lp)  # no critic: unused
         ro.timings["timing/score"] = t_score
         ro.timings["timing/ref"] = time.perf_counter() - t0 - t_score  # what the forwards add after the score
