@@ -51,9 +51,9 @@ class Policy:
         self.config_yaml = saved.read_text(encoding="utf-8") if saved.is_file() else None
 
     def logprobs(
-        self, sequences: torch.Tensor, attention_mask: torch.Tensor, temperature: float | None = None
+        self, sequences: torch.Tensor, attention_mask: torch.Tensor, temperature: float | None = None, first: int = 0
     ) -> torch.Tensor:
-        return self.trainer.logprobs(sequences, attention_mask, temperature)
+        return self.trainer.logprobs(sequences, attention_mask, temperature, first)
 
     def train(self, exp: Experience, step: int, kl_coef: float) -> dict[str, float]:
         self.trainer.kl_coef = kl_coef
@@ -92,9 +92,9 @@ class Reference:
         self.model = ReferenceModel(policy_dir, temperature, Placement.from_dict(placement))
 
     def logprobs(
-        self, sequences: torch.Tensor, attention_mask: torch.Tensor, temperature: float | None = None
+        self, sequences: torch.Tensor, attention_mask: torch.Tensor, temperature: float | None = None, first: int = 0
     ) -> torch.Tensor:
-        return self.model.logprobs(sequences, attention_mask, temperature)
+        return self.model.logprobs(sequences, attention_mask, temperature, first)
 
     def logprobs_samples(
         self, rollout: dict[str, Any], ids: dict[str, int], max_new_tokens: int, temperature: float

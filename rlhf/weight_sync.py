@@ -71,13 +71,21 @@ class WeightSync:
     def __init__(self, policy: Any, get: Callable[[Any], Any]):
         self.policy, self.get = policy, get
         self.ticket: WeightsTicket | None = None
+        self.queued: tuple[int, Any] | None = None  # (version, the policy's pending publish call)
 
     @property
     def version(self) -> int:
         return self.ticket.version if self.ticket is not None else 0
 
+    def queue(self, version: int) -> None:
+        """Ask the policy to publish ``version`` right after the call it is running (a train step), without
+        waiting: the publish then costs no driver round trip of its own. ``publish(version)`` collects it."""
+        self.queued = (version, self.policy.publish.remote(version))
+
     def publish(self, version: int) -> WeightsTicket:
-        self.ticket = self.get(self.policy.publish.remote(version))
+        queued, self.queued = self.queued, None
+        call = queued[1] if queued is not None and queued[0] == version else self.policy.publish.remote(version)
+        self.ticket = self.get(call)
         return self.ticket
 
     def push(self, subscribers: Sequence[Any]) -> None:

@@ -12,6 +12,7 @@ from rlhf.ppo import (
     Experience,
     FixedKLController,
     entropy_from_logits,
+    first_action,
     gae,
     kl_estimate,
     kl_penalised_rewards,
@@ -347,3 +348,54 @@ def test_sequence_logprobs_matches_manual_loop(tiny_lm, padding):
                 expected_entropy = -(dist.exp() * dist).sum().item()
                 assert logp[row, offset + pos].item() == pytest.approx(expected_logp, abs=1e-5)
                 assert entropy[row, offset + pos].item() == pytest.approx(expected_entropy, abs=1e-5)
+
+
+class NoKeepLM(torch.nn.Module):
+    """A causal LM whose forward takes no ``logits_to_keep``: ``sequence_logprobs`` slices the logits itself."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids, attention_mask, position_ids):
+        return self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_sequence_logprobs_from_the_first_action_matches_the_full_pass_and_its_gradient(tiny_lm, wrap):
+    """Skipping the prompt columns (``first``) changes nothing on the action positions: the same log-probs
+    and entropies there, zeros before, and the same gradient of a loss on the actions."""
+    model = NoKeepLM(tiny_lm) if wrap else tiny_lm
+    g = torch.Generator().manual_seed(2)
+    sequences = torch.randint(1, 50, (3, 9), generator=g)
+    attention_mask = torch.ones_like(sequences)
+    attention_mask[1, 7:] = 0
+    action_mask = torch.zeros(3, 8)
+    action_mask[0, 4:], action_mask[1, 3:6], action_mask[2, 5:] = 1, 1, 1
+    first = first_action(action_mask)
+    assert first == 3
+
+    def loss_and_grads(**kw):
+        tiny_lm.zero_grad(set_to_none=True)
+        logp, entropy = sequence_logprobs(model, sequences, attention_mask, with_entropy=True, temperature=0.7, **kw)
+        (-(logp * action_mask).sum()).backward()
+        return logp.detach(), entropy, [p.grad.clone() for p in tiny_lm.parameters() if p.grad is not None]
+
+    full_lp, full_ent, full_grads = loss_and_grads()
+    part_lp, part_ent, part_grads = loss_and_grads(first=first, entropy_grad=False)
+    torch.testing.assert_close(part_lp[:, first:], full_lp[:, first:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(part_ent[:, first:], full_ent[:, first:].detach(), rtol=1e-5, atol=1e-5)
+    assert not part_lp[:, :first].any() and not part_ent[:, :first].any()
+    assert part_ent.grad_fn is None and full_ent.grad_fn is not None
+    assert len(part_grads) == len(full_grads) > 0
+    for a, b in zip(part_grads, full_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    tiny_lm.zero_grad(set_to_none=True)
+
+
+def test_first_action_is_the_first_acting_column_or_zero():
+    mask = torch.zeros(2, 6)
+    assert first_action(mask) == 0
+    mask[1, 4] = 1
+    mask[0, 2:] = 1
+    assert first_action(mask) == 2

@@ -642,3 +642,20 @@ def test_checkpoint_checks_find_truncation_and_fall_back_to_the_previous_one(tmp
     assert latest_checkpoint(tmp_path) is None
     (root / "step_000002" / "state.json").write_text("{not json")
     assert checkpoint_problem(root / "step_000002") == "state.json is corrupt"
+
+
+def test_ppo_optimiser_is_fused_adamw_and_steps_like_the_loop():
+    """PPO's AdamW uses torch's fused kernel on the CPU; one step lands where the per-parameter loop does."""
+    from rlhf.ppo_models import _adamw
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    b.load_state_dict(a.state_dict())
+    fused, loop = _adamw(a, 1e-2), torch.optim.AdamW(b.parameters(), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.0)
+    assert fused.defaults["fused"] is True
+    x = torch.randn(5, 4)
+    for model, opt in ((a, fused), (b, loop)):
+        model(x).square().sum().backward()
+        opt.step()
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q)

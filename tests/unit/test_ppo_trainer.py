@@ -25,16 +25,17 @@ class FakePolicy:
         self.published.append(version)
         return publish({"w": torch.tensor([float(version)])}, version)
 
-    def logprobs(self, seqs, attn, temperature=None):
+    def logprobs(self, seqs, attn, temperature=None, first=0):
         self.temperatures = [*getattr(self, "temperatures", []), temperature]
         return torch.full((seqs.shape[0], seqs.shape[1] - 1), -1.0)
 
     def train(self, exp, step, kl_coef):
+        self.published.append(("trained", step))
         return {"losses/policy": 0.5, "policy/entropy": 1.0, "policy/clipfrac": 0.0, "policy/approx_kl": 0.0}
 
 
 class FakeReference:
-    def logprobs(self, seqs, attn, temperature=None):
+    def logprobs(self, seqs, attn, temperature=None, first=0):
         self.temperatures = [*getattr(self, "temperatures", []), temperature]
         return torch.full((seqs.shape[0], seqs.shape[1] - 1), -1.5)
 
@@ -245,6 +246,23 @@ def test_weight_sync_publishes_once_and_every_subscriber_pulls_that_version():
     sync.publish(4)
     sync.push([LocalHandle(a), LocalHandle(b)])
     assert policy.published == [4] and a.version == b.version == 4 and a.loaded == b.loaded == [4.0]
+
+
+def test_the_queued_publish_follows_the_train_call_and_is_collected_once():
+    """``update`` queues the publish of the next version behind the policy's train call (no round trip
+    of its own); ``sync_weights`` collects that very call, so each version is published once, after
+    the step that made it."""
+    trainer, _, _ = make_trainer(steps=2)
+    trainer.fit(0, Sink(), lambda step: None)
+    assert trainer.roles.policy._obj.published == [0, ("trained", 1), 1, ("trained", 2), 2]
+
+
+def test_a_publish_of_another_version_than_the_queued_one_is_its_own_call():
+    policy = FakePolicy()
+    sync = WeightSync(LocalHandle(policy), local_get)
+    sync.queue(3)
+    assert sync.publish(5).version == 5 and policy.published == [5]  # the stale queued call never runs
+    assert sync.queued is None
 
 
 def test_unknown_transport_is_a_clear_error():
