@@ -183,6 +183,7 @@ class PPOTrainer:
         with (restarted after a crash) is resynced to the current weights and its chunk redone."""
         get, workers = self.roles.get, self.roles.workers
         t0 = time.perf_counter()
+        self.sync.settle()  # a queued weight load ran before these calls on its worker
         outs = get(pend.calls)
         stale = [i for i, o in enumerate(outs) if o["version"] != pend.version]
         for i in stale:
@@ -218,9 +219,9 @@ class PPOTrainer:
         if pend.step != step:
             raise RuntimeError(f"prefetched rollout of step {pend.step} at step {step}")
         ro = self.collect(pend)
-        if self.push_due:
-            t0 = time.perf_counter()
-            self.sync.push(self.roles.workers)
+        if self.push_due:  # queued, not waited for: the workers load before they sample the next step,
+            t0 = time.perf_counter()  # while the driver goes on to this step's forward passes
+            self.sync.push(self.roles.workers, wait=False)
             self.push_due, self.push_s = False, self.push_s + time.perf_counter() - t0
         return ro
 
@@ -372,6 +373,7 @@ class PPOTrainer:
             if stop_after is not None and step >= stop_after:
                 break
         self.pending = None  # stopped early: a prefetched rollout is dropped (a resume samples it again)
+        self.sync.settle()
         return last
 
     def finish_evaluation(self, metrics: Any) -> list[int]:

@@ -72,6 +72,7 @@ class WeightSync:
         self.policy, self.get = policy, get
         self.ticket: WeightsTicket | None = None
         self.queued: tuple[int, Any] | None = None  # (version, the policy's pending publish call)
+        self.loading: list[Any] = []  # subscribers' queued loads (``push(..., wait=False)``)
 
     @property
     def version(self) -> int:
@@ -88,6 +89,19 @@ class WeightSync:
         self.ticket = self.get(call)
         return self.ticket
 
-    def push(self, subscribers: Sequence[Any]) -> None:
-        """Every subscriber loads the current ticket's weights (in parallel on Ray)."""
-        self.get([s.load_weights.remote(self.ticket) for s in subscribers])
+    def push(self, subscribers: Sequence[Any], wait: bool = True) -> None:
+        """Every subscriber loads the current ticket's weights (in parallel on Ray). ``wait`` False: the
+        loads are only queued (an actor runs them before any call made to it later); ``settle`` collects
+        them, and their errors."""
+        self.settle()  # earlier queued loads first: on Ray they were submitted first; in one process they
+        calls = [s.load_weights.remote(self.ticket) for s in subscribers]  # run when resolved
+        if wait:
+            self.get(calls)
+        else:
+            self.loading += calls
+
+    def settle(self) -> None:
+        """Wait for the loads ``push(..., wait=False)`` queued (in one process: run them, in order)."""
+        calls, self.loading = self.loading, []
+        if calls:
+            self.get(calls)

@@ -101,6 +101,7 @@ def test_a_worker_restarted_while_prefetching_is_resynced_to_the_current_weights
     assert policy.trained[-1].versions == [1, 1, 2, 2] and record["policy/staleness_max"] == 1
     w = policy.trained[-1].is_weights
     assert torch.all(w[2:] == 1.0) and not torch.all(w[:2] == 1.0)  # fresh rows carry no correction
+    trainer.sync.settle()  # version 2's loads were queued behind step 3's rollout
     assert good.version == restarted.version == 2
 
 
@@ -122,3 +123,35 @@ def test_weighted_policy_loss():
     assert torch.equal(plain, ones) and torch.allclose(twice, 2 * plain)
     w = truncated_is_weights(torch.tensor([0.0, 0.0, 5.0]), torch.tensor([0.0, 1.0, 0.0]), 2.0)
     assert torch.allclose(w, torch.tensor([1.0, math.exp(-1.0), 2.0]))
+
+
+class EventWorker(RecordingWorker):
+    """Records loads and samplings in the order they run."""
+
+    def __init__(self):
+        super().__init__()
+        self.events: list[tuple[str, int]] = []
+
+    def load_weights(self, ticket):
+        super().load_weights(ticket)
+        self.events.append(("load", ticket.version))
+
+    def generate(self, prompts, sampling, logprobs=False):
+        self.events.append(("sample", self.version))
+        return super().generate(prompts, sampling, logprobs)
+
+
+def test_async_weight_loads_are_queued_and_still_run_before_the_next_sampling():
+    """The push after a prefetched rollout is queued, not waited for (the driver goes on to the step's
+    forward passes); the worker still loads each version once, in order, before it samples again, and
+    ends the run holding the last one."""
+    worker = EventWorker()
+    trainer, _, _ = make_trainer(workers=[worker], steps=4, async_rollout=True, max_staleness=1, checkpoint_every=0)
+    trainer.step(1)
+    trainer.step(2)
+    assert len(trainer.sync.loading) == 1  # version 1's load, queued behind step 2's rollout
+    trainer.fit(2, Sink(), checkpoint=lambda step: None)
+    assert worker.events == [
+        ("sample", 0), ("sample", 0), ("load", 1), ("sample", 1), ("load", 2), ("sample", 2), ("load", 3), ("load", 4)
+    ]  # fmt: skip
+    assert worker.version == 4 and trainer.sync.loading == []
