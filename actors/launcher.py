@@ -157,6 +157,7 @@ def launch_roles(cfg: Config, policy_dir: Path, reward_dir, reward_url, in_proce
             for i in range(p.rollout_workers)
         ],
         ray.get,
+        ray.put,
     )
     out.placement_groups = groups
     return out

@@ -367,6 +367,10 @@ class Experience:
         picked.versions = [self.versions[i] for i in index.tolist()] if self.versions else []
         return picked
 
+    def nbytes(self) -> int:
+        """The bytes its tensors hold (what sending it to a role costs, roughly)."""
+        return sum(t.numel() * t.element_size() for t in vars(self).values() if isinstance(t, torch.Tensor))
+
     def trimmed(self) -> Experience:
         """The same samples without the padding columns no sample of theirs reaches: [B, L] fields cut to
         the longest sequence, [B, L-1] fields to one less. Exact for right-padded causal models (a

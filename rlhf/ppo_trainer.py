@@ -50,6 +50,7 @@ class Roles:
     reward: Any
     workers: list[Any]
     get: Callable[[Any], Any]
+    put: Callable[[Any], Any] = lambda obj: obj  # ``ray.put``: one copy that several calls take by reference
     placement_groups: list[Any] = field(default_factory=list)  # the launcher's, removed with the roles
 
 
@@ -98,6 +99,11 @@ class PendingRollout:
     t0: float
     score_calls: list[Any] = field(default_factory=list)
     ref_calls: list[Any] = field(default_factory=list)
+
+
+# an experience at least this large goes to the object store once when two roles train on it (at
+# 128 x 1024 tokens it pickles to 5.8 MB in 30 ms, per call); smaller ones travel inline with each call
+SHARE_BYTES = 1 << 20
 
 
 def split_evenly(items: list, parts: int) -> list[list]:
@@ -289,6 +295,8 @@ class PPOTrainer:
         """5. policy and critic updates in parallel; then the KL controller moves."""
         r = self.roles
         t0 = time.perf_counter()
+        if r.critic is not None and exp.nbytes() >= SHARE_BYTES:  # serialised once for both roles
+            exp = r.put(exp)
         trains = [r.policy.train.remote(exp, step, self.kl_ctl.value)]
         trains += [r.critic.train.remote(exp, step)] if r.critic is not None else []
         self.sync.queue(self.version + 1)  # published as soon as the policy has trained (``sync_weights``)

@@ -319,3 +319,16 @@ def test_bad_colocation_is_a_one_line_config_error(groups):
     with pytest.raises(ConfigError) as err:
         build_config({}, [f"resources.colocate={groups}"])
     assert "\n" not in str(err.value)
+
+
+def test_a_large_experience_is_put_once_for_the_policy_and_the_critic(monkeypatch):
+    import rlhf.ppo_trainer as trainer_module
+
+    put: list = []
+    trainer, _, _ = make_trainer()
+    trainer.roles.put = lambda obj: put.append(obj) or obj
+    trainer.step(1)
+    assert put == []  # a small batch travels inline with each call
+    monkeypatch.setattr(trainer_module, "SHARE_BYTES", 1)
+    trainer.step(2)
+    assert len(put) == 1 and put[0].nbytes() > 0
