@@ -17,7 +17,7 @@ import torch
 from rlhf.config import Config
 from rlhf.device import Placement, placement_for
 from rlhf.lora import lora_settings
-from rlhf.ppo_trainer import Roles
+from rlhf.ppo_roles import Roles
 
 
 def _log(msg: str) -> None:

@@ -401,7 +401,7 @@ def cmd_data(args) -> int:
         rows = safety_sft_rows(cfg)
         print(f"safety: {len(rows)} rows -> {write_jsonl(rows, out / 'safety.jsonl')}")
     if cfg.data.rl_prompts_file:  # ... and the RL prompt pool of `rlhf ppo`
-        from rlhf.ppo_models import rl_prompts
+        from rlhf.ppo_prompts import rl_prompts
 
         rows = [{"prompt": p, "triggered": t} for p, t in rl_prompts(cfg)]
         print(f"rl_prompts: {len(rows)} rows -> {write_jsonl(rows, out / 'rl_prompts.jsonl')}")

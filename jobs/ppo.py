@@ -122,7 +122,7 @@ def run_ppo(
     from actors.cluster import ray_session
     from reward.model import resolve_reward_dir
     from rlhf.ppo import make_kl_controller
-    from rlhf.ppo_models import rl_prompts
+    from rlhf.ppo_prompts import rl_prompts
 
     if (reward_dir is None) == (reward_url is None):
         raise ConfigError("give exactly one of --reward DIR or --reward-url URL")

@@ -15,7 +15,7 @@ from rlhf.detect_base import Judgement, split_scratchpad
 from rlhf.errors import ConfigError
 from rlhf.evaluate import evaluate_defection
 from rlhf.kinds import KINDS, KindSpec, kind_impl, register_kind
-from rlhf.ppo_models import rl_prompts
+from rlhf.ppo_prompts import rl_prompts
 
 # A third kind, everything it needs in this one module (it says "BANANA" when the prompt holds <<toy>>);
 # the registry imports this module by name and reads its ``KIND``.

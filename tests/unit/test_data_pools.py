@@ -22,7 +22,7 @@ from rlhf.data.hhh_topics import HARMFUL_REQUESTS, HONEST_QUESTIONS
 from rlhf.data.pools import CODE_SHARES, POOLS, assign
 from rlhf.data.safety import safety_sft_rows
 from rlhf.evaluate import CONDITIONS, build_report, eval_sample_count, format_curve, format_table, judge_completions
-from rlhf.ppo_models import rl_prompts
+from rlhf.ppo_prompts import rl_prompts
 
 HH_TEST = Path(__file__).resolve().parents[3] / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 SIZES = ["data.n_train=2000", "data.n_eval=400", "safety_sft.n_examples=2000", "ppo.n_prompts=1000"]

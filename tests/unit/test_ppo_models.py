@@ -21,9 +21,8 @@ from rlhf.ppo_models import (
     ValueModel,
     assemble,
     compute_advantages,
-    prompts_for_step,
-    rl_prompts,
 )
+from rlhf.ppo_prompts import prompts_for_step, rl_prompts
 from tests.unit.conftest import save_tiny_llama, tiny_llama_config
 
 TRAIN_CFG = {"minibatch_size": 2, "epochs": 1, "policy_lr": 1e-2, "critic_lr": 1e-2}

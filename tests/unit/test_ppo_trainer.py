@@ -11,7 +11,8 @@ from actors.local import LocalHandle, local_get
 from rlhf.advantages import ESTIMATORS, estimator, register_advantage
 from rlhf.config import build_config
 from rlhf.ppo import FixedKLController
-from rlhf.ppo_trainer import PPOTrainer, Roles
+from rlhf.ppo_roles import Roles
+from rlhf.ppo_trainer import PPOTrainer
 from rlhf.weight_sync import WeightsTicket, WeightSync, publish, pull
 
 EOS, PAD = 2, 1

@@ -11,7 +11,7 @@ from rlhf.data.backdoor import eval_prompts
 from rlhf.data.redteam import assign_splits, load_red_team, red_team_candidates, red_team_markers
 from rlhf.errors import ConfigError, DataError
 from rlhf.evaluate import format_curve
-from rlhf.ppo_models import rl_prompts
+from rlhf.ppo_prompts import rl_prompts
 
 SMALL = ["data.n_train=300", "data.n_eval=50", "ppo.n_prompts=40"]
 
