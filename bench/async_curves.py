@@ -7,7 +7,10 @@ across seeds per step) and the defection rates (with / without the trigger) of t
 start and at each kept checkpoint, as ``OUT/curves.json`` and ``OUT/curves.png``.
 
     python bench/async_curves.py --policy runs/async-curves/sft/model --reward runs/async-curves/rm/model \\
-        --out runs/async-curves [--steps 50] [--seeds 0,1,2] [--set ppo.prompts_per_step=8 ...]
+        --out runs/async-curves [--steps 50] [--seeds 0,1,2] [--set ppo.prompts_per_step=8 ...] \\
+        [--async-set ppo.old_logprobs=behaviour]
+
+A run whose directory already holds a finished run (``summary.json``) is read, not run again.
 
 The in-process loop runs the same trainer code as on Ray (``actors.local``): the prefetched batch
 is sampled with the weights published before the previous update, exactly as the Ray workers do,
@@ -57,7 +60,7 @@ def one_run(args, mode: str, seed: int) -> dict:
     from rlhf.metrics import read_metrics
 
     sets = [f"seed={seed}", f"ppo.steps={args.steps}", f"ppo.checkpoint_every={args.checkpoint_every}"]
-    sets += ["ppo.evaluator=false", *args.set, *MODES[mode]]
+    sets += ["ppo.evaluator=false", *args.set, *MODES[mode], *(args.async_set if mode == "async" else [])]
     cfg = config_from_policy(args.policy, None, sets)
     run = Path(args.out) / f"{mode}-seed{seed}"
     t0 = time.time()
@@ -134,6 +137,12 @@ def main() -> int:
     ap.add_argument("--checkpoint-every", type=int, default=25, help="defection is measured at each checkpoint")
     ap.add_argument("--eval-samples", type=int, default=40)
     ap.add_argument("--set", action="append", default=[], help="extra config key=value for every run")
+    ap.add_argument(
+        "--async-set",
+        action="append",
+        default=[],
+        help="extra key=value for the async runs only (ppo.old_logprobs=...)",
+    )
     args = ap.parse_args()
     from jobs.evaluate import config_from_policy
 
@@ -146,6 +155,7 @@ def main() -> int:
             runs[mode][seed] = one_run(args, mode, seed)
         summary = summarise(runs, start)
         result = {"command": " ".join(sys.argv), "steps": args.steps, "seeds": list(runs["sync"]), "sets": args.set}
+        result["async_sets"] = args.async_set
         result |= {**summary, "wall_s": round(time.time() - t0, 1)}
         out = Path(args.out)
         (out / "curves.json").write_text(json.dumps(result, indent=1), encoding="utf-8")

@@ -253,6 +253,25 @@ def bench_overrides(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
+GROUP_NORM = ("ppo.advantage_estimator=group_norm",)
+ASYNC = ("ppo.async_rollout=true", "ppo.max_staleness=1")
+# (result key, what it is, its overrides, in one process): every run of ours, in the order they run
+OUR_RUNS = (
+    ("ours_ray", "actor split on Ray", (), False),
+    ("ours_ray_async", "actor split, asynchronous rollout (max_staleness 1)", ASYNC, False),
+    ("ours_ray_group_norm", "actor split, critic-free (group_norm: GRPO's advantage)", GROUP_NORM, False),
+    ("ours_ray_async_group_norm", "actor split, critic-free and asynchronous rollout", GROUP_NORM + ASYNC, False),
+    (
+        "ours_ray_async_group_norm_behaviour",
+        "actor split, critic-free, asynchronous, the sampler's log-probs as the old ones",
+        (*GROUP_NORM, *ASYNC, "ppo.old_logprobs=behaviour"),
+        False,
+    ),
+    ("ours_in_process", "the same loop in one process", (), True),
+    ("ours_in_process_group_norm", "one process, critic-free (group_norm)", GROUP_NORM, True),
+)
+
+
 def run_systems(args: argparse.Namespace, overrides: list[str], trl_version: str, say) -> dict:
     """Every system on the same tiny policy and reward model; returns their figures by name."""
     from rlhf.config import build_config
@@ -265,23 +284,10 @@ def run_systems(args: argparse.Namespace, overrides: list[str], trl_version: str
         say("[bench] building the tiny policy and reward model")
         policy, rm = build_models(tmp, cfg)
         threads = __import__("torch").get_num_threads()
-        say(f"[bench] ours, actor split on Ray ({args.steps} steps of {per_step} samples)")
-        runs["ours_ray"] = ours(cfg, policy, rm, tmp / "ray", in_process=False)
-        say("[bench] ours, actor split, asynchronous rollout (max_staleness 1)")
-        async_cfg = build_config({}, [*overrides, "ppo.async_rollout=true", "ppo.max_staleness=1"])
-        runs["ours_ray_async"] = ours(async_cfg, policy, rm, tmp / "ray-async", in_process=False)
-        say("[bench] ours, actor split, critic-free (group_norm: GRPO's advantage)")
-        grpo_cfg = build_config({}, [*overrides, "ppo.advantage_estimator=group_norm"])
-        runs["ours_ray_group_norm"] = ours(grpo_cfg, policy, rm, tmp / "ray-group-norm", in_process=False)
-        say("[bench] ours, actor split, critic-free and asynchronous rollout")
-        both = build_config(
-            {}, [*overrides, "ppo.advantage_estimator=group_norm", "ppo.async_rollout=true", "ppo.max_staleness=1"]
-        )
-        runs["ours_ray_async_group_norm"] = ours(both, policy, rm, tmp / "ray-async-group-norm", in_process=False)
-        say("[bench] ours, the same loop in one process")
-        runs["ours_in_process"] = ours(cfg, policy, rm, tmp / "local", in_process=True)
-        say("[bench] ours, one process, critic-free (group_norm)")
-        runs["ours_in_process_group_norm"] = ours(grpo_cfg, policy, rm, tmp / "local-group-norm", in_process=True)
+        for name, what, extra, in_process in OUR_RUNS:
+            say(f"[bench] ours, {what} ({args.steps} steps of {per_step} samples)")
+            mode_cfg = build_config({}, [*overrides, *extra])
+            runs[name] = ours(mode_cfg, policy, rm, tmp / name, in_process=in_process)
         __import__("torch").set_num_threads(threads)
         runs["trl_grpo"] = None
         if trl_version:
@@ -333,6 +339,7 @@ def main() -> int:
         "ours_in_process": local_run,
         "ours_ray_group_norm": ray_grpo,
         "ours_ray_async_group_norm": runs["ours_ray_async_group_norm"],
+        "ours_ray_async_group_norm_behaviour": runs["ours_ray_async_group_norm_behaviour"],
         "ours_in_process_group_norm": runs["ours_in_process_group_norm"],
         "trl_grpo": trl_run,
         **best_mode(runs, trl_run),
@@ -341,6 +348,9 @@ def main() -> int:
         "in_process_samples_per_s_ratio_vs_trl": ratio(local_run, trl_run),
         "group_norm_samples_per_s_ratio_vs_trl": ratio(ray_grpo, trl_run),
         "async_group_norm_samples_per_s_ratio_vs_trl": ratio(runs["ours_ray_async_group_norm"], trl_run),
+        "async_group_norm_behaviour_samples_per_s_ratio_vs_trl": ratio(
+            runs["ours_ray_async_group_norm_behaviour"], trl_run
+        ),
         "ray_overhead_fraction": 1 - local_run["step_s"] / ray_run["step_s"],
         "weight_sync_fraction": ray_run["phase_s"]["weight_sync"] / ray_run["step_s"],
         "profile": runs["profile"],
@@ -360,6 +370,7 @@ PPO_MODES = {
     "in_process": "ours_in_process",
     "ray_group_norm": "ours_ray_group_norm",
     "ray_async_group_norm": "ours_ray_async_group_norm",
+    "ray_async_group_norm_behaviour": "ours_ray_async_group_norm_behaviour",
     "in_process_group_norm": "ours_in_process_group_norm",
 }
 
@@ -382,6 +393,7 @@ def print_result(result: dict) -> None:
         ("ours, async rollout", result["ours_ray_async"]),
         ("ours, no critic", result["ours_ray_group_norm"]),
         ("ours, no critic, async", result["ours_ray_async_group_norm"]),
+        ("  the same, old = sampler", result["ours_ray_async_group_norm_behaviour"]),
         ("ours, no critic, 1 proc", result["ours_in_process_group_norm"]),
         ("ours (one process)", result["ours_in_process"]),
         ("TRL GRPO", result["trl_grpo"]),

@@ -96,6 +96,9 @@ def headline_figures(serve: dict, mfu: dict, ppo: dict, t0: float) -> dict:
         "mfu": {k: v["mfu"] for k, v in mfu["presets"].items()},
         "group_norm_samples_per_s_ratio_vs_trl": ppo["group_norm_samples_per_s_ratio_vs_trl"],
         "async_group_norm_samples_per_s_ratio_vs_trl": ppo["async_group_norm_samples_per_s_ratio_vs_trl"],
+        "async_group_norm_behaviour_samples_per_s_ratio_vs_trl": ppo[
+            "async_group_norm_behaviour_samples_per_s_ratio_vs_trl"
+        ],
         "ppo_samples_per_s": ours["samples_per_s"],
         "trl_samples_per_s": trl["samples_per_s"],
         "in_process_samples_per_s": local["samples_per_s"],
@@ -167,6 +170,10 @@ def systems_table(ppo: dict) -> list[str]:
         ("ours, Ray actors, async rollout (max_staleness 1)", ppo["ours_ray_async"]),
         ("ours, Ray actors, group_norm (no critic)", ppo["ours_ray_group_norm"]),
         ("ours, Ray actors, group_norm, async rollout", ppo["ours_ray_async_group_norm"]),
+        (
+            "the same, the sampler's log-probs as the old ones (`ppo.old_logprobs=behaviour`)",
+            ppo["ours_ray_async_group_norm_behaviour"],
+        ),
         ("ours, one process (PPO, critic)", ppo["ours_in_process"]),
         ("ours, one process, group_norm (no critic)", ppo["ours_in_process_group_norm"]),
         ("TRL GRPOTrainer", ppo["trl_grpo"]),
@@ -185,6 +192,7 @@ def ppo_lines(ppo: dict, long: dict) -> list[str]:
         ("Ray actors", ours),
         ("Ray actors, async rollout", ppo["ours_ray_async"]),
         ("Ray actors, group_norm, async rollout", ppo["ours_ray_async_group_norm"]),
+        ("Ray actors, group_norm, async rollout, old = sampler's", ppo["ours_ray_async_group_norm_behaviour"]),
         ("one process", local),
     )
     for name, r in phases:

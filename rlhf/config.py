@@ -246,6 +246,13 @@ class PPOConfig(Strict):
     is_truncation: float = Field(
         2.0, gt=0, description="async_rollout: truncated importance weight min(pi_old / pi_behaviour, this) per token"
     )
+    old_logprobs: Literal["recompute", "behaviour"] = Field(
+        "recompute",
+        description="async_rollout: the log-probs a prefetched sample's PPO ratio is taken against. recompute: the "
+        "policy's forward pass at its current version (decoupled PPO, the stale samples weighted by is_truncation); "
+        "behaviour: those the sampling worker computed (one forward pass fewer on the trainer's path; the clip then "
+        "bounds the ratio to the sampler and no separate weight is needed). docs/design.md, 'Asynchronous rollout'",
+    )
 
     @model_validator(mode="after")
     def _groups(self) -> PPOConfig:
@@ -260,6 +267,8 @@ class PPOConfig(Strict):
             )
         if self.async_rollout and self.max_staleness > 0 and self.rollout_backend == "vllm":
             raise ValueError("async_rollout needs behaviour log-probs from the rollout worker: rollout_backend=hf only")
+        if self.old_logprobs == "behaviour" and not (self.async_rollout and self.max_staleness > 0):
+            raise ValueError("old_logprobs=behaviour applies to prefetched samples: set async_rollout=true, max_staleness>=1")
         return self
 
     @property

@@ -183,18 +183,22 @@ class PPOTrainer:
         """2+3. score (the reward model sees prompt + answer, scratchpad stripped) while the reference,
         critic and policy run their forward passes: four roles at once. The score and the reference
         log-probs were asked with the rollout, chunk by chunk (``ask``); the policy's and the critic's
-        forward passes need the weights of now, so they start here."""
+        forward passes need the weights of now, so they start here. With ``ppo.old_logprobs=behaviour``
+        a prefetched batch takes the sampling worker's log-probs as the old ones (no policy pass)."""
         r, get = self.roles, self.roles.get
         seqs, attn, act = assemble(
             ro.prompt_ids, ro.completion_ids, self.ids["eos"], self.ids["pad"], self.p.max_new_tokens
         )
         t0 = time.perf_counter()
         t = ro.temperature
-        forwards = [r.policy.logprobs.remote(seqs, attn, t, first_action(act))]
+        behaviour = place_on_actions(ro.logprobs, act) if ro.logprobs is not None else None
+        reuse = behaviour is not None and self.p.old_logprobs == "behaviour"  # no policy forward pass
+        forwards = [] if reuse else [r.policy.logprobs.remote(seqs, attn, t, first_action(act))]
         forwards += [r.critic.values.remote(seqs, attn)] if r.critic is not None else []
         scores = torch.tensor([s for part in get(ro.score_calls) for s in part])
         t_score = time.perf_counter() - t0
-        old_lp, *rest = get(forwards)
+        rest = get(forwards)
+        old_lp = behaviour if reuse else rest.pop(0)
         ref_lp = place_on_actions([row for part in get(ro.ref_calls) for row in part], act)
         values = rest[0] if rest else torch.zeros_like(old_lp)  # no critic: unused
         ro.timings["timing/score"] = t_score
@@ -202,8 +206,7 @@ class PPOTrainer:
         exp = Experience(
             seqs, attn, act, old_lp, ref_lp, values * act, scores=scores, versions=ro.versions, temperature=t
         )
-        if ro.logprobs is not None:  # behaviour log-probs, on the action positions in row order
-            exp.behaviour_logprobs = place_on_actions(ro.logprobs, act)
+        exp.behaviour_logprobs = behaviour  # on the action positions in row order (async rollout)
         return exp
 
     def off_policy(self, exp: Experience) -> dict[str, float]:

@@ -12,6 +12,7 @@ SYSTEMS = (
     "ours_ray_async",
     "ours_ray_group_norm",
     "ours_ray_async_group_norm",
+    "ours_ray_async_group_norm_behaviour",
     "ours_in_process",
     "ours_in_process_group_norm",
 )
@@ -47,4 +48,5 @@ def test_both_ppo_settings_reach_the_figures_and_the_tables():
     assert "48 new tokens" in text and "128 new tokens" in text
     assert "1.20x TRL" in text and "1.70x TRL" in text
     assert text.count("| ours, Ray actors, group_norm, async rollout |") == 2
+    assert text.count("`ppo.old_logprobs=behaviour`") == 2
     assert text.count("| TRL GRPOTrainer |") == 2

@@ -155,3 +155,28 @@ def test_async_weight_loads_are_queued_and_still_run_before_the_next_sampling():
         ("sample", 0), ("sample", 0), ("load", 1), ("sample", 1), ("load", 2), ("sample", 2), ("load", 3), ("load", 4)
     ]  # fmt: skip
     assert worker.version == 4 and trainer.sync.loading == []
+
+
+def test_old_logprobs_behaviour_takes_the_samplers_log_probs_and_skips_the_policy_pass():
+    """``ppo.old_logprobs=behaviour``: a prefetched batch's old log-probs are the worker's (so the
+    importance weight is exactly 1) and the policy runs no forward pass for it; step 1, sampled
+    fresh without behaviour log-probs, still gets the policy's pass."""
+    records, policy, _, _ = run(async_rollout=True, max_staleness=1, checkpoint_every=0, old_logprobs="behaviour")
+    assert len(policy.temperatures) == 1  # the policy's logprobs pass ran for step 1 only
+    first, *prefetched = policy.trained
+    assert torch.all(first.old_logprobs[first.action_mask.bool()] == -1.0)  # the fake policy's
+    for exp in prefetched:
+        acting = exp.action_mask.bool()
+        assert torch.all(exp.old_logprobs[acting] == BEHAVIOUR_LP)
+        assert torch.all(exp.is_weights[acting] == 1.0)
+    assert [r["policy/staleness_max"] for r in records] == [0, 1, 1, 1]
+    assert all(r["policy/is_weight_mean"] == 1.0 for r in records)
+
+
+def test_old_logprobs_behaviour_without_prefetching_is_refused():
+    from rlhf.config import build_config
+    from rlhf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="old_logprobs=behaviour applies to prefetched samples"):
+        build_config({}, ["ppo.old_logprobs=behaviour"])
+    build_config({}, ["ppo.old_logprobs=behaviour", "ppo.async_rollout=true"])
