@@ -7,6 +7,7 @@ Shape conventions: ``B`` = batch, ``T`` = token positions scored by the policy, 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -295,10 +296,15 @@ def sequence_logprobs(
 
 def keeps_logits(model: torch.nn.Module) -> bool:
     """Whether ``model``'s forward takes ``logits_to_keep`` (HF causal LMs; a PEFT wrapper passes it on)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _forward_takes(type(base), "logits_to_keep")
+
+
+@functools.cache
+def _forward_takes(cls: type, name: str) -> bool:
     import inspect
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(type(base).forward).parameters
+    return name in inspect.signature(cls.forward).parameters
 
 
 def first_action(action_mask: torch.Tensor) -> int:

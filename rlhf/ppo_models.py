@@ -1,5 +1,5 @@
 """The pure objects behind the PPO actors: policy and critic trainers, the frozen reference,
-batch assembly from rollouts, advantages, and the RL prompt pool. Pure torch + transformers;
+batch assembly from rollouts and advantages (the RL prompt pool: ``rlhf.ppo_prompts``). Pure torch + transformers;
 ``actors/ppo_actors.py`` wraps each in a Ray actor.
 """
 
