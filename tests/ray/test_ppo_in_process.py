@@ -1,6 +1,7 @@
 """The same PPO loop with every role in one process (``run_ppo(in_process=True)``): no Ray at
 all, the same metrics, checkpoints and exact resume."""
 
+import pytest
 import ray
 from transformers import AutoModelForCausalLM
 
@@ -71,8 +72,12 @@ def test_async_rollout_with_max_staleness_zero_is_the_synchronous_loop(tiny_poli
     assert all(r["policy/staleness_max"] == 0 and r["policy/is_weight_mean"] == 1.0 for r in sync)
 
 
-def test_async_rollout_stays_within_its_staleness_and_resumes_exactly(tiny_policy, tiny_reward_model, tmp_path):
-    cfg = build_config({}, [*PPO_TEST_OVERRIDES, "ppo.steps=4", "ppo.checkpoint_every=2", "ppo.async_rollout=true"])
+@pytest.mark.parametrize("old_logprobs", ["recompute", "behaviour"])
+def test_async_rollout_stays_within_its_staleness_and_resumes_exactly(
+    tiny_policy, tiny_reward_model, tmp_path, old_logprobs
+):
+    sets = ["ppo.steps=4", "ppo.checkpoint_every=2", "ppo.async_rollout=true", f"ppo.old_logprobs={old_logprobs}"]
+    cfg = build_config({}, [*PPO_TEST_OVERRIDES, *sets])
     rm = tiny_reward_model["model_dir"]
     full, cut = tmp_path / "full", tmp_path / "cut"
     run_ppo(cfg, tiny_policy, full, reward_dir=rm, in_process=True)
@@ -81,6 +86,8 @@ def test_async_rollout_stays_within_its_staleness_and_resumes_exactly(tiny_polic
     assert [r["policy/staleness_max"] for r in records] == [0, 1, 0, 1]
     for r in records:
         assert 0.0 < r["policy/is_weight_mean"] <= cfg.ppo.is_truncation
+    if old_logprobs == "behaviour":  # the sampler's log-probs are the old ones: no correction left
+        assert all(r["policy/is_weight_mean"] == 1.0 for r in records)
 
     run_ppo(cfg, tiny_policy, cut, reward_dir=rm, in_process=True, stop_after=3)
     run_ppo(cfg, tiny_policy, cut, reward_dir=rm, in_process=True, resume=True)
