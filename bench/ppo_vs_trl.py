@@ -39,6 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from timeline import busy_fractions, capture, last_window, plot, role_intervals  # noqa: E402
 from trl_peer import trl_grpo  # noqa: E402
 
 from rlhf.malloc import tune_malloc  # noqa: E402
@@ -56,12 +57,18 @@ def build_models(tmp: Path, cfg) -> tuple[Path, Path]:
     return policy, rm
 
 
-def ours(cfg, policy: Path, rm: Path, run: Path, in_process: bool) -> dict:
+def ours(cfg, policy: Path, rm: Path, run: Path, in_process: bool, timeline: Path | None = None) -> dict:
+    """One run of our PPO; with ``timeline`` (Ray modes) also each role's busy share of the last
+    steps, from Ray's task events, and their Gantt chart at that path (``bench/timeline.py``)."""
     from jobs.ppo import run_ppo
     from rlhf.metrics import read_metrics
 
     t0 = time.perf_counter()
-    run_ppo(cfg, policy, run, reward_dir=rm, in_process=in_process)
+    events = None
+    if timeline is not None and not in_process:
+        events = capture(cfg, policy, rm, run)
+    else:
+        run_ppo(cfg, policy, run, reward_dir=rm, in_process=in_process)
     wall = time.perf_counter() - t0
     recs = [r for r in read_metrics(run / "metrics.jsonl") if "reward/mean" in r][1:]  # step 1: warm-up
     step_s = sum(r["timing/step"] for r in recs) / len(recs)
@@ -76,7 +83,18 @@ def ours(cfg, policy: Path, rm: Path, run: Path, in_process: bool) -> dict:
         "phase_s": {p: sum(r[f"timing/{p}"] for r in recs) / len(recs) for p in PHASES},
         "reward_first_last": [recs[0]["reward/mean"], recs[-1]["reward/mean"]],
         "wall_s": wall,
+        "timeline": role_timeline(events, 4 * step_s, timeline, cfg) if events else None,
     }
+
+
+def role_timeline(events: list[dict], seconds: float, path: Path, cfg) -> dict:
+    """Busy share per role over the last ``seconds`` of the run, and the picture of that window."""
+    intervals = role_intervals(events)
+    window = last_window(intervals, seconds)
+    p = cfg.ppo
+    mode = "asynchronous" if p.async_rollout else "synchronous"
+    plot(intervals, window, path, f"{p.advantage_estimator}, {mode} rollout: the last 4 steps, one bar per call")
+    return {"window_s": seconds, "busy_fraction": busy_fractions(intervals, *window), "plot": str(path)}
 
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu")
@@ -118,6 +136,11 @@ def parse_args() -> argparse.Namespace:
         "--rollout-workers", type=int, default=1, help="RolloutWorker actors (one generates the batch like TRL)"
     )
     ap.add_argument("--no-profile", action="store_true", help="skip the torch.profiler pass over our loop")
+    ap.add_argument(
+        "--timeline",
+        type=Path,
+        help="PNG: per-role timelines of the critic-free sync and async runs (PNG's stem + _sync / _async)",
+    )
     ap.add_argument("--without-trl", action="store_true", help="our systems only (no TRL installed: ratios null)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where every system runs")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
@@ -172,6 +195,16 @@ OUR_RUNS = (
 )
 
 
+TIMELINE_RUNS = {"ours_ray_group_norm": "sync", "ours_ray_async_group_norm_behaviour": "async"}
+
+
+def timeline_path(png: Path | None, run: str) -> Path | None:
+    """Where ``run``'s timeline picture goes (None: no timeline for it)."""
+    if png is None or run not in TIMELINE_RUNS:
+        return None
+    return png.with_name(f"{png.stem}_{TIMELINE_RUNS[run]}{png.suffix}")
+
+
 def run_systems(args: argparse.Namespace, overrides: list[str], trl_version: str, say) -> dict:
     """Every system on the same tiny policy and reward model; returns their figures by name."""
     from rlhf.config import build_config
@@ -187,7 +220,8 @@ def run_systems(args: argparse.Namespace, overrides: list[str], trl_version: str
         for name, what, extra, in_process in OUR_RUNS:
             say(f"[bench] ours, {what} ({args.steps} steps of {per_step} samples)")
             mode_cfg = build_config({}, [*overrides, *extra])
-            runs[name] = ours(mode_cfg, policy, rm, tmp / name, in_process=in_process)
+            picture = timeline_path(args.timeline, name)
+            runs[name] = ours(mode_cfg, policy, rm, tmp / name, in_process=in_process, timeline=picture)
         __import__("torch").set_num_threads(threads)
         runs["trl_grpo"] = None
         if trl_version:

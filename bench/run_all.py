@@ -65,7 +65,7 @@ def main() -> int:
     t0 = time.perf_counter()
     serve = run_json("reward_serve.py")
     mfu = run_json("mfu.py")
-    ppo = run_json("ppo_vs_trl.py", "--steps", str(args.ppo_steps))
+    ppo = run_json("ppo_vs_trl.py", "--steps", str(args.ppo_steps), "--timeline", str(ROOT / "bench" / "timeline.png"))
     long = run_json(
         "ppo_vs_trl.py", "--steps", str(args.long_steps), "--max-new-tokens", str(LONG_TOKENS), "--no-profile"
     )
@@ -200,6 +200,7 @@ def ppo_lines(ppo: dict, long: dict) -> list[str]:
             "",
             f"PPO phases, {name} (mean s per step): " + ", ".join(f"{k} {v:.3f}" for k, v in r["phase_s"].items()),
         ]
+    lines += timeline_lines(ppo)
     if ppo["profile"]:
         pr = ppo["profile"]
         lines += [
@@ -209,6 +210,27 @@ def ppo_lines(ppo: dict, long: dict) -> list[str]:
             "top ops by self time: " + ", ".join(f"{k} {t:.2f} s" for k, t, _ in pr["top_ops"][:6]),
         ]
     return lines
+
+
+def timeline_lines(ppo: dict) -> list[str]:
+    """Each role's busy share of the last steps (Ray's task events), sync against async, and the
+    pictures ``ppo_vs_trl.py --timeline`` drew."""
+    lines: list[str] = []
+    for name, key in (("critic-free, sync", "ours_ray_group_norm"), ("critic-free, async", TIMELINE_ASYNC)):
+        tl = (ppo.get(key) or {}).get("timeline")
+        if not tl:
+            continue
+        shares = ", ".join(f"{role} {100 * f:.0f} %" for role, f in sorted(tl["busy_fraction"].items()))
+        lines += [
+            "",
+            f"Busy share per role over the last 4 steps ({tl['window_s']:.2f} s), {name} ({key}): {shares}",
+            "",
+            f"![{name} timeline]({Path(tl['plot']).name})",
+        ]
+    return lines
+
+
+TIMELINE_ASYNC = "ours_ray_async_group_norm_behaviour"
 
 
 def serve_lines(serve: dict) -> list[str]:

@@ -49,4 +49,20 @@ def test_both_ppo_settings_reach_the_figures_and_the_tables():
     assert "1.20x TRL" in text and "1.70x TRL" in text
     assert text.count("| ours, Ray actors, group_norm, async rollout |") == 2
     assert text.count("`ppo.old_logprobs=behaviour`") == 2
+    assert "Busy share per role" not in text  # no timeline in these runs
+
+
+def test_the_timelines_reach_the_tables():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import run_all
+
+    ppo = fake_ppo(48, 1.6)
+    ppo["ours_ray_async_group_norm_behaviour"]["timeline"] = {
+        "window_s": 1.4,
+        "busy_fraction": {"Policy": 0.9, "RolloutWorker": 0.6},
+        "plot": "/x/bench/timeline_async.png",
+    }
+    text = "\n".join(run_all.ppo_lines(ppo, fake_ppo(128, 1.2)))
+    assert "critic-free, async (ours_ray_async_group_norm_behaviour): Policy 90 %, RolloutWorker 60 %" in text
+    assert "![critic-free, async timeline](timeline_async.png)" in text
     assert text.count("| TRL GRPOTrainer |") == 2
