@@ -12,17 +12,21 @@ samples/s, generated tokens/s, measured after a warm-up step; for ours the per-p
 (rollout, score, ref, train, weight sync, eval) from the run's metrics; and ours again with the
 critic-free ``group_norm`` estimator (GRPO's advantage: like for like with TRL), and ours with the
 asynchronous rollout (``ppo.async_rollout=true ppo.max_staleness=1``: the workers sample step t+1
-while step t trains). ``ppo_samples_per_s_ratio_vs_trl`` is the best of our PPO modes (Ray, Ray
-async, one process), named in ``ppo_best_mode``. The Ray overhead is
-``1 - in-process step time / actor-split step time`` (negative when the split's parallelism wins).
+while step t trains), critic-free and asynchronous, with either old log-probs (``ppo.old_logprobs``:
+``recompute``, the policy's pass, or ``behaviour``, the sampler's; both compute the same forward
+pass, on different cores). ``ppo_samples_per_s_ratio_vs_trl`` is the best of our PPO modes
+(``OUR_RUNS``), named in ``ppo_best_mode``. The Ray overhead is ``1 - in-process step time /
+actor-split step time`` (negative when the split's parallelism wins). ``--timeline PNG`` also
+records which role executes what, and when, in the critic-free sync and async runs (Ray's task
+events, ``bench/timeline.py``): busy shares in the JSON, Gantt charts next to PNG.
 
     python bench/ppo_vs_trl.py [--steps 10] [--prompts 8] [--samples 2] [--max-new-tokens 48] [--json]
-        [--device cpu|cuda] [--precision fp32|bf16] [--preset tiny|small|base|medium]
+        [--device cpu|cuda] [--precision fp32|bf16] [--preset tiny|small|base|medium] [--timeline PNG]
 
 On a GPU (``--device cuda --precision bf16``) every system runs there: our roles share the one GPU,
 TRL trains with ``bf16=True``; ``scripts/gpu_check.sh`` runs it so.
 
-TRL is a bench-only dependency (``pip install -e .[bench]``).
+TRL is a bench-only dependency (``pip install -e .[bench]``), used by ``bench/trl_peer.py``.
 """
 
 from __future__ import annotations
