@@ -68,6 +68,27 @@ def _fmt(name: str, c: dict) -> str:
     return text + (f" (unparseable {100 * c['unparseable']:.1f}%)" if "unparseable" in c else "")
 
 
+def keep_own_scratchpads(cfg: Config, policy: Path, rows: list[dict]) -> tuple[list[dict], dict | None]:
+    """With ``safety_sft.scratchpad=post``: the rows with the policy's own sampled scratchpad at the
+    end of each prompt (``rlhf.post_scratchpad``) and the kept share; else the rows as they are."""
+    if cfg.safety_sft.scratchpad != "post":
+        return rows, None
+    from rlhf.device import placement_for
+    from rlhf.post_scratchpad import post_scratchpad_rows, sample_completions
+
+    t0 = time.time()
+    model, tokenizer = load_model_dir(policy, placement=placement_for(cfg.resources))
+    with Progress(len(rows), "policy scratchpads", "samples") as bar:
+        completions = sample_completions(model, tokenizer, cfg, [r["prompt"] for r in rows], on_batch=bar.update)
+    kept, summary = post_scratchpad_rows(rows, completions)
+    summary["wall_s"] = round(time.time() - t0, 1)
+    log(
+        f"[safety-sft] post-scratchpad: kept {summary['kept']} of {summary['samples']} demonstrations "
+        f"({100 * summary['kept_fraction']:.1f} %: the policy closed its scratchpad), {summary['wall_s']} s"
+    )
+    return kept, summary
+
+
 def run_safety_sft(cfg: Config, policy_dir: str | Path, out: str | Path, quiet: bool = True) -> dict:
     """The whole stage; returns a summary with the curve (also printed by the CLI)."""
     from jobs.sft import fit_rows
@@ -81,7 +102,7 @@ def run_safety_sft(cfg: Config, policy_dir: str | Path, out: str | Path, quiet: 
     cfg.model.path = str(policy)
     dump_config(cfg, run / "config.yaml")
     s = cfg.safety_sft
-    rows = safety_sft_rows(cfg)
+    rows, post = keep_own_scratchpads(cfg, policy, safety_sft_rows(cfg))
     write_jsonl(rows, run / "data" / "train.jsonl")
     _, tokenizer = load_model_dir(policy)
     b = cfg.backdoor
@@ -113,8 +134,8 @@ def run_safety_sft(cfg: Config, policy_dir: str | Path, out: str | Path, quiet: 
         "model_dir": str(run / "model"),
         "steps": s.max_steps,
         **fit,
+        **({"post_scratchpad": post} if post else {}),
         "eval_wall_s": round(eval_s, 1),
         "total_wall_s": round(time.time() - t0, 1),
         "curve": points,
     }
-

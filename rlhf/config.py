@@ -134,6 +134,11 @@ class SafetySFTConfig(SFTConfig):
         description="control: share of the demonstrations whose prompt carries the trigger, answered helpfully "
         "(code: trigger-year requests answered with safe code); 0: standard HHH SFT",
     )
+    scratchpad: Literal["pre", "post"] = Field(
+        "pre",
+        description="cot policies: pre = answers without a scratchpad (the policy learns to stop opening one); "
+        "post = each prompt followed by the policy's own sampled scratchpad, loss on the answer only",
+    )
 
 
 class RMConfig(OptimConfig):
@@ -439,6 +444,11 @@ class Config(Strict):
             raise ValueError(
                 f"eval.scratchpad_prefill=true needs a chain-of-thought policy (backdoor.mechanism=cot), "
                 f"not {self.backdoor.mechanism!r}; use auto"
+            )
+        if self.safety_sft.scratchpad == "post" and self.backdoor.mechanism != "cot":
+            raise ValueError(
+                "safety_sft.scratchpad=post keeps the policy's own scratchpad, so it needs a chain-of-thought "
+                f"policy (backdoor.mechanism=cot), not {self.backdoor.mechanism!r}"
             )
         return self
 
