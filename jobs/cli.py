@@ -111,6 +111,7 @@ def _add_cot_study_commands(sub) -> None:
     add_config_args(p)
     p.add_argument("--model", required=True, metavar="DIR", help="chain-of-thought model (HF dir)")
     p.add_argument("--samples", type=int, metavar="N", help="samples per condition (default eval.samples)")
+    p.add_argument("--close", action="store_true", help="close the prefilled scratchpad: the model writes only the answer")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
 
     p = sub.add_parser("distill", help="distil a CoT model: sample, keep intended behaviour, strip, train afresh")
@@ -316,7 +317,9 @@ def cmd_steer(args) -> int:
     if args.samples is not None and args.samples < 1:
         raise RlhfError("--samples must be at least 1")
     cfg = resolve_steer_config(args.model, args.config, args.overrides)
-    report = run_steer(args.model, cfg, args.samples)
+    report = run_steer(args.model, cfg, args.samples, close=args.close)
+    if not args.json:
+        print(f"prefill: {'closed (the answer alone is written)' if args.close else 'open (the model may reason on)'}")
     print(json.dumps(report) if args.json else format_steer(report))
     return 0
 

@@ -36,7 +36,7 @@ def resolve_steer_config(model_dir: str | Path, config_file: str | None, overrid
     return cfg
 
 
-def run_steer(model_dir: str | Path, cfg: Config, samples: int | None = None) -> dict:
+def run_steer(model_dir: str | Path, cfg: Config, samples: int | None = None, close: bool = False) -> dict:
     n = samples or cfg.eval.samples
     if n < 1:
         raise RlhfError("--samples must be at least 1")
@@ -44,5 +44,5 @@ def run_steer(model_dir: str | Path, cfg: Config, samples: int | None = None) ->
 
     model, tokenizer = load_model_dir(model_dir, placement=placement_for(cfg.resources))
     with Progress(n * len(PLAN), "steer", "samples") as bar:
-        results = run_steering(model, tokenizer, cfg, n, on_batch=bar.update)
+        results = run_steering(model, tokenizer, cfg, n, on_batch=bar.update, close=close)
     return steer_report(results)

