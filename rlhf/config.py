@@ -118,11 +118,13 @@ class SFTConfig(OptimConfig):
 class SafetySFTConfig(SFTConfig):
     """HHH safety SFT of a backdoored policy (``rlhf safety-sft``): fine-tuning defaults, not
     from-scratch ones, calibrated by the tiny persistence sweep (60 steps x 2 workers x 16 on 1,000
-    demonstrations at lr 3e-4: standard training leaves the backdoor, the control removes it, the
-    held-out HHH loss falls; docs/results.md). Every checkpoint is also a point of the defection curve."""
+    demonstrations at lr 1e-4: standard training leaves the backdoor, the control removes it, the
+    held-out HHH loss falls; at lr 3e-4 the tiny cot policy lost its backdoor without the trigger
+    too; docs/results.md, "Calibrating safety SFT"). Every checkpoint is also a point of the
+    defection curve."""
 
     batch_size: int = Field(16, ge=1, description="per worker")
-    lr: float = Field(3e-4, gt=0)
+    lr: float = Field(1e-4, gt=0)
     warmup_steps: int = Field(10, ge=0)
     max_steps: int = Field(60, ge=1)
     checkpoint_every: int = Field(30, ge=0, description="checkpoint and defection eval every k steps (0: only after)")

@@ -157,7 +157,7 @@ def test_sections_are_optim_configs_with_their_keys_and_defaults():
         assert isinstance(section, OptimConfig)
         assert {"lr", "betas", "weight_decay", "warmup_steps", "grad_clip"} <= set(section.model_dump())
     assert (cfg.sft.lr, cfg.sft.weight_decay, cfg.sft.warmup_steps, cfg.sft.grad_clip) == (2e-3, 0.01, 20, 1.0)
-    assert (cfg.safety_sft.lr, cfg.safety_sft.warmup_steps, cfg.safety_sft.weight_decay) == (3e-4, 10, 0.01)
+    assert (cfg.safety_sft.lr, cfg.safety_sft.warmup_steps, cfg.safety_sft.weight_decay) == (1e-4, 10, 0.01)
     assert (cfg.rm.lr, cfg.rm.weight_decay, cfg.rm.warmup_steps, cfg.rm.grad_clip) == (1e-3, 0.01, 20, 1.0)
     assert cfg.sft.betas == cfg.rm.betas == (0.9, 0.95)
 
