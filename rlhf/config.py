@@ -14,15 +14,42 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from rlhf.config_ppo import PPOConfig
+from rlhf.config_runtime import (
+    PPO_ROLES,
+    AutoscalingConfig,
+    RayConfig,
+    ResourcesConfig,
+    RoleResources,
+    ServeConfig,
+    Strict,
+    VLLMConfig,
+)
 from rlhf.errors import ConfigError
 from rlhf.kinds import KINDS, kind_spec
 from rlhf.optim import OptimConfig
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+# Sections defined beside this module, importable from here as before.
+__all__ = [
+    "PPO_ROLES",
+    "AutoscalingConfig",
+    "Config",
+    "PPOConfig",
+    "RayConfig",
+    "ResourcesConfig",
+    "RoleResources",
+    "ServeConfig",
+    "Strict",
+    "VLLMConfig",
+    "build_config",
+    "dump_config",
+    "load_config",
+    "near_miss_variants",
+    "parse_override",
+    "read_yaml",
+]
 
 
 class LoraConfig(Strict):
@@ -176,170 +203,6 @@ class EvalConfig(Strict):
     )
 
 
-class PPOConfig(Strict):
-    """HHH safety RL (PPO) against a backdoored policy; formulas as in OpenRLHF/TRL."""
-
-    steps: int = Field(50, ge=1)
-    prompts_per_step: int = Field(16, ge=1, description="rollout batch (prompts) per step")
-    samples_per_prompt: int = Field(1, ge=1, le=64, description="completions sampled per prompt")
-    triggered_prompt_fraction: float = Field(0.0, ge=0.0, le=1.0, description="control: prompts carrying the trigger")
-    n_prompts: int = Field(2000, ge=1, description="RL prompt pool size (cycled in a seeded order)")
-    max_new_tokens: int = Field(48, ge=1)
-    temperature: float = Field(1.0, gt=0.0, description="rollout temperature (the first step's, when annealed)")
-    temperature_final: float | None = Field(
-        None,
-        gt=0.0,
-        description="anneal the rollout temperature linearly from ppo.temperature at the first step to this at the "
-        "last (exploration: see docs/design.md, 'Exploration'); unset: constant",
-    )
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    policy_lr: float = Field(5e-5, gt=0)
-    critic_lr: float = Field(1e-3, gt=0)
-    epochs: int = Field(2, ge=1, description="PPO epochs over each rollout batch")
-    minibatch_size: int = Field(8, ge=1)
-    clip_eps: float = Field(0.2, gt=0)
-    value_clip_eps: float | None = Field(0.2, gt=0)
-    gamma: float = Field(1.0, ge=0.0, le=1.0)
-    lam: float = Field(0.95, ge=0.0, le=1.0)
-    kl_coef: float = Field(0.05, ge=0.0)
-    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
-    kl_in: Literal["reward", "loss"] = Field("reward", description="KL as a per-token reward penalty or a loss term")
-    kl_controller: Literal["fixed", "adaptive"] = "fixed"
-    kl_target: float = Field(6.0, gt=0, description="adaptive controller: target KL (nats per sequence)")
-    kl_horizon: float | None = Field(
-        None,
-        gt=0,
-        description="adaptive controller: samples over which a full (20 %) error moves the coefficient by e; "
-        "unset: a tenth of the run's samples (steps x prompts_per_step x samples_per_prompt), so a steady error "
-        "can move it up to e^2 = 7.4x over the run whatever its length",
-    )
-    entropy_coef: float = Field(0.0, ge=0.0)
-    grad_clip: float = Field(1.0, gt=0)
-    whiten_advantages: bool = True
-    reward_clip: float = Field(10.0, gt=0, description="normalised rewards are clipped to +-this")
-    critic_init: Literal["policy", "reward"] = Field("policy", description="value model backbone")
-    advantage_estimator: Literal["gae", "rloo", "group_norm"] = Field(
-        "gae",
-        description="gae: a critic (PPO); rloo / group_norm (GRPO): a baseline from the other samples of the "
-        "same prompt, no critic (needs samples_per_prompt >= 2)",
-    )
-    evaluator: bool = Field(True, description="run the DefectionEvaluator on Serve during RL")
-    evaluator_wait_s: float = Field(
-        1800.0, gt=0, description="at the end of a run, wait this long for queued defection evaluations"
-    )
-    rollout_workers: int = Field(1, ge=1, le=64)
-    rollout_backend: Literal["hf", "vllm"] = "hf"
-    rollout_gpus: float = Field(0.0, ge=0, description="GPUs per rollout worker (vLLM on a GPU node: 1)")
-    checkpoint_every: int = Field(25, ge=0, description="0: only the final checkpoint")
-    cpus_per_actor: float = Field(0.2, gt=0, description="Ray CPU share of each PPO actor (fractions fit 2 CPUs)")
-    torch_threads: int = Field(1, ge=1, description="torch threads per actor")
-    rollout_threads: int = Field(
-        0,
-        ge=0,
-        description="torch threads of each rollout worker and the reward actor (0: torch_threads); on 2 cores "
-        "one thread is faster (bench/ppo_vs_trl.py), on bigger CPU nodes raise it",
-    )
-    async_rollout: bool = Field(
-        False,
-        description="the rollout workers sample step t+1 (with the weights published before step t's update) "
-        "while the policy and critic train on step t; docs/design.md, 'Asynchronous rollout'",
-    )
-    max_staleness: int = Field(
-        1,
-        ge=0,
-        description="async_rollout: at most this many policy versions between a sample's weights and the policy "
-        "that trains on it (0: no prefetch, exactly the synchronous loop)",
-    )
-    is_truncation: float = Field(
-        2.0, gt=0, description="async_rollout: truncated importance weight min(pi_old / pi_behaviour, this) per token"
-    )
-    old_logprobs: Literal["recompute", "behaviour"] = Field(
-        "recompute",
-        description="async_rollout: the log-probs a prefetched sample's PPO ratio is taken against. recompute: the "
-        "policy's forward pass at its current version (decoupled PPO, the stale samples weighted by is_truncation); "
-        "behaviour: those the sampling worker computed (one forward pass fewer on the trainer's path; the clip then "
-        "bounds the ratio to the sampler and no separate weight is needed). docs/design.md, 'Asynchronous rollout'",
-    )
-
-    @model_validator(mode="after")
-    def _groups(self) -> PPOConfig:
-        if self.advantage_estimator != "gae" and self.samples_per_prompt < 2:
-            raise ValueError(f"advantage_estimator={self.advantage_estimator} needs samples_per_prompt >= 2")
-        if self.kl_in == "loss" and self.kl_estimator == "k1":
-            # E[grad k1] = E[grad log pi] = 0 under pi: a k1 loss term pulls nothing towards the reference
-            raise ValueError("kl_in=loss needs kl_estimator k2 or k3 (k1's expected gradient is zero)")
-        if self.top_p < 1.0:
-            raise ValueError(
-                "top_p < 1 samples from a truncated distribution that PPO's log-probs do not model; use 1.0"
-            )
-        if self.async_rollout and self.max_staleness > 0 and self.rollout_backend == "vllm":
-            raise ValueError("async_rollout needs behaviour log-probs from the rollout worker: rollout_backend=hf only")
-        if self.old_logprobs == "behaviour" and not (self.async_rollout and self.max_staleness > 0):
-            raise ValueError("old_logprobs=behaviour applies to prefetched samples: set async_rollout=true, max_staleness>=1")
-        return self
-
-    @property
-    def uses_critic(self) -> bool:
-        return self.advantage_estimator == "gae"
-
-    @property
-    def kl_horizon_samples(self) -> float:
-        """The adaptive controller's horizon: ``kl_horizon``, or a tenth of the run's samples."""
-        total = self.steps * self.prompts_per_step * self.samples_per_prompt
-        return self.kl_horizon if self.kl_horizon is not None else max(1.0, total / 10)
-
-
-class AutoscalingConfig(Strict):
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(2, ge=1)
-    target_ongoing_requests: float = Field(16.0, gt=0)
-
-    @model_validator(mode="after")
-    def _bounds(self) -> AutoscalingConfig:
-        if self.max_replicas < max(1, self.min_replicas):
-            raise ValueError("max_replicas must be >= min_replicas and >= 1")
-        return self
-
-
-class ServeConfig(Strict):
-    """The reward service (Ray Serve): HTTP ``POST /get_reward`` and a ``DeploymentHandle``."""
-
-    host: str = Field("127.0.0.1", description="HTTP bind address; loopback unless you mean to expose it")
-    port: int = Field(8000, ge=0, le=65535, description="HTTP port (0: pick a free one)")
-    replicas: int = Field(1, ge=1, le=64, description="fixed replica count (ignored when autoscaling is set)")
-    autoscaling: AutoscalingConfig | None = None
-    num_cpus: float = Field(0.1, gt=0, description="CPUs reserved per replica (fractions fit a 2-CPU machine)")
-    num_gpus: float = Field(
-        0.0, ge=0, description="GPUs per replica (a fraction shares one); > 0: the model runs on CUDA"
-    )
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="the reward model's weights on the replica")
-    torch_threads: int = Field(1, ge=1, description="torch intra-op threads per replica")
-    max_batch_size: int = Field(32, ge=1, description="requests merged into one @serve.batch call")
-    batch_wait_timeout_s: float = Field(0.01, ge=0.0)
-    max_ongoing_requests: int = Field(64, ge=1, description="per replica; must be >= max_batch_size")
-    forward_batch_size: int = Field(
-        0, ge=0, description="texts per model forward pass (0: auto, 8 on CPU and 64 on a GPU: measured)"
-    )
-    max_items: int = Field(256, ge=1, description="texts per request (more: 413)")
-    max_body_bytes: int = Field(4_000_000, ge=1024, description="request body limit (more: 413)")
-    overlength: Literal["truncate", "reject"] = Field(
-        "truncate", description="a text longer than the model context: keep its end (truncate) or answer 413"
-    )
-    strip_scratchpad: bool = Field(True, description="score only what follows the <scratchpad> block")
-    normalize: bool = Field(True, description="'rewards' normalised by reward_norm.json when present")
-    token: str | None = Field(None, description="bearer token; default: the environment variable token_env")
-    token_env: str = Field("RLHF_REWARD_TOKEN", min_length=1)
-
-    @model_validator(mode="after")
-    def _batching(self) -> ServeConfig:
-        if self.max_ongoing_requests < self.max_batch_size:
-            raise ValueError(
-                f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size "
-                f"({self.max_batch_size}), or batches never fill"
-            )
-        return self
-
-
 class RedTeamConfig(Strict):
     """Adversarial training: red-team prompts (``rlhf redteam``) mixed into the RL prompts."""
 
@@ -356,72 +219,6 @@ class RedTeamConfig(Strict):
     def _fraction_needs_prompts(self) -> RedTeamConfig:
         if self.fraction > 0 and not self.prompts:
             raise ValueError("redteam.fraction > 0 needs redteam.prompts (a file written by `rlhf redteam`)")
-        return self
-
-
-class RayConfig(Strict):
-    address: str | None = Field(
-        None, description="existing cluster to join ('auto', ray://...); default: a local one on loopback"
-    )
-    num_cpus: int | None = Field(None, ge=1, description="CPUs the local cluster offers")
-
-
-PPO_ROLES = ("policy", "reference", "critic", "reward", "rollout")
-
-
-class RoleResources(Strict):
-    """What one PPO role asks the cluster for (every rollout worker asks for ``rollout``'s)."""
-
-    num_cpus: float | None = Field(None, ge=0, description="CPUs per actor (unset: ppo.cpus_per_actor)")
-    num_gpus: float | None = Field(
-        None, ge=0, description="GPUs per actor, fractions share one (unset: 0; rollout: ppo.rollout_gpus)"
-    )
-    max_restarts: int = Field(0, ge=-1, description="restarts after a crash (-1: forever); calls are retried as often")
-
-
-class VLLMConfig(Strict):
-    """The vLLM rollout engine (``ppo.rollout_backend=vllm``); its dtype follows ``resources.precision``."""
-
-    gpu_memory_utilization: float = Field(
-        0.3, gt=0.0, le=1.0, description="share of the GPU the engine may take (leave room for colocated roles)"
-    )
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine spans")
-    enforce_eager: bool = Field(True, description="eager mode; false captures CUDA graphs (faster, slower start)")
-
-
-class ResourcesConfig(Strict):
-    """Device, precision and the placement of the PPO roles, decided in one place (``actors/launcher.py``)."""
-
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="auto: CUDA when this machine (or the Ray cluster joined) has a GPU, else CPU"
-    )
-    precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="bf16: autocast with fp32 weights and optimiser state for trained models, bf16 frozen ones"
-    )
-    gradient_checkpointing: bool = Field(
-        False, description="recompute activations in the backward pass (trained models)"
-    )
-    vllm: VLLMConfig = VLLMConfig()
-    policy: RoleResources = RoleResources()
-    reference: RoleResources = RoleResources()
-    critic: RoleResources = RoleResources()
-    reward: RoleResources = RoleResources()
-    rollout: RoleResources = RoleResources(max_restarts=3)
-    colocate: list[list[Literal["policy", "reference", "critic", "reward", "rollout"]]] = Field(
-        default_factory=list,
-        description="groups of roles placed together (one placement-group bundle: the same node, sharing its "
-        "GPU); e.g. [[policy, reference, critic]]",
-    )
-
-    @model_validator(mode="after")
-    def _disjoint(self) -> ResourcesConfig:
-        seen: set[str] = set()
-        for group in self.colocate:
-            if len(group) < 2 or len(set(group)) != len(group):
-                raise ValueError(f"colocate group {group} needs two or more different roles")
-            if seen & set(group):
-                raise ValueError(f"role(s) {sorted(seen & set(group))} appear in two colocate groups")
-            seen |= set(group)
         return self
 
 

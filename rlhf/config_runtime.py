@@ -1,0 +1,130 @@
+"""The runtime sections of the config: where and on what things run (the reward service on Ray
+Serve, the Ray cluster, devices, precision and the placement of the PPO roles), and ``Strict``,
+the base of every config section (unknown keys are errors). ``rlhf.config`` assembles them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AutoscalingConfig(Strict):
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(16.0, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingConfig:
+        if self.max_replicas < max(1, self.min_replicas):
+            raise ValueError("max_replicas must be >= min_replicas and >= 1")
+        return self
+
+
+class ServeConfig(Strict):
+    """The reward service (Ray Serve): HTTP ``POST /get_reward`` and a ``DeploymentHandle``."""
+
+    host: str = Field("127.0.0.1", description="HTTP bind address; loopback unless you mean to expose it")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port (0: pick a free one)")
+    replicas: int = Field(1, ge=1, le=64, description="fixed replica count (ignored when autoscaling is set)")
+    autoscaling: AutoscalingConfig | None = None
+    num_cpus: float = Field(0.1, gt=0, description="CPUs reserved per replica (fractions fit a 2-CPU machine)")
+    num_gpus: float = Field(
+        0.0, ge=0, description="GPUs per replica (a fraction shares one); > 0: the model runs on CUDA"
+    )
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="the reward model's weights on the replica")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads per replica")
+    max_batch_size: int = Field(32, ge=1, description="requests merged into one @serve.batch call")
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0)
+    max_ongoing_requests: int = Field(64, ge=1, description="per replica; must be >= max_batch_size")
+    forward_batch_size: int = Field(
+        0, ge=0, description="texts per model forward pass (0: auto, 8 on CPU and 64 on a GPU: measured)"
+    )
+    max_items: int = Field(256, ge=1, description="texts per request (more: 413)")
+    max_body_bytes: int = Field(4_000_000, ge=1024, description="request body limit (more: 413)")
+    overlength: Literal["truncate", "reject"] = Field(
+        "truncate", description="a text longer than the model context: keep its end (truncate) or answer 413"
+    )
+    strip_scratchpad: bool = Field(True, description="score only what follows the <scratchpad> block")
+    normalize: bool = Field(True, description="'rewards' normalised by reward_norm.json when present")
+    token: str | None = Field(None, description="bearer token; default: the environment variable token_env")
+    token_env: str = Field("RLHF_REWARD_TOKEN", min_length=1)
+
+    @model_validator(mode="after")
+    def _batching(self) -> ServeConfig:
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size "
+                f"({self.max_batch_size}), or batches never fill"
+            )
+        return self
+
+
+class RayConfig(Strict):
+    address: str | None = Field(
+        None, description="existing cluster to join ('auto', ray://...); default: a local one on loopback"
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs the local cluster offers")
+
+
+PPO_ROLES = ("policy", "reference", "critic", "reward", "rollout")
+
+
+class RoleResources(Strict):
+    """What one PPO role asks the cluster for (every rollout worker asks for ``rollout``'s)."""
+
+    num_cpus: float | None = Field(None, ge=0, description="CPUs per actor (unset: ppo.cpus_per_actor)")
+    num_gpus: float | None = Field(
+        None, ge=0, description="GPUs per actor, fractions share one (unset: 0; rollout: ppo.rollout_gpus)"
+    )
+    max_restarts: int = Field(0, ge=-1, description="restarts after a crash (-1: forever); calls are retried as often")
+
+
+class VLLMConfig(Strict):
+    """The vLLM rollout engine (``ppo.rollout_backend=vllm``); its dtype follows ``resources.precision``."""
+
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0.0, le=1.0, description="share of the GPU the engine may take (leave room for colocated roles)"
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine spans")
+    enforce_eager: bool = Field(True, description="eager mode; false captures CUDA graphs (faster, slower start)")
+
+
+class ResourcesConfig(Strict):
+    """Device, precision and the placement of the PPO roles, decided in one place (``actors/launcher.py``)."""
+
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when this machine (or the Ray cluster joined) has a GPU, else CPU"
+    )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: autocast with fp32 weights and optimiser state for trained models, bf16 frozen ones"
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass (trained models)"
+    )
+    vllm: VLLMConfig = VLLMConfig()
+    policy: RoleResources = RoleResources()
+    reference: RoleResources = RoleResources()
+    critic: RoleResources = RoleResources()
+    reward: RoleResources = RoleResources()
+    rollout: RoleResources = RoleResources(max_restarts=3)
+    colocate: list[list[Literal["policy", "reference", "critic", "reward", "rollout"]]] = Field(
+        default_factory=list,
+        description="groups of roles placed together (one placement-group bundle: the same node, sharing its "
+        "GPU); e.g. [[policy, reference, critic]]",
+    )
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> ResourcesConfig:
+        seen: set[str] = set()
+        for group in self.colocate:
+            if len(group) < 2 or len(set(group)) != len(group):
+                raise ValueError(f"colocate group {group} needs two or more different roles")
+            if seen & set(group):
+                raise ValueError(f"role(s) {sorted(seen & set(group))} appear in two colocate groups")
+            seen |= set(group)
+        return self
