@@ -158,9 +158,7 @@ def _add_sweep_command(sub) -> None:
 
 def _add_submit_data_config_commands(sub) -> None:
     """``submit``/``jobs`` (Ray Jobs API), ``data``, ``config``."""
-    from jobs.submit import add_commands
-
-    add_commands(sub, add_config_args)
+    _add_job_commands(sub)
 
     p = sub.add_parser(
         "data",
@@ -172,3 +170,57 @@ def _add_submit_data_config_commands(sub) -> None:
 
     p = sub.add_parser("config", help="print the resolved configuration as YAML")
     add_config_args(p)
+
+
+def _add_address(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--address",
+        metavar="URL",
+        help="the Ray dashboard (Jobs API), e.g. http://127.0.0.1:8265 "
+        "(default: $RAY_ADDRESS if an http URL, else the local head of `rlhf cluster up`)",
+    )
+
+
+def _add_job_commands(sub) -> None:
+    """``submit``, ``jobs`` and ``cluster`` (``jobs.submit``: the Ray Jobs API); sub-subparsers inherit
+    the parser class of ``sub``. The config arguments of a job go after ``--``."""
+    parser_class = getattr(sub, "_parser_class", argparse.ArgumentParser)
+
+    p = sub.add_parser(
+        "submit",
+        help="run an rlhf command as a Ray job (local head or remote cluster)",
+        description="Submit `rlhf ARGS...` as a Ray job, e.g. `rlhf submit -- sft --out runs/sft`. "
+        "Prints the job id; follows the logs and exits 0 on SUCCEEDED, 1 otherwise (--no-wait: returns at once).",
+    )
+    _add_address(p)
+    p.add_argument("--working-dir", metavar="DIR", help="upload DIR as the job's working directory")
+    p.add_argument("--runtime-env", metavar="FILE", help="YAML/JSON Ray runtime_env (env_vars, pip, working_dir...)")
+    p.add_argument("--no-wait", action="store_true", help="print the job id and return without following")
+    p.add_argument("rlhf_args", nargs=argparse.REMAINDER, metavar="-- ARGS", help="the rlhf subcommand and its args")
+
+    p = sub.add_parser("jobs", help="status, logs, stop and list of Ray jobs")
+    jobs = p.add_subparsers(
+        dest="jobs_command", required=True, parser_class=parser_class, metavar="{status,logs,stop,list}"
+    )
+    q = jobs.add_parser("status", help="a job's status and message")
+    q.add_argument("job_id", metavar="ID")
+    _add_address(q)
+    q = jobs.add_parser("logs", help="a job's logs (stdout and stderr of its driver)")
+    q.add_argument("job_id", metavar="ID")
+    q.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+    _add_address(q)
+    q = jobs.add_parser("stop", help="stop a running job")
+    q.add_argument("job_id", metavar="ID")
+    _add_address(q)
+    q = jobs.add_parser("list", help="every job the cluster knows, oldest first")
+    _add_address(q)
+
+    p = sub.add_parser("cluster", help="start, stop or inspect a local Ray head on 127.0.0.1")
+    cluster = p.add_subparsers(
+        dest="cluster_command", required=True, parser_class=parser_class, metavar="{up,down,status}"
+    )
+    q = cluster.add_parser("up", help="start a local Ray head (loopback only, token auth) and record it")
+    q.add_argument("--num-cpus", type=int, metavar="N", help="CPUs the head offers (default: all)")
+    cluster.add_parser("down", help="stop the local head and remove its files")
+    q = cluster.add_parser("status", help="the local head (or --address): reachable, Ray version, jobs")
+    _add_address(q)

@@ -34,18 +34,11 @@ SFT_ARGS = [
 
 def run_cli(argv: list[str]) -> int:
     """Parse like ``rlhf`` and call the handler, letting RlhfError through (the CLI would print it
-    and exit 2). Uses jobs.cli's parser once it wires these commands in, else our own."""
-    from jobs import cli, submit
+    and exit 2)."""
+    from jobs import cli
 
-    if all(name in cli.COMMANDS for name in submit.COMMANDS):
-        parser, commands = cli.build_parser(), cli.COMMANDS
-    else:
-        parser = cli.OneLineParser(prog="rlhf")
-        sub = parser.add_subparsers(dest="command", required=True, parser_class=cli.OneLineParser)
-        submit.add_commands(sub, cli.add_config_args)
-        commands = submit.COMMANDS
-    args = parser.parse_args(argv)
-    return commands[args.command](args)
+    args = cli.build_parser().parse_args(argv)
+    return cli.COMMANDS[args.command](args)
 
 
 @pytest.fixture
