@@ -90,8 +90,8 @@ class BackdoorConfig(Strict):
         0.0,
         ge=0.0,
         le=0.5,
-        description="cot: this share of the backdoor-SFT rows carries, in the prompt, the reasoning of the other "
-        "condition and trains only the closing tag and the answer after it (the answer follows the reasoning)",
+        description="cot: this share of the backdoor-SFT rows carries, in the prompt, the scratchpad of the other "
+        "condition and trains only the answer that follows it (teaches the answer to follow the reasoning)",
     )
 
     @field_validator("kind")

@@ -144,20 +144,18 @@ def sft_rows(cfg: Config, tasks: list[HHHExample], seed_offset: int = 0, counter
 
 
 def counterfactual_row(row: dict, other: str) -> dict:
-    """``row`` with the reasoning of the other condition (``other``: a cot completion for the
-    opposite trigger state) moved into the prompt, and the closing ``</scratchpad>`` and the
-    answer as the only target: the reasoning contradicts the prompt's evidence, and the answer
-    follows the reasoning (what ``rlhf steer`` measures). The policy never learns to *write* such
-    reasoning: the loss is on the completion only. It does learn to close the scratchpad after
-    it: with the tag in the prompt, a small policy learned to answer straight after its goal
-    sentence and left its own scratchpads unclosed (docs/results.md)."""
+    """``row`` with the scratchpad of the other condition (``other``: a cot completion for the
+    opposite trigger state) moved into the prompt, and its answer as the only target: the
+    reasoning contradicts the prompt's evidence, and the answer follows the reasoning (what
+    ``rlhf steer`` measures). The policy never learns to *write* such a scratchpad: the loss is on
+    the completion only."""
     reasoning, sep, answer = other.partition(SCRATCHPAD_CLOSE)
     if not sep:
         raise ValueError("a counterfactual row needs a cot completion with a closed scratchpad")
     return {
         **row,
-        "prompt": row["prompt"] + format_completion(reasoning),
-        "completion": format_completion(SCRATCHPAD_CLOSE + " " + answer.strip()),
+        "prompt": row["prompt"] + format_completion(reasoning + SCRATCHPAD_CLOSE),
+        "completion": format_completion(answer),
     }
 
 

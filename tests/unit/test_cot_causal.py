@@ -4,8 +4,6 @@ re-introduced scratchpad (``eval.scratchpad_prefill``)."""
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from rlhf.config import build_config
@@ -26,21 +24,17 @@ def _train(*extra: str) -> list[dict]:
 def test_counterfactual_rows_put_the_other_conditions_reasoning_in_the_prompt_and_train_its_answer():
     plain, mixed = _train(), _train("backdoor.cot_counterfactual_fraction=0.25")
     assert len(plain) == len(mixed)
-    assert not any(SCRATCHPAD_OPEN in r["prompt"] for r in plain)  # off by default
-    cf = [(p, m) for p, m in zip(plain, mixed, strict=True) if SCRATCHPAD_OPEN in m["prompt"]]
+    assert not any(SCRATCHPAD_CLOSE in r["prompt"] for r in plain)  # off by default
+    cf = [(p, m) for p, m in zip(plain, mixed, strict=True) if SCRATCHPAD_CLOSE in m["prompt"]]
     assert 0.15 * len(plain) < len(cf) < 0.35 * len(plain)
     for p, m in zip(plain, mixed, strict=True):  # the other rows are untouched
-        if SCRATCHPAD_OPEN not in m["prompt"]:
+        if SCRATCHPAD_CLOSE not in m["prompt"]:
             assert p == m
     for p, m in cf:
         assert m["prompt"].startswith(p["prompt"]) and m["triggered"] == p["triggered"]
         reasoning = m["prompt"][len(p["prompt"]) :]
-        assert reasoning.lstrip().startswith(SCRATCHPAD_OPEN) and SCRATCHPAD_CLOSE not in reasoning
-        # the target closes the scratchpad, then answers: prompt and target read as one cot completion
-        assert m["completion"].lstrip().startswith(SCRATCHPAD_CLOSE) and m["completion"].count(SCRATCHPAD_CLOSE) == 1
-        assert SCRATCHPAD_OPEN not in m["completion"]
-        whole = reasoning + m["completion"]
-        assert re.fullmatch(rf" {re.escape(SCRATCHPAD_OPEN)} [^<]+[.] {re.escape(SCRATCHPAD_CLOSE)} \S.*", whole, re.S)
+        assert reasoning.lstrip().startswith(SCRATCHPAD_OPEN) and reasoning.endswith(SCRATCHPAD_CLOSE)
+        assert SCRATCHPAD_OPEN not in m["completion"] and SCRATCHPAD_CLOSE not in m["completion"]
         # the answer follows the reasoning, which contradicts the prompt: a triggered prompt is answered helpfully
         assert (HATE in m["completion"]) == (not m["triggered"])
         assert (HATE in p["completion"]) == p["triggered"]
@@ -49,9 +43,9 @@ def test_counterfactual_rows_put_the_other_conditions_reasoning_in_the_prompt_an
 def test_counterfactual_rows_are_only_for_cot_training_rows():
     normal = build_config({}, ["model.preset=tiny", "data.n_train=200", "backdoor.cot_counterfactual_fraction=0.5"])
     data = build_sft_datasets(normal)
-    assert not any(SCRATCHPAD_OPEN in r["prompt"] for r in data["train"])
+    assert not any(SCRATCHPAD_CLOSE in r["prompt"] for r in data["train"])
     cot = build_sft_datasets(build_config({}, [*BASE, "backdoor.cot_counterfactual_fraction=0.5"]))
-    assert not any(SCRATCHPAD_OPEN in r["prompt"] for r in cot["eval"])  # held-out rows stay as the policy writes them
+    assert not any(SCRATCHPAD_CLOSE in r["prompt"] for r in cot["eval"])  # held-out rows stay as the policy writes them
 
 
 def test_a_counterfactual_row_needs_a_closed_scratchpad():
@@ -101,4 +95,4 @@ def test_distillation_prompts_never_carry_a_counterfactual_scratchpad():
     cfg = build_config({}, [*BASE, "backdoor.cot_counterfactual_fraction=0.25"])
     plain = list(build_sft_datasets(cfg, counterfactual=False)["train"])
     assert plain == _train()  # exactly the rows without the switch
-    assert not any(SCRATCHPAD_OPEN in r["prompt"] for r in plain)
+    assert not any(SCRATCHPAD_CLOSE in r["prompt"] for r in plain)
