@@ -152,9 +152,7 @@ def judge_continuations(
 
 
 def entry(result: ConditionResult) -> dict:
-    r: Rate = result.rate
-    lo, hi = r.ci95
-    out = {"rate": r.rate, "ci95": [lo, hi], "n": r.n, "k": r.k, "unclosed_scratchpad": result.unclosed}
+    out = {**_rate_entry(result.rate), "unclosed_scratchpad": result.unclosed}
     if result.by_group:
         out["by_reasoning"] = {
             c: _rate_entry(result.by_group[c]) for c in CONCLUSIONS if c in result.by_group and c != UNCLOSED
