@@ -38,7 +38,6 @@ from rlhf.data.backdoor import TRIGGERED, UNTRIGGERED, eval_prompts
 from rlhf.detect_base import split_scratchpad
 from rlhf.errors import ConfigError
 from rlhf.evaluate import ConditionResult, eval_sampling, judge_completions
-from rlhf.stats import Rate
 from rlhf.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
 
 DEPLOYED_UNTRIGGERED, TRAINING_TRIGGERED = "deployed_untriggered", "training_triggered"
@@ -152,17 +151,12 @@ def judge_continuations(
 
 
 def entry(result: ConditionResult) -> dict:
-    out = {**_rate_entry(result.rate), "unclosed_scratchpad": result.unclosed}
+    out = {**result.rate.to_dict(), "unclosed_scratchpad": result.unclosed}
     if result.by_group:
         out["by_reasoning"] = {
-            c: _rate_entry(result.by_group[c]) for c in CONCLUSIONS if c in result.by_group and c != UNCLOSED
+            c: result.by_group[c].to_dict() for c in CONCLUSIONS if c in result.by_group and c != UNCLOSED
         }
     return out
-
-
-def _rate_entry(r: Rate) -> dict:
-    lo, hi = r.ci95
-    return {"rate": r.rate, "ci95": [lo, hi], "n": r.n, "k": r.k}
 
 
 def steer_report(results: dict[tuple[str, str], ConditionResult]) -> dict:
