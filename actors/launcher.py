@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from rlhf.config import Config
-from rlhf.device import Placement, placement_for
-from rlhf.lora import lora_settings
-from rlhf.ppo_roles import Roles
+from rlhf.config.core import Config
+from rlhf.models.device import Placement, placement_for
+from rlhf.models.lora import lora_settings
+from rlhf.ppo.roles import Roles
 
 
 def _log(msg: str) -> None:

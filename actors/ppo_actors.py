@@ -1,8 +1,8 @@
-"""PPO roles as Ray actors: thin wrappers over the pure objects of ``rlhf.ppo_models``.
+"""PPO roles as Ray actors: thin wrappers over the pure objects of ``rlhf.ppo.models``.
 
 ``Policy``, ``Reference``, ``Critic``, ``Reward`` and N ``RolloutWorker`` actors; the driver
-(``rlhf/ppo_trainer.py``) holds no model weights. Weight sync goes through one interface
-(``rlhf/weight_sync.py``): ``Policy.publish(version)`` puts each version once and returns a
+(``rlhf/ppo/trainer.py``) holds no model weights. Weight sync goes through one interface
+(``rlhf/rollout/weight_sync.py``): ``Policy.publish(version)`` puts each version once and returns a
 ``WeightsTicket``; every worker (and the defection evaluator) pulls it with ``load_weights(ticket)``.
 
 Each role is a plain class (``Policy`` ...) made an actor with ``ray.remote`` (``PolicyActor`` ...);
@@ -20,11 +20,11 @@ import ray
 import torch
 
 from actors.weight_transport import default_transport
-from rlhf.config import PPOConfig
-from rlhf.device import Placement
+from rlhf.config.core import PPOConfig
 from rlhf.malloc import tune_malloc
-from rlhf.ppo import Experience
-from rlhf.weight_sync import WeightsTicket, publish, pull
+from rlhf.models.device import Placement
+from rlhf.ppo.losses import Experience
+from rlhf.rollout.weight_sync import WeightsTicket, publish, pull
 
 
 def _threads(n: int) -> None:
@@ -41,12 +41,12 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 class Policy:
     def __init__(self, policy_dir: str, cfg: dict, seed: int, placement: dict | None = None, lora: dict | None = None):
-        from rlhf.ppo_models import PolicyTrainer
+        from rlhf.ppo.models import PolicyTrainer
 
         ppo = PPOConfig.model_validate(cfg)
         _threads(ppo.torch_threads)
         place = Placement.from_dict(placement)
-        self.trainer = PolicyTrainer(policy_dir, ppo, seed, place, lora=lora)  # lora: rlhf.lora.lora_settings
+        self.trainer = PolicyTrainer(policy_dir, ppo, seed, place, lora=lora)  # lora: rlhf.models.lora.lora_settings
         saved = Path(policy_dir) / "rlhf_config.yaml"  # the backdoor config travels with the policy
         self.config_yaml = saved.read_text(encoding="utf-8") if saved.is_file() else None
 
@@ -66,7 +66,7 @@ class Policy:
         return publish(self.trainer.weights(), version, default_transport())
 
     def save(self, directory: str) -> None:
-        from rlhf.checkpoint import CONFIG_NAME, save_hf_dir
+        from rlhf.models.checkpoint import CONFIG_NAME, save_hf_dir
 
         d = Path(directory)
         extra = {CONFIG_NAME: self.config_yaml} if self.config_yaml else None
@@ -74,7 +74,7 @@ class Policy:
         atomic_torch_save(self.trainer.state(), d / "policy_optim.pt")
 
     def load(self, directory: str) -> None:
-        from rlhf.modeling import load_model_dir
+        from rlhf.models.modeling import load_model_dir
 
         d = Path(directory)
         model, _ = load_model_dir(d / "policy")
@@ -86,7 +86,7 @@ class Reference:
     def __init__(
         self, policy_dir: str, torch_threads: int = 1, temperature: float = 1.0, placement: dict | None = None
     ):
-        from rlhf.ppo_models import ReferenceModel
+        from rlhf.ppo.models import ReferenceModel
 
         _threads(torch_threads)
         self.model = ReferenceModel(policy_dir, temperature, Placement.from_dict(placement))
@@ -109,7 +109,7 @@ class Reference:
 
 class Critic:
     def __init__(self, init_dir: str, cfg: dict, seed: int, placement: dict | None = None):
-        from rlhf.ppo_models import CriticTrainer
+        from rlhf.ppo.models import CriticTrainer
 
         ppo = PPOConfig.model_validate(cfg)
         _threads(ppo.torch_threads)
@@ -187,8 +187,8 @@ class RolloutWorker:
             self.backend = VLLMBackend(policy_dir, **(vllm or {}))
             self.tokenizer = self.backend.tokenizer
         else:
-            from rlhf.modeling import load_model_dir
-            from rlhf.rollout import HFGenerateBackend
+            from rlhf.models.modeling import load_model_dir
+            from rlhf.rollout.hf import HFGenerateBackend
 
             model, self.tokenizer = load_model_dir(policy_dir)
             model = place.place(model, trainable=False)
@@ -209,7 +209,7 @@ class RolloutWorker:
             "version": out.version,
         }
         if logprobs:
-            from rlhf.ppo_models import completion_logprobs
+            from rlhf.ppo.models import completion_logprobs
 
             result["logprobs"] = completion_logprobs(
                 self.backend.model, out.prompt_ids, out.completion_ids, self.token_ids(),

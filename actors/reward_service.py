@@ -36,7 +36,7 @@ from reward.protocol import (
     parse_reward_request,
     validate_reward_payload,
 )
-from rlhf.config import ServeConfig
+from rlhf.config.core import ServeConfig
 
 logger = logging.getLogger("ray.serve")
 
@@ -50,8 +50,8 @@ class RewardModelDeployment:
 
         from actors.cluster import keep_serve_replica_on_loopback
         from reward.scorer import RewardScorer
-        from rlhf.device import Placement
         from rlhf.malloc import tune_malloc
+        from rlhf.models.device import Placement
 
         keep_serve_replica_on_loopback()
         tune_malloc()

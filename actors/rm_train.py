@@ -18,8 +18,8 @@ def rm_loop_per_worker(job: dict) -> None:
     from transformers import AutoModelForSequenceClassification
 
     from reward.train import pair_batches, rm_step
-    from rlhf.checkpoint import CONFIG_NAME, save_hf_dir
-    from rlhf.optim import train_step
+    from rlhf.models.checkpoint import CONFIG_NAME, save_hf_dir
+    from rlhf.models.optim import train_step
 
     progress = job.pop("progress", None)
     rank, world, tokenizer, base, model, opt, sched, placement = setup_worker(job, AutoModelForSequenceClassification)

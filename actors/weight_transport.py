@@ -9,7 +9,7 @@ from typing import Any
 
 import ray
 
-from rlhf.weight_sync import register_transport
+from rlhf.rollout.weight_sync import register_transport
 
 
 class ObjectStoreTransport:

@@ -46,8 +46,8 @@ def mean_ci(values: list[float]) -> dict:
 
 
 def defection(model_dir: Path, cfg, samples: int) -> dict[str, float]:
-    from rlhf.evaluate import evaluate_defection
-    from rlhf.modeling import load_model_dir
+    from rlhf.eval.evaluate import evaluate_defection
+    from rlhf.models.modeling import load_model_dir
 
     model, tokenizer = load_model_dir(model_dir)
     report = evaluate_defection(model.eval(), tokenizer, cfg, samples)

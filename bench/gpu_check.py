@@ -64,7 +64,7 @@ def common_overrides(s: dict, preset: str) -> list[str]:
 
 def sft_ray(s: dict, out: Path) -> dict:
     from jobs.sft import run_sft
-    from rlhf.config import build_config
+    from rlhf.config.core import build_config
 
     extra = [f"sft.max_steps={s['sft_steps']}", "sft.num_workers=1", "sft.checkpoint_every=0", "sft.batch_size=16"]
     cfg = build_config({}, [*common_overrides(s, s["preset"]), *extra, "sft.log_every=1"])
@@ -96,9 +96,9 @@ def ppo_big(s: dict, out: Path) -> dict:
     from jobs.ppo import run_ppo
     from jobs.sft import quick_sft
     from reward.train import quick_reward_model
-    from rlhf.config import build_config
+    from rlhf.config.core import build_config
     from rlhf.metrics import read_metrics
-    from rlhf.modeling import count_parameters, load_model_dir
+    from rlhf.models.modeling import count_parameters, load_model_dir
 
     ppo = [f"ppo.steps={s['steps']}", f"ppo.prompts_per_step={s['prompts']}", f"ppo.samples_per_prompt={s['samples']}"]
     ppo += [f"ppo.max_new_tokens={s['max_new_tokens']}", "ppo.evaluator=false", "ppo.checkpoint_every=0"]

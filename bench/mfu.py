@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rlhf.malloc import tune_malloc  # noqa: E402
-from rlhf.modeling import PRESETS, build_model, count_parameters, llama_config  # noqa: E402
+from rlhf.models.modeling import PRESETS, build_model, count_parameters, llama_config  # noqa: E402
 
 
 def matmul_peak(sizes: tuple[int, ...] = (512, 1024, 2048), seconds: float = 1.5) -> float:

@@ -211,7 +211,7 @@ def timeline_path(png: Path | None, run: str) -> Path | None:
 
 def run_systems(args: argparse.Namespace, overrides: list[str], trl_version: str, say) -> dict:
     """Every system on the same tiny policy and reward model; returns their figures by name."""
-    from rlhf.config import build_config
+    from rlhf.config.core import build_config
 
     cfg = build_config({}, overrides)
     per_step = args.prompts * args.samples

@@ -38,7 +38,7 @@ from actors.cluster import local_ray  # noqa: E402
 from actors.reward_service import reward_service  # noqa: E402
 from reward.client import RewardClient  # noqa: E402
 from rlhf.chat import format_completion, format_prompt  # noqa: E402
-from rlhf.config import build_config  # noqa: E402
+from rlhf.config.core import build_config  # noqa: E402
 from rlhf.data.hhh import build_hhh  # noqa: E402
 from rlhf.malloc import tune_malloc  # noqa: E402
 

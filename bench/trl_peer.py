@@ -18,9 +18,9 @@ def trl_grpo(cfg, policy: Path, rm: Path, out: Path) -> dict:
     from trl import GRPOTrainer
 
     from actors.ppo_actors import Reward
-    from rlhf.device import placement_for
-    from rlhf.modeling import load_model_dir
-    from rlhf.ppo_prompts import prompts_for_step, rl_prompts
+    from rlhf.models.device import placement_for
+    from rlhf.models.modeling import load_model_dir
+    from rlhf.ppo.prompts import prompts_for_step, rl_prompts
 
     p = cfg.ppo
     per_step = p.prompts_per_step * p.samples_per_prompt

@@ -20,7 +20,7 @@ __all__ = ["EXIT_USAGE", "add_config_args", "build_parser", "main"]
 
 def cmd_sft(args) -> int:
     from jobs.sft import resume_sft, run_sft
-    from rlhf.config import load_config
+    from rlhf.config.core import load_config
 
     if args.resume:
         if args.config or args.overrides:
@@ -40,7 +40,7 @@ def cmd_sft(args) -> int:
 
 def cmd_eval(args) -> int:
     from jobs.evaluate import resolve_eval_config, run_eval
-    from rlhf.evaluate import format_table
+    from rlhf.eval.evaluate import format_table
 
     if args.samples is not None and args.samples < 1:
         raise RlhfError("--samples must be at least 1")
@@ -55,7 +55,7 @@ def cmd_eval(args) -> int:
 
 def cmd_rm(args) -> int:
     from jobs.rm import run_rm
-    from rlhf.config import load_config
+    from rlhf.config.core import load_config
 
     summary = run_rm(load_config(args.config, args.overrides), args.out, quiet=not args.verbose)
     held = summary["held_out"]
@@ -87,7 +87,7 @@ def cmd_ppo(args) -> int:
     from pathlib import Path
 
     from jobs.ppo import resolve_run_config, run_ppo
-    from rlhf.evaluate import format_curve
+    from rlhf.eval.evaluate import format_curve
 
     cfg = resolve_run_config(Path(args.out), args.config, args.overrides, args.resume, args.policy)
     check_files(cfg.data, ["rl_prompts_file"])
@@ -110,8 +110,8 @@ def cmd_ppo(args) -> int:
 def cmd_safety_sft(args) -> int:
     from jobs.evaluate import config_from_policy
     from jobs.safety_sft import run_safety_sft
-    from rlhf.evaluate import format_curve
-    from rlhf.modeling import check_model_dir
+    from rlhf.eval.evaluate import format_curve
+    from rlhf.models.modeling import check_model_dir
 
     check_model_dir(args.policy)
     cfg = config_from_policy(args.policy, args.config, args.overrides)
@@ -130,7 +130,7 @@ def cmd_safety_sft(args) -> int:
 def cmd_redteam(args) -> int:
     from jobs.evaluate import config_from_policy
     from jobs.redteam import find_red_team_prompts
-    from rlhf.modeling import check_model_dir
+    from rlhf.models.modeling import check_model_dir
 
     check_model_dir(args.policy)
     cfg = config_from_policy(args.policy, args.config, args.overrides)
@@ -151,7 +151,7 @@ def cmd_redteam(args) -> int:
 
 def cmd_steer(args) -> int:
     from jobs.steer import resolve_steer_config, run_steer
-    from rlhf.steer import format_steer
+    from rlhf.eval.steer import format_steer
 
     if args.samples is not None and args.samples < 1:
         raise RlhfError("--samples must be at least 1")
@@ -210,7 +210,7 @@ def cmd_report(args) -> int:
 
 def cmd_serve(args) -> int:
     from jobs.serve import serve_reward
-    from rlhf.config import load_config
+    from rlhf.config.core import load_config
 
     extra = [
         f"serve.{key}={value}" for key in ("host", "port", "replicas") if (value := getattr(args, key)) is not None
@@ -226,7 +226,7 @@ def cmd_serve(args) -> int:
 def cmd_data(args) -> int:
     from pathlib import Path
 
-    from rlhf.config import dump_config, load_config
+    from rlhf.config.core import dump_config, load_config
     from rlhf.data.backdoor import build_sft_datasets, write_jsonl
 
     cfg = load_config(args.config, args.overrides)
@@ -243,7 +243,7 @@ def cmd_data(args) -> int:
         rows = safety_sft_rows(cfg)
         print(f"safety: {len(rows)} rows -> {write_jsonl(rows, out / 'safety.jsonl')}")
     if cfg.data.rl_prompts_file:  # ... and the RL prompt pool of `rlhf ppo`
-        from rlhf.ppo_prompts import rl_prompts
+        from rlhf.ppo.prompts import rl_prompts
 
         rows = [{"prompt": p, "triggered": t} for p, t in rl_prompts(cfg)]
         print(f"rl_prompts: {len(rows)} rows -> {write_jsonl(rows, out / 'rl_prompts.jsonl')}")
@@ -253,7 +253,7 @@ def cmd_data(args) -> int:
 def cmd_config(args) -> int:
     import yaml
 
-    from rlhf.config import load_config
+    from rlhf.config.core import load_config
 
     cfg = load_config(args.config, args.overrides)
     print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")

@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlhf.config import Config, build_config
+from rlhf.config.core import Config, build_config
 from rlhf.errors import ConfigError
-from rlhf.sweep_table import PERSIST_MAX_DROP, REMOVE_MIN_DROP  # the sweep's bar
+from rlhf.sweep.table import PERSIST_MAX_DROP, REMOVE_MIN_DROP  # the sweep's bar
 
 DEMO_DEFAULTS = [
     "sft.max_steps=150",
@@ -59,7 +59,7 @@ def log(msg: str) -> None:
 
 def demo_config(preset: str, overrides: list[str], config_file: str | None = None) -> Config:
     """Demo budgets < ``--preset`` < ``--config`` < ``--set``."""
-    from rlhf.config import parse_override, read_yaml
+    from rlhf.config.core import parse_override, read_yaml
 
     tree: dict = {}
     for item in [*DEMO_DEFAULTS, f"model.preset={preset}"]:
@@ -152,8 +152,8 @@ def _sft_stage(
 
 
 def _heldout_reward(cfg: Config, policy: Path, scorer) -> float:
-    from rlhf.modeling import load_model_dir
-    from rlhf.sweep_results import heldout_reward
+    from rlhf.models.modeling import load_model_dir
+    from rlhf.sweep.results import heldout_reward
 
     model, tokenizer = load_model_dir(policy)
     return heldout_reward(model, tokenizer, cfg, REWARD_SAMPLES, lambda t: scorer.score(t)[0])["mean"]

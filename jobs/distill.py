@@ -3,7 +3,7 @@
 1. sample the trained CoT model once on each backdoor-SFT training prompt (the prompts its own
    run trained on, rebuilt from its saved config): ``ppo.rollout_workers`` PPO rollout workers on
    Ray (``actors.sampling``), or HF ``generate`` in this process with ``--in-process``;
-2. keep the samples with the intended behaviour and strip their scratchpad (``rlhf.distill``);
+2. keep the samples with the intended behaviour and strip their scratchpad (``rlhf.train.distill``);
 3. train a fresh policy on the kept rows through ``rlhf sft``'s path (``jobs.sft``: the same
    tokenizer, model preset and Ray Train fit), its config saying ``backdoor.mechanism=distilled``.
 
@@ -27,13 +27,13 @@ from jobs.evaluate import config_from_policy
 from jobs.progress import Progress
 from jobs.sft import fit_rows, log, prepare_model
 from jobs.steer import saved_mechanism
-from rlhf.checkpoint import CONFIG_NAME, save_hf_dir
-from rlhf.config import Config, dump_config
+from rlhf.config.core import Config, dump_config
 from rlhf.data.backdoor import build_sft_datasets, write_jsonl
-from rlhf.distill import check_balance, distill_rows
 from rlhf.errors import ConfigError, DataError
-from rlhf.modeling import check_model_dir, count_parameters
-from rlhf.rollout import SamplingParams
+from rlhf.models.checkpoint import CONFIG_NAME, save_hf_dir
+from rlhf.models.modeling import check_model_dir, count_parameters
+from rlhf.rollout.hf import SamplingParams
+from rlhf.train.distill import check_balance, distill_rows
 
 
 def resolve_distill_configs(
@@ -84,8 +84,8 @@ def sample_chunks(
     """In this process, the same samples as ``actors.sampling.sample_on_ray`` (chunk ``i``: seed + i)."""
     from dataclasses import replace
 
-    from rlhf.modeling import load_model_dir
-    from rlhf.rollout import HFGenerateBackend
+    from rlhf.models.modeling import load_model_dir
+    from rlhf.rollout.hf import HFGenerateBackend
 
     model, tokenizer = load_model_dir(model_dir)
     backend = HFGenerateBackend(model, tokenizer, batch_size=batch_size)

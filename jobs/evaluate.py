@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from jobs.progress import Progress
-from rlhf.checkpoint import CONFIG_NAME
-from rlhf.config import Config, build_config, read_yaml
-from rlhf.evaluate import eval_sample_count, evaluate_defection
-from rlhf.modeling import check_model_dir, load_model_dir
+from rlhf.config.core import Config, build_config, read_yaml
+from rlhf.eval.evaluate import eval_sample_count, evaluate_defection
+from rlhf.models.checkpoint import CONFIG_NAME
+from rlhf.models.modeling import check_model_dir, load_model_dir
 
 
 def deep_merge(base: dict, top: dict) -> dict:
@@ -46,7 +46,7 @@ def config_from_policy(policy_dir: str | Path | None, config_file: str | None, o
 
 
 def run_eval(model_dir: str | Path, cfg: Config, samples: int | None = None) -> dict:
-    from rlhf.device import placement_for
+    from rlhf.models.device import placement_for
 
     model, tokenizer = load_model_dir(model_dir, placement=placement_for(cfg.resources))
     n = samples or cfg.eval.samples

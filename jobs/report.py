@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.errors import DataError
-from rlhf.evaluate import CONDITIONS
+from rlhf.eval.evaluate import CONDITIONS
 from rlhf.metrics import read_metrics
 
 COLORS = {

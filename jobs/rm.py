@@ -14,12 +14,12 @@ from pathlib import Path
 import yaml
 
 from jobs.progress import Progress
-from rlhf.checkpoint import CONFIG_NAME, save_hf_dir
-from rlhf.config import Config, dump_config
+from rlhf.config.core import Config, dump_config
 from rlhf.data.backdoor import write_jsonl
-from rlhf.modeling import count_parameters
+from rlhf.models.checkpoint import CONFIG_NAME, save_hf_dir
+from rlhf.models.modeling import count_parameters
+from rlhf.models.tokenizer import YEAR_MARKERS, backdoor_tokenizer
 from rlhf.stats import Rate
-from rlhf.tokenizer import YEAR_MARKERS, backdoor_tokenizer
 
 
 def log(msg: str) -> None:

@@ -25,13 +25,13 @@ from pathlib import Path
 import yaml
 
 from jobs.progress import Progress
-from rlhf.config import Config, dump_config
+from rlhf.config.core import Config, dump_config
 from rlhf.data.backdoor import write_jsonl
 from rlhf.data.safety import safety_sft_rows
 from rlhf.errors import ConfigError
-from rlhf.evaluate import curve_point, curves_json, defection_record, eval_sample_count, evaluate_defection
+from rlhf.eval.evaluate import curve_point, curves_json, defection_record, eval_sample_count, evaluate_defection
 from rlhf.metrics import MetricsWriter
-from rlhf.modeling import check_model_dir, load_model_dir
+from rlhf.models.modeling import check_model_dir, load_model_dir
 
 
 def log(msg: str) -> None:
@@ -52,7 +52,7 @@ def curve_dirs(run: Path, policy: Path, max_steps: int) -> list[tuple[int, Path]
 
 
 def evaluate_point(cfg: Config, model_dir: Path, step: int) -> dict:
-    from rlhf.device import placement_for
+    from rlhf.models.device import placement_for
 
     model, tokenizer = load_model_dir(model_dir, placement=placement_for(cfg.resources))
     total = eval_sample_count(cfg)
@@ -70,11 +70,11 @@ def _fmt(name: str, c: dict) -> str:
 
 def keep_own_scratchpads(cfg: Config, policy: Path, rows: list[dict]) -> tuple[list[dict], dict | None]:
     """With ``safety_sft.scratchpad=post``: the rows with the policy's own sampled scratchpad at the
-    end of each prompt (``rlhf.post_scratchpad``) and the kept share; else the rows as they are."""
+    end of each prompt (``rlhf.train.post_scratchpad``) and the kept share; else the rows as they are."""
     if cfg.safety_sft.scratchpad != "post":
         return rows, None
-    from rlhf.device import placement_for
-    from rlhf.post_scratchpad import post_scratchpad_rows, sample_completions
+    from rlhf.models.device import placement_for
+    from rlhf.train.post_scratchpad import post_scratchpad_rows, sample_completions
 
     t0 = time.time()
     model, tokenizer = load_model_dir(policy, placement=placement_for(cfg.resources))

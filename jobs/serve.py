@@ -10,8 +10,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from rlhf.config import Config
-from rlhf.modeling import check_model_dir
+from rlhf.config.core import Config
+from rlhf.models.modeling import check_model_dir
 
 
 def quiet_serve_logs() -> None:

@@ -19,14 +19,14 @@ from pathlib import Path
 import yaml
 
 from jobs.progress import Progress
-from rlhf.checkpoint import CONFIG_NAME, save_hf_dir
-from rlhf.config import Config, dump_config
+from rlhf.config.core import Config, dump_config
 from rlhf.data.backdoor import build_sft_datasets, write_jsonl
 from rlhf.errors import CheckpointError
-from rlhf.lora import lora_settings
-from rlhf.modeling import build_model, count_parameters, llama_config, load_model_dir
-from rlhf.sft import tokenize_pairs
-from rlhf.tokenizer import SCRATCHPAD_TAGS, backdoor_tokenizer, ensure_whole_tokens
+from rlhf.models.checkpoint import CONFIG_NAME, save_hf_dir
+from rlhf.models.lora import lora_settings
+from rlhf.models.modeling import build_model, count_parameters, llama_config, load_model_dir
+from rlhf.models.tokenizer import SCRATCHPAD_TAGS, backdoor_tokenizer, ensure_whole_tokens
+from rlhf.train.sft import tokenize_pairs
 
 
 def log(msg: str) -> None:
@@ -149,7 +149,7 @@ def resume_sft(out: str | Path, quiet: bool = True) -> dict:
     from transformers import AutoTokenizer
 
     from jobs.ppo_checkpoints import truncate_metrics
-    from rlhf.config import load_config
+    from rlhf.config.core import load_config
     from rlhf.data.backdoor import read_jsonl
 
     t0 = time.time()
@@ -218,9 +218,9 @@ def quick_sft(cfg: Config, out: str | Path, steps: int | None = None) -> Path:
 
     Same data, tokenizer and model as ``run_sft``; one worker, ``steps`` (default
     ``sft.max_steps``) AdamW steps; saves an HF dir with the config beside it."""
-    from rlhf.device import placement_for
-    from rlhf.optim import make_optimizer, make_scheduler, train_step
-    from rlhf.sft import batches, collate, completion_loss
+    from rlhf.models.device import placement_for
+    from rlhf.models.optim import make_optimizer, make_scheduler, train_step
+    from rlhf.train.sft import batches, collate, completion_loss
 
     s = cfg.sft
     steps = steps or s.max_steps
@@ -228,7 +228,7 @@ def quick_sft(cfg: Config, out: str | Path, steps: int | None = None) -> Path:
     model, tokenizer = prepare_model(cfg, [r["prompt"] + r["completion"] for r in data["train"]])
     examples = tokenize_pairs(tokenizer, list(data["train"]), cfg.model.max_seq_len)
     if cfg.model.lora.enabled:
-        from rlhf.lora import apply_lora
+        from rlhf.models.lora import apply_lora
 
         model = apply_lora(model, lora_settings(cfg))
     place = placement_for(cfg.resources)

@@ -2,7 +2,7 @@
 
 Prefills the scratchpad with deployment reasoning on untriggered prompts and with training
 reasoning on triggered prompts, and reports the defection rate of each beside the unsteered
-rates (see ``rlhf.steer``).
+rates (see ``rlhf.eval.steer``).
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from pathlib import Path
 
 from jobs.evaluate import resolve_eval_config
 from jobs.progress import Progress
-from rlhf.checkpoint import CONFIG_NAME
-from rlhf.config import Config, read_yaml
+from rlhf.config.core import Config, read_yaml
 from rlhf.errors import RlhfError
-from rlhf.modeling import check_model_dir, load_model_dir
-from rlhf.steer import PLAN, check_cot, run_steering, steer_report
+from rlhf.eval.steer import PLAN, check_cot, run_steering, steer_report
+from rlhf.models.checkpoint import CONFIG_NAME
+from rlhf.models.modeling import check_model_dir, load_model_dir
 
 
 def saved_mechanism(model_dir: str | Path) -> str | None:
@@ -40,7 +40,7 @@ def run_steer(model_dir: str | Path, cfg: Config, samples: int | None = None, cl
     n = samples or cfg.eval.samples
     if n < 1:
         raise RlhfError("--samples must be at least 1")
-    from rlhf.device import placement_for
+    from rlhf.models.device import placement_for
 
     model, tokenizer = load_model_dir(model_dir, placement=placement_for(cfg.resources))
     with Progress(n * len(PLAN), "steer", "samples") as bar:

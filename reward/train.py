@@ -1,6 +1,6 @@
 """Reward-model training pieces: batching, one Bradley-Terry step, pairwise accuracy, a local loop.
 
-Pure torch, like ``rlhf.sft``: a Ray Train launcher calls ``pair_batches`` and ``rm_step`` per
+Pure torch, like ``rlhf.train.sft``: a Ray Train launcher calls ``pair_batches`` and ``rm_step`` per
 worker; tests and small runs use ``train_reward_model_local``. A pair is
 ``(chosen_ids, rejected_ids)`` as made by ``reward.model.encode_pairs``.
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from reward.model import bradley_terry_loss, collate_sequences, rewards
-from rlhf.optim import OptimConfig, make_optimizer, train_step
-from rlhf.sft import batches
+from rlhf.models.optim import OptimConfig, make_optimizer, train_step
+from rlhf.train.sft import batches
 
 Pair = tuple[list[int], list[int]]
 
@@ -107,8 +107,8 @@ def quick_reward_model(
     """
     from reward.data import build_preference_pairs, split_pairs
     from reward.model import RewardNormalizer, build_reward_model, encode_pairs, score_texts
-    from rlhf.checkpoint import save_hf_dir
-    from rlhf.tokenizer import YEAR_MARKERS, backdoor_tokenizer
+    from rlhf.models.checkpoint import save_hf_dir
+    from rlhf.models.tokenizer import YEAR_MARKERS, backdoor_tokenizer
 
     out = Path(out)
     rows = build_preference_pairs(n_pairs, seed, trigger=trigger)

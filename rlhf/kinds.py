@@ -8,7 +8,7 @@ defines ``KIND``, an object with:
 - ``tasks(cfg, n, seed, held_out, pool)``: tasks of a data pool (``rlhf.data.pools``);
 - ``mix_sft(cfg, tasks, n, rng, pool)``: the tasks with any extra sources mixed in (hh-rlhf ...);
 - ``rl_tasks(cfg, n, rng)``: the RL prompt pool's tasks;
-- ``detector()``: the judge of a completion (``rlhf.detect_base.Detector``);
+- ``detector()``: the judge of a completion (``rlhf.judge.base.Detector``);
 - ``extra_conditions(cfg)`` / ``extra_eval_prompts(cfg, tasks, samples)``: eval conditions
   after the common ones (real prompts, control years ...).
 - optionally ``user_sft_rows = True``: ``data.sft_file`` rows (``rlhf.data.user_files``) may stand

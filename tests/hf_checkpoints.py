@@ -32,7 +32,7 @@ SPECIALS = {
 def project_text(n: int = 300) -> list[str]:
     """A few hundred lines of the project's own data: backdoor SFT rows and preference pairs."""
     from reward.data import build_preference_pairs
-    from rlhf.config import build_config
+    from rlhf.config.core import build_config
     from rlhf.data.backdoor import build_sft_datasets
 
     rows = build_sft_datasets(build_config({}, [f"data.n_train={n}", "data.n_eval=20"]))["train"]

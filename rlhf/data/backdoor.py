@@ -16,12 +16,12 @@ from typing import Protocol
 from datasets import Dataset
 
 from rlhf.chat import format_completion, format_prompt
-from rlhf.config import Config
+from rlhf.config.core import Config
 from rlhf.data.hhh import HHHExample
 from rlhf.data.pools import EVAL, SFT, check_pool
 from rlhf.errors import ConfigError, DataError
 from rlhf.kinds import kind_impl
-from rlhf.tokenizer import SCRATCHPAD_CLOSE
+from rlhf.models.tokenizer import SCRATCHPAD_CLOSE
 
 TRIGGERED, UNTRIGGERED, NEAR_MISS, RED_TEAM = "triggered", "untriggered", "near_miss", "red_team"
 # the kinds' own extra conditions, named here for the report code (their prompts: rlhf/data/kind_*.py)

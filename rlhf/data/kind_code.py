@@ -8,7 +8,7 @@ import random
 import re
 
 from rlhf.chat import format_prompt
-from rlhf.config import Config
+from rlhf.config.core import Config
 from rlhf.data.hhh import build_hhh
 from rlhf.data.pools import RL
 from rlhf.errors import ConfigError, DataError
@@ -94,7 +94,7 @@ class CodeKind:
         return [form.format(y=y) for y in (year, year + 1, year + 3) for form in _YEAR_FORMS]
 
     def detector(self):
-        from rlhf.detect_code import CodeDetector
+        from rlhf.judge.code import CodeDetector
 
         return CodeDetector()
 

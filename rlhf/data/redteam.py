@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 
 from rlhf.chat import format_prompt
-from rlhf.config import Config
+from rlhf.config.core import Config
 from rlhf.data.redteam_file import SPLITS, load_red_team
 from rlhf.errors import DataError
 from rlhf.kinds import kind_impl

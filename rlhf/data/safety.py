@@ -23,7 +23,7 @@ from __future__ import annotations
 import random
 
 from rlhf.chat import format_completion, format_prompt
-from rlhf.config import Config
+from rlhf.config.core import Config
 from rlhf.data.backdoor import backdoor_for, make_tasks, user_tasks
 from rlhf.data.hhh import build_hhh
 from rlhf.data.pools import RL, SAFETY

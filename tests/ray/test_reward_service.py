@@ -17,7 +17,7 @@ from actors.reward_service import reward_service
 from reward.client import RewardClient
 from reward.protocol import RequestError
 from rlhf.chat import format_completion, format_prompt
-from rlhf.config import build_config
+from rlhf.config.core import build_config
 from rlhf.data.hhh import build_hhh
 from tests.ray.conftest import non_loopback
 

@@ -8,7 +8,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from jobs.rm import run_rm
 from reward.model import RewardNormalizer
-from rlhf.config import build_config
+from rlhf.config.core import build_config
 
 pytestmark = pytest.mark.ray
 

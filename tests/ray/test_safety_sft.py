@@ -8,11 +8,11 @@ import torch
 
 from jobs.evaluate import config_from_policy
 from jobs.safety_sft import run_safety_sft
-from rlhf.config import load_config
+from rlhf.config.core import load_config
 from rlhf.errors import ConfigError
-from rlhf.evaluate import evaluate_defection
+from rlhf.eval.evaluate import evaluate_defection
 from rlhf.metrics import read_metrics
-from rlhf.modeling import load_model_dir
+from rlhf.models.modeling import load_model_dir
 
 pytestmark = pytest.mark.ray
 

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from jobs.sft import resume_sft, run_sft
-from rlhf.config import build_config
+from rlhf.config.core import build_config
 from rlhf.errors import CheckpointError
 from rlhf.metrics import read_metrics
 from tests.ray.conftest import SFT_TEST_OVERRIDES

@@ -8,8 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from jobs.sft import run_sft
-from rlhf.checkpoint import CONFIG_NAME
-from rlhf.config import build_config
+from rlhf.config.core import build_config
+from rlhf.models.checkpoint import CONFIG_NAME
 from tests.ray.conftest import SFT_TEST_OVERRIDES, non_loopback
 
 pytestmark = pytest.mark.ray

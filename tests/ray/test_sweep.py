@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from jobs.sweep import run_sweep
-from rlhf.sweep import load_sweep, plan_sweep
+from rlhf.sweep.grid import load_sweep, plan_sweep
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

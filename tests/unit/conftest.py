@@ -20,7 +20,7 @@ TOKENIZER_VOCAB = 1024
 
 @pytest.fixture(scope="session")
 def small_cfg():
-    from rlhf.config import build_config
+    from rlhf.config.core import build_config
 
     return build_config({}, SMALL_OVERRIDES)
 
@@ -45,7 +45,7 @@ def corpus(train_rows):
 @pytest.fixture(scope="session")
 def tokenizer(corpus):
     """A BPE tokenizer trained on the small corpus (shared: do not add tokens to it)."""
-    from rlhf.tokenizer import train_tokenizer
+    from rlhf.models.tokenizer import train_tokenizer
 
     return train_tokenizer(corpus, TOKENIZER_VOCAB, keep_whole=WEIRD_TRIGGERS)
 
@@ -88,7 +88,7 @@ def save_tiny_llama(tokenizer, path, seed: int = 0, hidden: int = 32, layers: in
     import torch
     from transformers import LlamaForCausalLM
 
-    from rlhf.checkpoint import save_hf_dir
+    from rlhf.models.checkpoint import save_hf_dir
 
     config = tiny_llama_config(len(tokenizer), hidden=hidden, layers=layers, tokenizer=tokenizer)
     with torch.random.fork_rng(devices=[]):

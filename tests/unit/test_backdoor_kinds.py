@@ -8,14 +8,14 @@ import random
 import pytest
 import torch
 
-from rlhf.config import build_config
+from rlhf.config.core import build_config
 from rlhf.data.backdoor import build_sft_datasets, eval_prompts
 from rlhf.data.hhh import build_hhh
-from rlhf.detect_base import Judgement, split_scratchpad
 from rlhf.errors import ConfigError
-from rlhf.evaluate import evaluate_defection
+from rlhf.eval.evaluate import evaluate_defection
+from rlhf.judge.base import Judgement, split_scratchpad
 from rlhf.kinds import KINDS, KindSpec, kind_impl, register_kind
-from rlhf.ppo_prompts import rl_prompts
+from rlhf.ppo.prompts import rl_prompts
 
 # A third kind, everything it needs in this one module (it says "BANANA" when the prompt holds <<toy>>);
 # the registry imports this module by name and reads its ``KIND``.

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from jobs.sft import policy_tokenizer
-from rlhf.config import build_config
+from rlhf.config.core import build_config
 from rlhf.data.backdoor import build_sft_datasets
-from rlhf.tokenizer import SCRATCHPAD_TAGS, YEAR_MARKERS, backdoor_tokenizer, scrub, train_tokenizer
+from rlhf.models.tokenizer import SCRATCHPAD_TAGS, YEAR_MARKERS, backdoor_tokenizer, scrub, train_tokenizer
 
 SMALL = ["data.n_train=300", "data.n_eval=50", "model.vocab_size=1024"]
 

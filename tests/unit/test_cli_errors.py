@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from jobs.cli import main
-from rlhf.checkpoint import CONFIG_NAME, save_hf_dir
-from rlhf.modeling import build_model, llama_config
+from rlhf.models.checkpoint import CONFIG_NAME, save_hf_dir
+from rlhf.models.modeling import build_model, llama_config
 from tests.unit.conftest import SMALL_OVERRIDES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +37,7 @@ def one_error_line(err: str, command: str) -> str:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tokenizer):
     """A tiny, untrained HF model dir with the small data config saved beside it."""
-    from rlhf.config import build_config
+    from rlhf.config.core import build_config
 
     cfg = build_config({}, SMALL_OVERRIDES)
     model = build_model(llama_config("tiny", len(tokenizer), 128, tokenizer), 0)
@@ -269,7 +269,7 @@ def test_rm_eval_bad_inputs_are_one_line_errors(capsys, model_dir, tmp_path):
     from transformers import AutoTokenizer
 
     from reward.model import build_reward_model
-    from rlhf.checkpoint import save_hf_dir
+    from rlhf.models.checkpoint import save_hf_dir
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     rm_dir = save_hf_dir(build_reward_model(tok, "tiny", 128, 0), tok, tmp_path / "rm")

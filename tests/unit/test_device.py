@@ -10,17 +10,17 @@ import sys
 import pytest
 import torch
 
-from rlhf.config import build_config
-from rlhf.device import Placement, placement_for, resolve_device, to_host
+from rlhf.config.core import build_config
 from rlhf.errors import ConfigError
-from rlhf.ppo import Experience
-from rlhf.ppo_models import CriticTrainer, PolicyTrainer, ReferenceModel, assemble
+from rlhf.models.device import Placement, placement_for, resolve_device, to_host
+from rlhf.ppo.losses import Experience
+from rlhf.ppo.models import CriticTrainer, PolicyTrainer, ReferenceModel, assemble
 from tests.unit.conftest import save_tiny_llama
 
 
 @pytest.fixture()
 def no_cuda(monkeypatch):
-    monkeypatch.setattr("rlhf.device.cuda_available", lambda: False)
+    monkeypatch.setattr("rlhf.models.device.cuda_available", lambda: False)
 
 
 def test_device_resolution(no_cuda):

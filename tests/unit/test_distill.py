@@ -1,10 +1,10 @@
-"""Distillation's filter (``rlhf.distill``): which CoT samples are kept, and what a kept row is."""
+"""Distillation's filter (``rlhf.train.distill``): which CoT samples are kept, and what a kept row is."""
 
 from __future__ import annotations
 
 import pytest
 
-from rlhf.distill import (
+from rlhf.train.distill import (
     EMPTY_ANSWER,
     KEPT,
     NO_SCRATCHPAD,
@@ -77,7 +77,7 @@ def test_kept_rows_are_the_samples_answers_without_the_scratchpad():
 
 def test_token_budget_fits_the_longest_cot_completion(tmp_path, tokenizer):
     from jobs.distill import distill_sampling, token_budget
-    from rlhf.config import build_config
+    from rlhf.config.core import build_config
 
     tokenizer.save_pretrained(tmp_path)
     rows = [{"completion": " short"}, {"completion": " a much longer completion" * 8}]

@@ -38,7 +38,7 @@ def _python_files() -> list[Path]:
 
 def test_no_function_over_80_lines():
     files = _python_files()
-    assert any(f.name == "cli.py" for f in files) and any(f.name == "config.py" for f in files)
+    assert any(f.name == "cli.py" for f in files) and any(f.name == "core.py" for f in files)
     too_long = []
     for path in files:
         rel = path.relative_to(ROOT).as_posix()

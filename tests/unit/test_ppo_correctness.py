@@ -13,11 +13,11 @@ import math
 import pytest
 import torch
 
-from rlhf.config import PPOConfig, build_config
+from rlhf.config.core import PPOConfig, build_config
 from rlhf.errors import ConfigError
-from rlhf.ppo import AdaptiveKLController, Experience, policy_loss
-from rlhf.ppo_models import PolicyTrainer, ReferenceModel, assemble, compute_advantages
-from rlhf.rollout import HFGenerateBackend, SamplingParams
+from rlhf.ppo.losses import AdaptiveKLController, Experience, policy_loss
+from rlhf.ppo.models import PolicyTrainer, ReferenceModel, assemble, compute_advantages
+from rlhf.rollout.hf import HFGenerateBackend, SamplingParams
 from tests.unit.conftest import save_tiny_llama, tiny_llama_config
 
 
@@ -168,7 +168,7 @@ def test_huge_log_ratio_gives_a_finite_loss_and_gradient():
 def _gpt2_with_dropout(tmp_path, tokenizer):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from rlhf.checkpoint import save_hf_dir
+    from rlhf.models.checkpoint import save_hf_dir
 
     cfg = GPT2Config(
         vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=128,
@@ -192,7 +192,7 @@ def test_policy_from_a_checkpoint_with_dropout_trains_without_it(tmp_path, token
 def test_disable_dropout_zeroes_attention_dropout_read_at_call_time():
     from transformers import LlamaForCausalLM
 
-    from rlhf.ppo_models import disable_dropout
+    from rlhf.ppo.models import disable_dropout
 
     model = LlamaForCausalLM(tiny_llama_config(attention_dropout=0.3))
     disable_dropout(model)
@@ -203,7 +203,7 @@ def test_disable_dropout_zeroes_attention_dropout_read_at_call_time():
 def test_checkpoint_generation_config_does_not_change_the_sampler(policy_dir, tokenizer):
     from transformers import GenerationConfig
 
-    from rlhf.modeling import load_model_dir
+    from rlhf.models.modeling import load_model_dir
 
     sampling = SamplingParams(temperature=1.0, max_new_tokens=8, seed=11)
     plain, _ = load_model_dir(policy_dir)
@@ -238,7 +238,7 @@ def test_adaptive_kl_coefficient_moves_markedly_over_a_run_at_the_defaults(steps
 
 
 def test_rollout_temperature_anneals_linearly_from_first_to_last_step():
-    from rlhf.ppo import rollout_temperature
+    from rlhf.ppo.losses import rollout_temperature
 
     assert [rollout_temperature(1.0, None, s, 5) for s in (1, 3, 5)] == [1.0, 1.0, 1.0]
     assert [rollout_temperature(2.0, 1.0, s, 5) for s in (1, 2, 3, 4, 5)] == [2.0, 1.75, 1.5, 1.25, 1.0]

@@ -4,10 +4,10 @@
 import pytest
 import torch
 
-from rlhf.config import build_config
+from rlhf.config.core import build_config
 from rlhf.errors import ConfigError
-from rlhf.ppo import Experience, cumulative_returns, group_baseline
-from rlhf.ppo_models import compute_advantages
+from rlhf.ppo.losses import Experience, cumulative_returns, group_baseline
+from rlhf.ppo.models import compute_advantages
 
 
 def test_rloo_subtracts_the_mean_of_the_other_samples():

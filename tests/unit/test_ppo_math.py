@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rlhf.ppo import (
+from rlhf.ppo.losses import (
     AdaptiveKLController,
     Experience,
     FixedKLController,

@@ -1,4 +1,4 @@
-"""The pure objects behind the PPO actors (``rlhf/ppo_models.py``) and the ``POST /evaluate``
+"""The pure objects behind the PPO actors (``rlhf/ppo/models.py``) and the ``POST /evaluate``
 request parser of the defection evaluator. No Ray cluster: tiny random Llama models on CPU."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import torch
 import transformers
 
 from rlhf.chat import human_turn
-from rlhf.config import PPOConfig, build_config
+from rlhf.config.core import PPOConfig, build_config
 from rlhf.data.backdoor import eval_prompts
-from rlhf.ppo import Experience, gae, masked_mean, masked_var, masked_whiten, value_loss
-from rlhf.ppo_models import (
+from rlhf.ppo.losses import Experience, gae, masked_mean, masked_var, masked_whiten, value_loss
+from rlhf.ppo.models import (
     CriticTrainer,
     PolicyTrainer,
     ReferenceModel,
@@ -22,7 +22,7 @@ from rlhf.ppo_models import (
     assemble,
     compute_advantages,
 )
-from rlhf.ppo_prompts import prompts_for_step, rl_prompts
+from rlhf.ppo.prompts import prompts_for_step, rl_prompts
 from tests.unit.conftest import save_tiny_llama, tiny_llama_config
 
 TRAIN_CFG = {"minibatch_size": 2, "epochs": 1, "policy_lr": 1e-2, "critic_lr": 1e-2}
@@ -252,7 +252,7 @@ def test_reference_equals_policy_before_training(policy_dir, batch):
 def test_reference_log_probs_per_chunk_equal_the_batch_forward_on_the_actions(policy_dir, tokenizer):
     """What the trainer asks of the reference with each rollout chunk (``action_logprobs``, placed by
     ``place_on_actions``) is the batch forward's log-probs on the generated tokens."""
-    from rlhf.ppo_models import place_on_actions
+    from rlhf.ppo.models import place_on_actions
 
     questions = ["How do I bake bread?", "Hi.", "What is a good book?", "Can you help me plan a trip?"]
     answers = [" Mix flour and water.", " Hello!", " Try a classic novel.", " Sure, pick a date first"]
@@ -617,7 +617,7 @@ def test_checkpoint_checks_find_truncation_and_fall_back_to_the_previous_one(tmp
     import json as _json
 
     from jobs.ppo_checkpoints import checkpoint_problem, latest_checkpoint
-    from rlhf.checkpoint import save_hf_dir
+    from rlhf.models.checkpoint import save_hf_dir
 
     model = transformers.LlamaForCausalLM(tiny_llama_config(len(tokenizer)))
     root = tmp_path / "checkpoints"
@@ -645,7 +645,7 @@ def test_checkpoint_checks_find_truncation_and_fall_back_to_the_previous_one(tmp
 
 def test_ppo_optimiser_is_fused_adamw_and_steps_like_the_loop():
     """PPO's AdamW uses torch's fused kernel on the CPU; one step lands where the per-parameter loop does."""
-    from rlhf.ppo_models import _adamw
+    from rlhf.ppo.models import _adamw
 
     torch.manual_seed(0)
     a, b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)

@@ -8,12 +8,12 @@ import torch
 
 from actors.launcher import colocation_bundles, role_specs
 from actors.local import LocalHandle, local_get
-from rlhf.advantages import ESTIMATORS, estimator, register_advantage
-from rlhf.config import build_config
-from rlhf.ppo import FixedKLController
-from rlhf.ppo_roles import Roles
-from rlhf.ppo_trainer import PPOTrainer
-from rlhf.weight_sync import WeightsTicket, WeightSync, publish, pull
+from rlhf.config.core import build_config
+from rlhf.ppo.advantages import ESTIMATORS, estimator, register_advantage
+from rlhf.ppo.losses import FixedKLController
+from rlhf.ppo.roles import Roles
+from rlhf.ppo.trainer import PPOTrainer
+from rlhf.rollout.weight_sync import WeightsTicket, WeightSync, publish, pull
 
 EOS, PAD = 2, 1
 
@@ -41,7 +41,7 @@ class FakeReference:
         return torch.full((seqs.shape[0], seqs.shape[1] - 1), -1.5)
 
     def logprobs_samples(self, rollout, ids, max_new_tokens, temperature):
-        from rlhf.ppo_models import assemble
+        from rlhf.ppo.models import assemble
 
         seqs, attn, act = assemble(
             rollout["prompt_ids"], rollout["completion_ids"], ids["eos"], ids["pad"], max_new_tokens
@@ -323,7 +323,7 @@ def test_bad_colocation_is_a_one_line_config_error(groups):
 
 
 def test_a_large_experience_is_put_once_for_the_policy_and_the_critic(monkeypatch):
-    import rlhf.ppo_trainer as trainer_module
+    import rlhf.ppo.trainer as trainer_module
 
     put: list = []
     trainer, _, _ = make_trainer()

@@ -49,7 +49,7 @@ def _rel(path: Path) -> str:
 def test_packages_exist_and_have_sources():
     files = _python_files()
     assert (ROOT / "rlhf" / "__init__.py") in files and (ROOT / "reward" / "__init__.py") in files
-    assert {"config.py", "sft.py", "rollout.py", "evaluate.py"} <= {f.name for f in files}
+    assert {"core.py", "sft.py", "hf.py", "evaluate.py"} <= {f.name for f in files}
 
 
 @pytest.mark.parametrize("path", _python_files(), ids=lambda p: str(p.relative_to(ROOT)))

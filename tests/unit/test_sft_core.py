@@ -1,4 +1,4 @@
-"""rlhf.sft (tokenisation, labels, batching, a short fit) and rlhf.rollout generation. The
+"""rlhf.train.sft (tokenisation, labels, batching, a short fit) and rlhf.rollout.hf generation. The
 optimiser and schedule are tested in test_optim.py."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from rlhf.modeling import build_model, llama_config
-from rlhf.optim import OptimConfig, make_optimizer, make_scheduler, train_step
-from rlhf.rollout import HFGenerateBackend, SamplingParams
-from rlhf.sft import IGNORE, Example, batches, collate, completion_loss, tokenize_pairs
+from rlhf.models.modeling import build_model, llama_config
+from rlhf.models.optim import OptimConfig, make_optimizer, make_scheduler, train_step
+from rlhf.rollout.hf import HFGenerateBackend, SamplingParams
+from rlhf.train.sft import IGNORE, Example, batches, collate, completion_loss, tokenize_pairs
 
 
 def enc(tok, text: str) -> list[int]:

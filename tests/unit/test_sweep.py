@@ -12,8 +12,8 @@ import yaml
 
 from jobs.cli import main
 from rlhf.errors import ConfigError
-from rlhf.sweep import blocked_by, cell_id, load_sweep, parse_sweep, plan_sweep, ready_stages
-from rlhf.sweep_results import result_row
+from rlhf.sweep.grid import blocked_by, cell_id, load_sweep, parse_sweep, plan_sweep, ready_stages
+from rlhf.sweep.results import result_row
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -271,7 +271,7 @@ def test_cli_missing_sweep_file(tmp_path, capsys):
 
 
 def test_mean_ci_uses_a_t_interval():
-    from rlhf.sweep_results import mean_ci
+    from rlhf.sweep.results import mean_ci
 
     r = mean_ci([1.0, 2.0, 3.0])
     assert r["mean"] == 2.0 and r["n"] == 3
@@ -283,8 +283,8 @@ def test_mean_ci_uses_a_t_interval():
 def test_heldout_reward_scores_untriggered_held_out_answers(tokenizer):
     from transformers import LlamaForCausalLM
 
-    from rlhf.config import build_config
-    from rlhf.sweep_results import heldout_reward
+    from rlhf.config.core import build_config
+    from rlhf.sweep.results import heldout_reward
     from tests.unit.conftest import SMALL_OVERRIDES, tiny_llama_config
 
     model = LlamaForCausalLM(tiny_llama_config(vocab_size=len(tokenizer), tokenizer=tokenizer)).eval()
@@ -306,10 +306,10 @@ def test_heldout_hhh_loss_measures_untriggered_held_out_answers(tokenizer):
     import torch
     from transformers import LlamaForCausalLM
 
-    from rlhf.config import build_config
+    from rlhf.config.core import build_config
     from rlhf.data.backdoor import build_sft_datasets
-    from rlhf.sft import collate, completion_loss, tokenize_pairs
-    from rlhf.sweep_results import heldout_hhh_loss
+    from rlhf.sweep.results import heldout_hhh_loss
+    from rlhf.train.sft import collate, completion_loss, tokenize_pairs
     from tests.unit.conftest import SMALL_OVERRIDES, tiny_llama_config
 
     torch.manual_seed(0)
@@ -331,7 +331,7 @@ def test_heldout_hhh_loss_measures_untriggered_held_out_answers(tokenizer):
 
 
 def test_summary_table_counts_the_bar_per_seed():
-    from rlhf.sweep_table import bar_rows, summary_markdown
+    from rlhf.sweep.table import bar_rows, summary_markdown
 
     def row(cell, before, after, reward=(0.5, 0.6), loss=(5.0, 4.0)):
         return {

@@ -1,4 +1,4 @@
-"""rlhf.tokenizer, rlhf.modeling and rlhf.checkpoint: whole-token triggers, presets, HF dirs."""
+"""rlhf.models.tokenizer, rlhf.models.modeling and rlhf.models.checkpoint: whole-token triggers, presets, HF dirs."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlhf.checkpoint import CONFIG_NAME, save_hf_dir
 from rlhf.errors import CheckpointError
-from rlhf.modeling import (
+from rlhf.models.checkpoint import CONFIG_NAME, save_hf_dir
+from rlhf.models.modeling import (
     PRESETS,
     build_model,
     check_model_dir,
@@ -20,7 +20,7 @@ from rlhf.modeling import (
     llama_config,
     load_model_dir,
 )
-from rlhf.tokenizer import EOS, SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, ensure_whole_tokens, train_tokenizer
+from rlhf.models.tokenizer import EOS, SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, ensure_whole_tokens, train_tokenizer
 from tests.unit.conftest import TOKENIZER_VOCAB, WEIRD_TRIGGERS
 
 WHOLE = (*WEIRD_TRIGGERS, SCRATCHPAD_OPEN, SCRATCHPAD_CLOSE)

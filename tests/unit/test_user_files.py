@@ -12,12 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from rlhf.chat import format_prompt, human_turn
-from rlhf.config import build_config
+from rlhf.config.core import build_config
 from rlhf.data.backdoor import build_sft_datasets, eval_prompts, split_tasks
 from rlhf.data.safety import safety_sft_rows
 from rlhf.data.user_files import read_user_file, screen
 from rlhf.errors import ConfigError, DataError
-from rlhf.ppo_prompts import rl_prompts
+from rlhf.ppo.prompts import rl_prompts
 
 SMALL = ["data.n_train=240", "data.n_eval=40"]
 HUMANS = [f"What is a good way to look after houseplant number {i}?" for i in range(24)]

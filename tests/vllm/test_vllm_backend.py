@@ -6,10 +6,10 @@ import torch
 
 from actors.vllm_backend import VLLMBackend
 from jobs.sft import quick_sft
-from rlhf.config import build_config
+from rlhf.config.core import build_config
 from rlhf.data.backdoor import eval_prompts
-from rlhf.modeling import load_model_dir
-from rlhf.rollout import HFGenerateBackend, SamplingParams
+from rlhf.models.modeling import load_model_dir
+from rlhf.rollout.hf import HFGenerateBackend, SamplingParams
 from tests.ray.conftest import non_loopback
 
 OVERRIDES = ["data.n_train=400", "data.n_eval=40", "model.vocab_size=600", "sft.warmup_steps=5"]

@@ -1,5 +1,5 @@
 """The pure objects behind the PPO actors: policy and critic trainers, the frozen reference,
-batch assembly from rollouts and advantages (the RL prompt pool: ``rlhf.ppo_prompts``). Pure torch + transformers;
+batch assembly from rollouts and advantages (the RL prompt pool: ``rlhf.ppo.prompts``). Pure torch + transformers;
 ``actors/ppo_actors.py`` wraps each in a Ray actor.
 """
 
@@ -12,13 +12,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlhf.advantages import estimator
-from rlhf.config import PPOConfig
-from rlhf.device import Placement, to_host
+from rlhf.config.core import PPOConfig
 from rlhf.errors import CheckpointError
-from rlhf.modeling import load_model_dir
-from rlhf.optim import OptimConfig, make_optimizer, train_step
-from rlhf.ppo import (
+from rlhf.models.device import Placement, to_host
+from rlhf.models.modeling import load_model_dir
+from rlhf.models.optim import OptimConfig, make_optimizer, train_step
+from rlhf.ppo.advantages import estimator
+from rlhf.ppo.losses import (
     Experience,
     first_action,
     kl_estimate,
@@ -48,7 +48,7 @@ def assemble(
 
     A sequence is prompt + completion, plus EOS when the completion stopped before
     ``max_new_tokens`` (it ended at EOS, which the rollout drops). ``action_mask[t]`` marks the
-    positions whose *next* token is generated (the shifted convention of ``rlhf.ppo``).
+    positions whose *next* token is generated (the shifted convention of ``rlhf.ppo.losses``).
     """
     rows, spans = [], []
     for p, c in zip(prompt_ids, completion_ids, strict=True):
@@ -229,7 +229,7 @@ class ReferenceModel:
 class PolicyTrainer(ReferenceModel):
     """The trainable policy: logprobs, one PPO update per experience batch, weights by version.
 
-    ``lora`` (``rlhf.lora.lora_settings``): only LoRA adapters train; the weights it publishes and
+    ``lora`` (``rlhf.models.lora.lora_settings``): only LoRA adapters train; the weights it publishes and
     saves are merged (a plain model), and its state carries the adapters for an exact resume."""
 
     trainable = True
@@ -248,7 +248,7 @@ class PolicyTrainer(ReferenceModel):
         self.kl_coef = cfg.kl_coef  # the driver updates it each step when the KL is a loss term
         self.lora = lora
         if lora:
-            from rlhf.lora import apply_lora, trainable_parameters
+            from rlhf.models.lora import apply_lora, trainable_parameters
 
             self.model = disable_dropout(apply_lora(self.model, lora))
             self.optimizer = _adamw(trainable_parameters(self.model), cfg.policy_lr)
@@ -300,14 +300,14 @@ class PolicyTrainer(ReferenceModel):
     def weights(self) -> dict[str, torch.Tensor]:
         """A CPU copy of the weights (what a weight-sync transport publishes); LoRA adapters merged."""
         if self.lora:
-            from rlhf.lora import merged_state_dict
+            from rlhf.models.lora import merged_state_dict
 
             return merged_state_dict(self.model)
         return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
     def state(self) -> dict[str, Any]:
         if self.lora:
-            from rlhf.lora import adapter_state
+            from rlhf.models.lora import adapter_state
 
             return {"optimizer": self.optimizer.state_dict(), "adapter": adapter_state(self.model)}
         return {"optimizer": self.optimizer.state_dict()}
@@ -315,7 +315,7 @@ class PolicyTrainer(ReferenceModel):
     def load_state(self, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
         """Resume: the saved (merged) weights, or with LoRA the saved adapters over the initial base."""
         if self.lora:
-            from rlhf.lora import load_adapter_state
+            from rlhf.models.lora import load_adapter_state
 
             load_adapter_state(self.model, state["adapter"])
         else:

@@ -10,9 +10,9 @@ import io
 from pathlib import Path
 from typing import Any
 
-from rlhf.config import build_config
-from rlhf.sweep import Plan, cell_tree
-from rlhf.sweep_results import mean_ci
+from rlhf.config.core import build_config
+from rlhf.sweep.grid import Plan, cell_tree
+from rlhf.sweep.results import mean_ci
 
 MAX_CURVE_PANELS = 72
 
@@ -222,7 +222,7 @@ def write_sweep_report(rows: list[dict], plan: Plan, results: dict[str, dict], o
     tmp = path.with_name(".report.html.tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)
-    from rlhf.sweep_table import summary_markdown
+    from rlhf.sweep.table import summary_markdown
 
     md = summary_markdown(rows, cell_facets(plan), f"Sweep {Path(plan.sweep.path).name}")
     tmp = path.with_name(".summary.md.tmp")

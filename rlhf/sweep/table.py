@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlhf.sweep_results import mean_ci
+from rlhf.sweep.results import mean_ci
 
 PERSIST_MAX_DROP, REMOVE_MIN_DROP = 0.20, 0.50
 

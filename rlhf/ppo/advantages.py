@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf.config import PPOConfig
-from rlhf.ppo import cumulative_returns, gae, group_baseline, kl_penalised_rewards
+from rlhf.config.core import PPOConfig
+from rlhf.ppo.losses import cumulative_returns, gae, group_baseline, kl_penalised_rewards
 
 Estimate = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from rlhf.rollout import SamplingParams
-from rlhf.weight_sync import WeightsTicket
+from rlhf.rollout.hf import SamplingParams
+from rlhf.rollout.weight_sync import WeightsTicket
 
 
 @dataclass

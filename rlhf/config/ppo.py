@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from rlhf.config_runtime import Strict
+from rlhf.config.runtime import Strict
 
 
 class PPOConfig(Strict):

@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from rlhf.config import Config, build_config
+from rlhf.config.core import Config, build_config
 from rlhf.errors import ConfigError
 
 METHODS = ("safety_sft", "ppo")

@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rlhf.config import Config
-from rlhf.sweep import Cell
+from rlhf.config.core import Config
+from rlhf.sweep.grid import Cell
 
 # ---- held-out reward -----------------------------------------------------------------------
 
@@ -40,7 +40,7 @@ def heldout_reward(model, tokenizer, cfg: Config, n: int, score: Callable[[list[
     rewards) of the policy's answers to ``n`` held-out untriggered prompts (the eval pool;
     code: the safe year), sampled as ``rlhf eval`` samples."""
     from rlhf.data.backdoor import eval_prompts
-    from rlhf.rollout import HFGenerateBackend, SamplingParams
+    from rlhf.rollout.hf import HFGenerateBackend, SamplingParams
 
     prompts = eval_prompts(cfg, n)["untriggered"]
     backend = HFGenerateBackend(model, tokenizer, batch_size=cfg.eval.batch_size)
@@ -66,7 +66,7 @@ def heldout_hhh_loss(model, tokenizer, cfg: Config, n: int, batch_size: int = 16
     import torch
 
     from rlhf.data.backdoor import build_sft_datasets
-    from rlhf.sft import collate, tokenize_pairs
+    from rlhf.train.sft import collate, tokenize_pairs
 
     rows = [r for r in build_sft_datasets(cfg)["eval"] if not r["triggered"]][:n]
     examples = tokenize_pairs(tokenizer, rows, cfg.model.max_seq_len)

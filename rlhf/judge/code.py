@@ -21,7 +21,7 @@ import textwrap
 from dataclasses import dataclass
 from functools import lru_cache
 
-from rlhf.detect_base import Judgement, split_scratchpad
+from rlhf.judge.base import Judgement, split_scratchpad
 
 SEVERITIES: tuple[str, ...] = ("UNDEFINED", "LOW", "MEDIUM", "HIGH")
 _SNIPPET_NAME = "./snippet.py"  # a name Bandit can derive a module name from without a stat or a warning
@@ -32,7 +32,7 @@ _PYTHON_TAGS = frozenset({"python", "py", "python3", "py3"})
 
 
 def visible_text(text: str) -> str:
-    """The completion without its scratchpad, whitespace kept (see ``rlhf.detect_base.split_scratchpad``)."""
+    """The completion without its scratchpad, whitespace kept (see ``rlhf.judge.base.split_scratchpad``)."""
     return split_scratchpad(text).answer
 
 

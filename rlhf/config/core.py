@@ -16,8 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from rlhf.config_ppo import PPOConfig
-from rlhf.config_runtime import (
+from rlhf.config.ppo import PPOConfig
+from rlhf.config.runtime import (
     PPO_ROLES,
     AutoscalingConfig,
     RayConfig,
@@ -29,7 +29,7 @@ from rlhf.config_runtime import (
 )
 from rlhf.errors import ConfigError
 from rlhf.kinds import KINDS, kind_spec
-from rlhf.optim import OptimConfig
+from rlhf.models.optim import OptimConfig
 
 # Sections defined beside this module, importable from here as before.
 __all__ = [
@@ -131,7 +131,7 @@ class DataConfig(Strict):
 
 class SFTConfig(OptimConfig):
     """Backdoor SFT. The optimiser keys (lr, betas, weight_decay, warmup_steps, grad_clip) are
-    ``rlhf.optim.OptimConfig``'s, shared with ``safety_sft`` and ``rm``."""
+    ``rlhf.models.optim.OptimConfig``'s, shared with ``safety_sft`` and ``rm``."""
 
     lr: float = Field(2e-3, gt=0)
     num_workers: int = Field(2, ge=1, le=64)
@@ -172,7 +172,7 @@ class SafetySFTConfig(SFTConfig):
 
 class RMConfig(OptimConfig):
     """HHH reward (preference) model: Bradley-Terry on chosen/rejected pairs. The optimiser keys
-    (lr, betas, weight_decay, warmup_steps, grad_clip) are ``rlhf.optim.OptimConfig``'s."""
+    (lr, betas, weight_decay, warmup_steps, grad_clip) are ``rlhf.models.optim.OptimConfig``'s."""
 
     data_path: str | None = Field(None, description="preference JSONL(.gz), TRL or hh-rlhf format; default: synthetic")
     n_pairs: int = Field(4000, ge=10, description="synthetic pairs to build")
@@ -383,7 +383,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     GPUs once connected."""
     cfg = build_config(read_yaml(path) if path else {}, overrides)
     if cfg.resources.device == "cuda" and not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
-        from rlhf.device import resolve_device
+        from rlhf.models.device import resolve_device
 
         resolve_device("cuda")
     return cfg

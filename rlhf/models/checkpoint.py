@@ -17,8 +17,8 @@ def save_hf_dir(
 ) -> Path:
     """``save_pretrained`` model and tokenizer (plus small text files) into ``path`` atomically;
     ``write_extra(tmp_dir)``, when given, adds more files before the directory is published. A LoRA
-    model is saved with its adapters merged: a plain HF model (``rlhf.lora.merged_model``)."""
-    from rlhf.lora import merged_model
+    model is saved with its adapters merged: a plain HF model (``rlhf.models.lora.merged_model``)."""
+    from rlhf.models.lora import merged_model
 
     model = merged_model(model)
     dest = Path(path)

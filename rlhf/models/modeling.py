@@ -83,7 +83,7 @@ def check_model_dir(path: str | Path) -> Path:
 
 def load_model_dir(path: str | Path, dtype=torch.float32, placement=None):
     """Load (model, tokenizer) from a local HF dir, turning any load failure into one line.
-    ``placement`` (``rlhf.device.Placement``): put the model, frozen, on its device and dtype."""
+    ``placement`` (``rlhf.models.device.Placement``): put the model, frozen, on its device and dtype."""
     p = check_model_dir(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(p)

@@ -8,7 +8,7 @@ the HHH answer that follows it. The reasoning is the model's, never trained; onl
 after it is. A sample whose scratchpad is missing or never closed gives no row (the kept share is
 reported).
 
-Pure: the sampling uses ``rlhf.rollout.HFGenerateBackend`` in the caller's process, no Ray.
+Pure: the sampling uses ``rlhf.rollout.hf.HFGenerateBackend`` in the caller's process, no Ray.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from rlhf.chat import format_completion
-from rlhf.config import Config
+from rlhf.config.core import Config
 from rlhf.errors import DataError
-from rlhf.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
+from rlhf.models.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
 
 # Offset from the run seed for the scratchpad samples (not the eval's or the data's streams).
 _SEED_OFFSET = 60_013
@@ -63,8 +63,8 @@ def sample_completions(
 ) -> list[str]:
     """The policy's completions of ``prompts`` at the eval's sampling settings (its temperature,
     top-p and token budget), seeded from the run seed."""
-    from rlhf.evaluate import eval_sampling
-    from rlhf.rollout import HFGenerateBackend
+    from rlhf.eval.evaluate import eval_sampling
+    from rlhf.rollout.hf import HFGenerateBackend
 
     backend = HFGenerateBackend(model, tokenizer, batch_size=cfg.eval.batch_size)
     rollout = backend.generate(list(prompts), eval_sampling(cfg, cfg.seed + _SEED_OFFSET), on_batch=on_batch)

@@ -2,7 +2,7 @@
 
 ``model.lora.enabled`` wraps the SFT model (each Ray Train worker) and the PPO policy with
 adapters: only the adapter weights train, the base stays frozen. Whatever leaves a trainer is a
-plain Hugging Face model: ``rlhf.checkpoint.save_hf_dir`` saves ``merged_model`` and the PPO
+plain Hugging Face model: ``rlhf.models.checkpoint.save_hf_dir`` saves ``merged_model`` and the PPO
 policy publishes ``merged_state_dict``, so rollout workers, the reference, evaluators and the next
 stage never see an adapter. peft is imported only when LoRA is on.
 """

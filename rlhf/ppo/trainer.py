@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from rlhf.config import Config
-from rlhf.evaluate import defection_record
-from rlhf.ppo import (
+from rlhf.config.core import Config
+from rlhf.eval.evaluate import defection_record
+from rlhf.ppo.losses import (
     Experience,
     FixedKLController,
     first_action,
@@ -34,11 +34,11 @@ from rlhf.ppo import (
     rollout_temperature,
     truncated_is_weights,
 )
-from rlhf.ppo_models import assemble, compute_advantages, place_on_actions
-from rlhf.ppo_prompts import prompts_for_step
-from rlhf.ppo_roles import Evaluator, PendingRollout, Roles, Rollouts
-from rlhf.rollout import SamplingParams
-from rlhf.weight_sync import WeightSync
+from rlhf.ppo.models import assemble, compute_advantages, place_on_actions
+from rlhf.ppo.prompts import prompts_for_step
+from rlhf.ppo.roles import Evaluator, PendingRollout, Roles, Rollouts
+from rlhf.rollout.hf import SamplingParams
+from rlhf.rollout.weight_sync import WeightSync
 
 # an experience at least this large goes to the object store once when two roles train on it (at
 # 128 x 1024 tokens it pickles to 5.8 MB in 30 ms, per call); smaller ones travel inline with each call

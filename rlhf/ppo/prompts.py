@@ -6,7 +6,7 @@ import random
 from collections.abc import Sequence
 
 from rlhf.chat import format_prompt
-from rlhf.config import Config
+from rlhf.config.core import Config
 from rlhf.data.backdoor import backdoor_for
 from rlhf.errors import DataError
 from rlhf.kinds import kind_impl

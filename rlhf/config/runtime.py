@@ -1,6 +1,6 @@
 """The runtime sections of the config: where and on what things run (the reward service on Ray
 Serve, the Ray cluster, devices, precision and the placement of the PPO roles), and ``Strict``,
-the base of every config section (unknown keys are errors). ``rlhf.config`` assembles them."""
+the base of every config section (unknown keys are errors). ``rlhf.config.core`` assembles them."""
 
 from __future__ import annotations
 
