@@ -17,6 +17,7 @@ import torch
 from rlhf.config.core import Config
 from rlhf.models.device import Placement, placement_for
 from rlhf.models.lora import lora_settings
+from rlhf.ppo.advantages import uses_critic
 from rlhf.ppo.roles import Roles
 
 
@@ -125,7 +126,8 @@ def launch_roles(cfg: Config, policy_dir: Path, reward_dir, reward_url, in_proce
     p = cfg.ppo
     placement = resolve_placement(cfg, in_process)
     args = _role_args(cfg, policy_dir, reward_dir, reward_url, placement)
-    names = "Policy, Reference, " + ("Critic, " if p.uses_critic else "") + "Reward"
+    critic = uses_critic(p)
+    names = "Policy, Reference, " + ("Critic, " if critic else "") + "Reward"
     where = f"{placement.device}, {placement.precision}"
     if in_process:
         from actors.local import LocalHandle, local_get
@@ -135,7 +137,7 @@ def launch_roles(cfg: Config, policy_dir: Path, reward_dir, reward_url, in_proce
         out = Roles(
             LocalHandle(roles.Policy(*args["policy"])),
             LocalHandle(roles.Reference(*args["reference"])),
-            LocalHandle(roles.Critic(*args["critic"])) if p.uses_critic else None,
+            LocalHandle(roles.Critic(*args["critic"])) if critic else None,
             LocalHandle(roles.Reward(*args["reward"])),
             [worker] * p.rollout_workers,
             local_get,
@@ -150,7 +152,7 @@ def launch_roles(cfg: Config, policy_dir: Path, reward_dir, reward_url, in_proce
     out = Roles(
         roles.PolicyActor.options(name="Policy", **opts["policy"]).remote(*args["policy"]),
         roles.ReferenceActor.options(name="Reference", **opts["reference"]).remote(*args["reference"]),
-        roles.CriticActor.options(name="Critic", **opts["critic"]).remote(*args["critic"]) if p.uses_critic else None,
+        roles.CriticActor.options(name="Critic", **opts["critic"]).remote(*args["critic"]) if critic else None,
         roles.RewardActor.options(name="Reward", **opts["reward"]).remote(*args["reward"]),
         [
             roles.RolloutWorkerActor.options(name=f"RolloutWorker-{i}", **opts["rollout"]).remote(*args["rollout"])

@@ -59,7 +59,7 @@ def resolve_run_config(
 ) -> Config:
     """A new run: the policy's saved backdoor and data config (trigger, kind, mechanism, the
     train/eval split) < ``--config`` < ``--set``. A resumed run: its own saved config."""
-    from jobs.evaluate import config_from_policy
+    from rlhf.config.resolve import config_from_policy
 
     saved = run / "config.yaml"
     if resume:
@@ -121,11 +121,13 @@ def run_ppo(
     """
     from actors.cluster import ray_session
     from reward.model import resolve_reward_dir
+    from rlhf.ppo.advantages import check_estimator
     from rlhf.ppo.losses import make_kl_controller
     from rlhf.ppo.prompts import rl_prompts
 
     if (reward_dir is None) == (reward_url is None):
         raise ConfigError("give exactly one of --reward DIR or --reward-url URL")
+    check_estimator(cfg.ppo)  # the config layer cannot see the estimator registry
     policy_dir = check_model_dir(policy_dir).resolve()
     if reward_dir is not None:
         reward_dir = check_model_dir(resolve_reward_dir(reward_dir)).resolve()

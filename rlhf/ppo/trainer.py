@@ -26,6 +26,7 @@ import torch
 
 from rlhf.config.core import Config
 from rlhf.eval.evaluate import defection_record
+from rlhf.ppo.advantages import check_estimator
 from rlhf.ppo.losses import (
     Experience,
     FixedKLController,
@@ -61,6 +62,7 @@ class PPOTrainer:
         red_team: frozenset[str] = frozenset(),
         log: Callable[[str], None] = print,
     ):
+        check_estimator(cfg.ppo)
         self.cfg, self.p, self.roles, self.pool = cfg, cfg.ppo, roles, pool
         self.kl_ctl, self.evaluator, self.red_team, self.log = kl_ctl, evaluator, red_team, log
         self.sync = WeightSync(roles.policy, roles.get)

@@ -6,6 +6,7 @@ import torch
 
 from rlhf.config.core import build_config
 from rlhf.errors import ConfigError
+from rlhf.ppo.advantages import check_estimator, uses_critic
 from rlhf.ppo.losses import Experience, cumulative_returns, group_baseline
 from rlhf.ppo.models import compute_advantages
 
@@ -53,6 +54,6 @@ def test_compute_advantages_without_a_critic_uses_the_group_baseline():
 
 def test_a_critic_free_estimator_needs_two_samples_per_prompt():
     with pytest.raises(ConfigError, match="samples_per_prompt >= 2"):
-        build_config({}, ["ppo.advantage_estimator=group_norm"])
-    assert not build_config({}, ["ppo.advantage_estimator=group_norm", "ppo.samples_per_prompt=4"]).ppo.uses_critic
-    assert build_config({}, []).ppo.uses_critic
+        check_estimator(build_config({}, ["ppo.advantage_estimator=group_norm"]).ppo)
+    assert not uses_critic(build_config({}, ["ppo.advantage_estimator=group_norm", "ppo.samples_per_prompt=4"]).ppo)
+    assert uses_critic(build_config({}, []).ppo)

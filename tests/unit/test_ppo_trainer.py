@@ -9,6 +9,7 @@ import torch
 from actors.launcher import colocation_bundles, role_specs
 from actors.local import LocalHandle, local_get
 from rlhf.config.core import build_config
+from rlhf.errors import ConfigError
 from rlhf.ppo.advantages import ESTIMATORS, estimator, register_advantage
 from rlhf.ppo.losses import FixedKLController
 from rlhf.ppo.roles import Roles
@@ -277,7 +278,7 @@ def test_unknown_transport_is_a_clear_error():
 def test_estimators_are_registered_by_name_and_a_new_one_plugs_in():
     assert {"gae", "rloo", "group_norm"} <= set(ESTIMATORS)
     assert estimator("gae").uses_critic and not estimator("rloo").uses_critic
-    with pytest.raises(ValueError, match="unknown advantage estimator"):
+    with pytest.raises(ConfigError, match="unknown estimator"):
         estimator("nope")
 
     @register_advantage("score_only", uses_critic=False, whiten=False)
