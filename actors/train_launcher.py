@@ -40,6 +40,7 @@ class TrainJob:
     device: str = "cpu"
     precision: str = "fp32"
     gradient_checkpointing: bool = False
+    tensorboard: bool = True  # rank 0 writes out_dir/tb beside metrics.jsonl (logging.backends)
 
 
 def placement_fields(cfg) -> dict:
@@ -80,10 +81,7 @@ def setup_worker(job: dict, model_class, model_dir: str | None = None):
     tokenizer = AutoTokenizer.from_pretrained(job["init_dir"])
     base = model_class.from_pretrained(model_dir or job["init_dir"], dtype=torch.float32)
     if placement.device == "cuda":
-        from ray.train.torch import get_device
-
-        base = base.to(get_device())
-        placement = Placement(str(get_device()), placement.precision, placement.gradient_checkpointing)
+        base = bind_worker_gpu(base)
     if placement.gradient_checkpointing and hasattr(base, "gradient_checkpointing_enable"):
         base.gradient_checkpointing_enable()
     if job.get("lora"):  # LoRA adapters (rlhf.models.lora): only they train, saves merge them
@@ -98,6 +96,18 @@ def setup_worker(job: dict, model_class, model_dir: str | None = None):
     opt = make_optimizer(model, optim)
     sched = make_scheduler(opt, optim, job["max_steps"])
     return rank, world, tokenizer, base, model, opt, sched, placement
+
+
+def bind_worker_gpu(base):
+    """Move ``base`` to the GPU Ray Train gave this worker and make that GPU the current CUDA device,
+    so the placement's plain ``cuda`` (what autocast and ``Placement.to`` use) means it."""
+    import torch
+    from ray.train.torch import get_device
+
+    device = get_device()
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    return base.to(device)
 
 
 def train_scaling(num_workers: int, use_gpu: bool) -> ScalingConfig:
