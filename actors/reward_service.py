@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import socket
@@ -37,6 +38,7 @@ from reward.protocol import (
     validate_reward_payload,
 )
 from rlhf.config.core import ServeConfig
+from rlhf.errors import ConfigError
 
 logger = logging.getLogger("ray.serve")
 
@@ -164,6 +166,27 @@ def resolve_token(cfg: ServeConfig) -> str | None:
     return cfg.token or os.environ.get(cfg.token_env) or None
 
 
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def require_token_off_loopback(cfg: ServeConfig, app: str) -> str | None:
+    """The resolved token; ``ConfigError`` when ``serve.host`` is not loopback and there is none:
+    a service bound beyond this machine answers only with a token."""
+    token = resolve_token(cfg)
+    if token is None and not is_loopback_host(cfg.host):
+        raise ConfigError(
+            f"{app}: serve.host={cfg.host} is not a loopback address and no bearer token is set; "
+            f"set serve.token or the environment variable {cfg.token_env} (on Kubernetes: the Secret rlhf-reward-token)"
+        )
+    return token
+
+
 def deployment_options(cfg: ServeConfig) -> dict[str, Any]:
     opts: dict[str, Any] = {
         "ray_actor_options": {"num_cpus": cfg.num_cpus} | ({"num_gpus": cfg.num_gpus} if cfg.num_gpus else {}),
@@ -179,7 +202,7 @@ def deployment_options(cfg: ServeConfig) -> dict[str, Any]:
 def reward_app(model_dir: str, cfg: ServeConfig):
     """The bound Serve application (what ``serve.run`` and a RayService ``import_path`` take)."""
     settings = cfg.model_dump(exclude={"host", "port", "replicas", "autoscaling", "token", "token_env"})
-    settings["token"] = resolve_token(cfg)
+    settings["token"] = require_token_off_loopback(cfg, "the reward service")
     return RewardModelDeployment.options(**deployment_options(cfg)).bind(str(model_dir), settings)
 
 
@@ -220,8 +243,9 @@ def reward_service(
     """Deploy the reward service on the Ray this process joined; delete the app on exit.
 
     ``url`` is the base (``url + "/get_reward"`` is what OpenRLHF's ``--remote_rm_url`` takes)."""
+    app = reward_app(model_dir, cfg)  # refuses a non-loopback bind without a token before binding
     host, port = ensure_serve(cfg.host, cfg.port)
-    handle = serve.run(reward_app(model_dir, cfg), name=app_name, route_prefix=route_prefix)
+    handle = serve.run(app, name=app_name, route_prefix=route_prefix)
     shown = "127.0.0.1" if host == "0.0.0.0" else host  # noqa: S104 - only displayed
     try:
         yield RunningService(f"http://{shown}:{port}{route_prefix.rstrip('/')}", handle, app_name)

@@ -27,7 +27,12 @@ class EvaluatorAppArgs(BaseModel):
     overrides: list[str] = Field(default_factory=list, description="config overrides, as rlhf --set k=v")
     samples: int | None = Field(None, ge=1, description="samples per condition (default eval.samples)")
     num_cpus: float = Field(0.2, gt=0)
-    num_gpus: float = Field(0.0, ge=0, description="GPUs of the replica (a fraction shares one); > 0: the policy on CUDA")
+    num_gpus: float = Field(
+        0.0, ge=0, description="GPUs of the replica (a fraction shares one); > 0: the policy on CUDA"
+    )
+    curves_dir: str | None = Field(
+        None, min_length=1, description="where the replica keeps its curve (on a volume: it outlives upgrades)"
+    )
 
     def config(self) -> Config:
         return build_config({}, self.overrides)
@@ -44,7 +49,8 @@ def evaluator_builder(args: dict[str, Any] | EvaluatorAppArgs):
     from actors.evaluator import evaluator_app
 
     a = args if isinstance(args, EvaluatorAppArgs) else EvaluatorAppArgs.model_validate(args)
-    return evaluator_app(a.policy_dir, a.config().model_dump(mode="json"), a.samples, a.num_cpus, a.num_gpus)
+    cfg = a.config().model_dump(mode="json")
+    return evaluator_app(a.policy_dir, cfg, a.samples, a.num_cpus, a.num_gpus, a.curves_dir)
 
 
 BUILDERS = {"actors.serve_apps:reward_builder": RewardAppArgs, "actors.serve_apps:evaluator_builder": EvaluatorAppArgs}

@@ -28,9 +28,10 @@ def serve_reward(
 ) -> int:
     """Deploy, call ``on_ready(url)``, block until ``stop`` is set or a SIGINT/SIGTERM arrives."""
     from actors.cluster import ray_session
-    from actors.reward_service import resolve_token, reward_service
+    from actors.reward_service import require_token_off_loopback, resolve_token, reward_service
     from reward.model import resolve_reward_dir
 
+    require_token_off_loopback(cfg.serve, "rlhf serve reward")  # before Ray starts
     model = check_model_dir(resolve_reward_dir(model_dir)).resolve()
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
