@@ -64,7 +64,12 @@ class PPOConfig(Strict):
         1800.0, gt=0, description="at the end of a run, wait this long for queued defection evaluations"
     )
     rollout_workers: int = Field(1, ge=1, le=64)
-    rollout_backend: Literal["hf", "vllm"] = "hf"
+    rollout_backend: str = Field(
+        "hf",
+        min_length=1,
+        description="a registered rollout backend (rlhf/rollout/backends.py: hf, vllm), or package.module:attr of a "
+        "factory in its own module; checked against the registry when the workers start (check_backend)",
+    )
     rollout_gpus: float = Field(0.0, ge=0, description="GPUs per rollout worker (vLLM on a GPU node: 1)")
     checkpoint_every: int = Field(25, ge=0, description="0: only the final checkpoint")
     cpus_per_actor: float = Field(0.2, gt=0, description="Ray CPU share of each PPO actor (fractions fit 2 CPUs)")
@@ -102,12 +107,14 @@ class PPOConfig(Strict):
         if self.kl_in == "loss" and self.kl_estimator == "k1":
             # E[grad k1] = E[grad log pi] = 0 under pi: a k1 loss term pulls nothing towards the reference
             raise ValueError("kl_in=loss needs kl_estimator k2 or k3 (k1's expected gradient is zero)")
+        if self.kl_in == "reward" and self.kl_estimator != "k1":
+            # as a reward, -k2/-k3 of a sampled token push away from the reference wherever the policy is the
+            # sharper one (their score-function gradient is not the KL's); k1's expectation is the KL itself
+            raise ValueError(f"kl_in=reward needs kl_estimator k1 ({self.kl_estimator} is for kl_in=loss)")
         if self.top_p < 1.0:
             raise ValueError(
                 "top_p < 1 samples from a truncated distribution that PPO's log-probs do not model; use 1.0"
             )
-        if self.async_rollout and self.max_staleness > 0 and self.rollout_backend == "vllm":
-            raise ValueError("async_rollout needs behaviour log-probs from the rollout worker: rollout_backend=hf only")
         if self.old_logprobs == "behaviour" and not (self.async_rollout and self.max_staleness > 0):
             raise ValueError(
                 "old_logprobs=behaviour applies to prefetched samples: set async_rollout=true, max_staleness>=1"

