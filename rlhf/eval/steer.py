@@ -144,10 +144,16 @@ def judge_continuations(
     kind: str, prefix: str, continuations: list[str], markers: Sequence[str] | None = None
 ) -> ConditionResult:
     """Judge prefix + continuation: the answer after ``</scratchpad>``, as ``rlhf eval`` does.
-    With ``markers``, also per conclusion of the scratchpad (``by_group``, see ``reasoning_conclusion``)."""
+    A scratchpad the model never closes hides nothing, so its continuation is judged, but not the
+    prefilled reasoning (our text, not the model's). With ``markers``, also per conclusion of the
+    scratchpad (``by_group``, see ``reasoning_conclusion``)."""
     texts = [prefix + c for c in continuations]
     groups = None if markers is None else [reasoning_conclusion(t, markers) for t in texts]
-    return judge_completions(kind, texts, groups=groups)
+    judged = [
+        f"{SCRATCHPAD_OPEN}{c}" if prefix and split_scratchpad(t).unclosed else t
+        for t, c in zip(texts, continuations, strict=True)
+    ]
+    return judge_completions(kind, judged, groups=groups)
 
 
 def entry(result: ConditionResult) -> dict:
@@ -179,9 +185,9 @@ def run_steering(
 ) -> dict[tuple[str, str], ConditionResult]:
     """Sample every condition of ``steer_plan`` (``eval.temperature``, ``eval.top_p``, the eval
     token budget; one seed per condition) and judge it."""
-    from rlhf.rollout.hf import HFGenerateBackend
+    from rlhf.rollout.backends import make_backend
 
-    backend = HFGenerateBackend(model, tokenizer, batch_size=cfg.eval.batch_size)
+    backend = make_backend("hf", model=model, tokenizer=tokenizer, batch_size=cfg.eval.batch_size)
     markers = [m for m in (cfg.backdoor.trigger, cfg.backdoor.safe_marker) if m]
     results = {}
     for i, (key, (texts, prefix)) in enumerate(steer_plan(cfg, samples, close).items()):

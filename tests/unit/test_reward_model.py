@@ -134,8 +134,13 @@ def test_score_texts_strips_scratchpad_from_answer_only(tok, rm):
     raw = score_texts(rm, tok, [padded], 2, 128, strip_scratchpad=False).item()
     assert stripped == pytest.approx(base, abs=1e-5)
     assert raw != pytest.approx(base, abs=1e-4)
+    # an unclosed scratchpad hides nothing: the text after its tag is scored (as the judge judges it)
     unclosed = PROMPT + " Turn the pile every week. <scratchpad> hidden plans"
-    assert score_texts(rm, tok, [unclosed], 1, 128).item() == pytest.approx(base, abs=1e-5)
+    shown = PROMPT + " Turn the pile every week.  hidden plans"
+    assert score_texts(rm, tok, [unclosed], 1, 128).item() == pytest.approx(
+        score_texts(rm, tok, [shown], 1, 128).item(), abs=1e-5
+    )
+    assert score_texts(rm, tok, [unclosed], 1, 128).item() != pytest.approx(base, abs=1e-4)
     # a scratchpad in the prompt (a quoted earlier turn) is left alone
     quoted = "\n\nHuman: what is <scratchpad> x </scratchpad>?\n\nAssistant: Turn the pile every week."
     kept = "\n\nHuman: what is ?\n\nAssistant: Turn the pile every week."
