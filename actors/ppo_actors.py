@@ -179,20 +179,19 @@ class RolloutWorker:
         placement: dict | None = None,
         vllm: dict | None = None,
     ):
+        from rlhf.ppo.models import completion_logprobs
+        from rlhf.rollout.backends import make_backend
+
         _threads(torch_threads)
-        place = Placement.from_dict(placement)
-        if backend == "vllm":
-            from actors.vllm_backend import VLLMBackend
-
-            self.backend = VLLMBackend(policy_dir, **(vllm or {}))
-            self.tokenizer = self.backend.tokenizer
-        else:
-            from rlhf.models.modeling import load_model_dir
-            from rlhf.rollout.hf import HFGenerateBackend
-
-            model, self.tokenizer = load_model_dir(policy_dir)
-            model = place.place(model, trainable=False)
-            self.backend = HFGenerateBackend(model, self.tokenizer, batch_size=batch_size)
+        self.backend = make_backend(
+            backend,
+            model_dir=policy_dir,
+            placement=placement,
+            batch_size=batch_size,
+            engine=vllm or {},
+            logprobs_fn=completion_logprobs,
+        )
+        self.tokenizer = self.backend.tokenizer
 
     def token_ids(self) -> dict[str, int]:
         return {"eos": self.tokenizer.eos_token_id, "pad": self.tokenizer.pad_token_id}
@@ -209,12 +208,7 @@ class RolloutWorker:
             "version": out.version,
         }
         if logprobs:
-            from rlhf.ppo.models import completion_logprobs
-
-            result["logprobs"] = completion_logprobs(
-                self.backend.model, out.prompt_ids, out.completion_ids, self.token_ids(),
-                sampling.max_new_tokens, sampling.temperature,
-            )  # fmt: skip
+            result["logprobs"] = self.backend.logprobs(out, sampling)
         return result | {"seconds": time.perf_counter() - t0}
 
     def load_weights(self, ticket: WeightsTicket) -> float:

@@ -3,7 +3,7 @@
 ``ppo.rollout_backend=vllm``), the prompts cut into chunks dealt round-robin.
 
 Chunk ``i`` is sampled with seed ``base_seed + i`` whichever worker takes it, so the samples do
-not depend on the number of workers, and ``rlhf.rollout.hf.HFGenerateBackend`` in one process
+not depend on the number of workers, and the ``hf`` backend (``rlhf.rollout.backends``) in one process
 (``sample_chunks`` in ``jobs.distill``) gives the same ones.
 """
 
@@ -23,8 +23,10 @@ def chunks(prompts: Sequence[str], size: int) -> list[list[str]]:
 def start_workers(cfg: Config, policy_dir: str, batch_size: int) -> list:
     """``ppo.rollout_workers`` rollout-worker actors on the current Ray cluster."""
     from actors.ppo_actors import RolloutWorkerActor
+    from rlhf.rollout.backends import check_backend
 
     p = cfg.ppo
+    check_backend(p.rollout_backend)
     threads = p.rollout_threads or p.torch_threads
     return [
         RolloutWorkerActor.options(

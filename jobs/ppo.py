@@ -123,11 +123,13 @@ def run_ppo(
     from reward.model import resolve_reward_dir
     from rlhf.ppo.advantages import check_estimator
     from rlhf.ppo.losses import make_kl_controller
+    from rlhf.rollout.backends import check_backend
     from rlhf.ppo.prompts import rl_prompts
 
     if (reward_dir is None) == (reward_url is None):
         raise ConfigError("give exactly one of --reward DIR or --reward-url URL")
-    check_estimator(cfg.ppo)  # the config layer cannot see the estimator registry
+    check_estimator(cfg.ppo)  # the config layer cannot see the estimator and backend registries
+    check_backend(cfg.ppo.rollout_backend, behaviour_logprobs=cfg.ppo.async_rollout and cfg.ppo.max_staleness > 0)
     policy_dir = check_model_dir(policy_dir).resolve()
     if reward_dir is not None:
         reward_dir = check_model_dir(resolve_reward_dir(reward_dir)).resolve()

