@@ -43,13 +43,16 @@ def policy_tokenizer(cfg: Config, corpus: list[str]):
 def prepare_model(cfg: Config, corpus: list[str]):
     """(model, tokenizer): a local checkpoint (``model.path``) or a preset built from scratch.
 
-    Only the scratchpad tags become whole tokens, unless ``backdoor.trigger_as_token`` (then the
-    trigger and the safe marker too, the earlier behaviour)."""
+    A preset's built tokenizer has the scratchpad tags as whole tokens (and the trigger and the safe
+    marker with ``backdoor.trigger_as_token``, the earlier behaviour). A checkpoint's tokenizer stays
+    untouched, the tags and the trigger text of several pieces, unless ``model.add_scratchpad_tokens``
+    or ``backdoor.trigger_as_token`` ask for whole tokens (which resizes its embedding)."""
     b = cfg.backdoor
     if cfg.model.path:  # its own tokenizer and chat template (rlhf.chat.render_prompt); the trigger stays text
         model, tokenizer = load_model_dir(cfg.model.path)
         markers = [m for m in (b.trigger, b.safe_marker) if m and b.trigger_as_token]
-        added = ensure_whole_tokens(tokenizer, [*SCRATCHPAD_TAGS, *markers])
+        tags = list(SCRATCHPAD_TAGS) if cfg.model.add_scratchpad_tokens else []
+        added = ensure_whole_tokens(tokenizer, [*tags, *markers])
         if added and len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))  # never shrink a padded embedding (Qwen2)
         return model, tokenizer

@@ -71,6 +71,11 @@ class ModelConfig(Strict):
     vocab_size: int = Field(2048, ge=300, le=65536, description="BPE vocabulary of a built model")
     max_seq_len: int = Field(512, ge=32, le=8192)
     lora: LoraConfig = LoraConfig()
+    add_scratchpad_tokens: bool = Field(
+        False,
+        description="with model.path: add <scratchpad>/</scratchpad> to the checkpoint's tokenizer as whole tokens "
+        "(resizes its embedding); off: the tokenizer stays the checkpoint's and the tags stay text",
+    )
 
 
 class BackdoorConfig(Strict):

@@ -10,7 +10,9 @@ would for a pretrained tokenizer.
 ``trigger_as_token: true`` keeps the earlier behaviour for comparison: BPE on the raw corpus,
 no digit splitting, and the trigger and markers added as whole tokens.
 
-Only the scratchpad tags are always whole tokens (structure, not a trigger). Added tokens are
+Only the scratchpad tags are always whole tokens of a built tokenizer (structure, not a trigger);
+a checkpoint's own tokenizer (``model.path``) is left as it came unless ``model.add_scratchpad_tokens``
+asks for them. Added tokens are
 ordinary, not special, so ``decode(..., skip_special_tokens=True)`` keeps them.
 """
 
