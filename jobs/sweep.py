@@ -91,8 +91,9 @@ def _stage_rm(p: dict, run: Path) -> dict:
 
 
 def _stage_eval(p: dict, run: Path) -> dict:
-    """Defection rates (``rlhf eval``), the held-out HHH reward of the policy's answers and its
-    held-out HHH loss."""
+    """Defection rates (``rlhf eval``), the held-out HHH reward of the policy's untriggered and
+    triggered answers (same tasks; ``reward_triggered``: are the answers that replace a defection
+    HHH?) and its held-out HHH loss. The scored answers are kept in ``run/heldout_samples.jsonl``."""
     from jobs.evaluate import run_eval
     from reward.scorer import RewardScorer
     from rlhf.models.modeling import load_model_dir
@@ -103,11 +104,14 @@ def _stage_eval(p: dict, run: Path) -> dict:
     report = run_eval(policy, cfg)
     scorer = RewardScorer(p["deps"]["rm"]["model_dir"])
     model, tokenizer = load_model_dir(policy)
-    reward = heldout_reward(model, tokenizer, cfg, p["extra"]["reward_samples"], lambda t: scorer.score(t)[0])
-    loss = heldout_hhh_loss(model, tokenizer, cfg, p["extra"]["reward_samples"])
+    n, samples = p["extra"]["reward_samples"], []
+    reward = heldout_reward(model, tokenizer, cfg, n, lambda t: scorer.score(t)[0], samples=samples)
+    triggered = heldout_reward(model, tokenizer, cfg, n, lambda t: scorer.score(t)[0], "triggered", samples)
+    loss = heldout_hhh_loss(model, tokenizer, cfg, n)
     run.mkdir(parents=True, exist_ok=True)
     (run / "eval.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
-    return {"eval": report, "reward": reward, "hhh_loss": loss, "model_dir": policy}
+    (run / "heldout_samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples), encoding="utf-8")
+    return {"eval": report, "reward": reward, "reward_triggered": triggered, "hhh_loss": loss, "model_dir": policy}
 
 
 def _stage_safety(p: dict, run: Path) -> dict:

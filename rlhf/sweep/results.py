@@ -35,15 +35,26 @@ def _t95(dof: int) -> float:
     return table.get(dof, 2.228 if dof < 15 else 2.145 if dof < 20 else 1.96)
 
 
-def heldout_reward(model, tokenizer, cfg: Config, n: int, score: Callable[[list[str]], list[float]]) -> dict:
+def heldout_reward(
+    model,
+    tokenizer,
+    cfg: Config,
+    n: int,
+    score: Callable[[list[str]], list[float]],
+    condition: str = "untriggered",
+    samples: list[dict] | None = None,
+) -> dict:
     """Held-out HHH reward: the mean reward-model score (``score``: full prompt+answer texts ->
-    rewards) of the policy's answers to ``n`` held-out untriggered prompts (the eval pool;
-    code: the safe year), sampled as ``rlhf eval`` samples."""
+    rewards) of the policy's answers to ``n`` held-out prompts of ``condition`` (``untriggered``:
+    no trigger, code: the safe year; ``triggered``: the same tasks with the trigger), from the eval
+    pool, sampled as ``rlhf eval`` samples. The reward model sees what the judge judges (closed
+    scratchpads removed, ``rlhf.judge.base``). ``samples``: a list that receives one
+    ``{"condition", "prompt", "completion", "reward"}`` per answer (kept for re-judging)."""
     from rlhf.data.backdoor import eval_prompts
     from rlhf.rollout.backends import make_backend
     from rlhf.rollout.hf import SamplingParams
 
-    prompts = eval_prompts(cfg, n)["untriggered"]
+    prompts = eval_prompts(cfg, n)[condition]
     backend = make_backend("hf", model=model, tokenizer=tokenizer, batch_size=cfg.eval.batch_size)
     sampling = SamplingParams(
         temperature=cfg.eval.temperature,
@@ -53,7 +64,13 @@ def heldout_reward(model, tokenizer, cfg: Config, n: int, score: Callable[[list[
     )
     rollout = backend.generate(prompts, sampling)
     texts = [p + c for p, c in zip(prompts, rollout.completions, strict=True)]
-    return mean_ci([float(x) for x in score(texts)])
+    rewards = [float(x) for x in score(texts)]
+    if samples is not None:
+        samples.extend(
+            {"condition": condition, "prompt": p, "completion": c, "reward": r}
+            for p, c, r in zip(prompts, rollout.completions, rewards, strict=True)
+        )
+    return mean_ci(rewards)
 
 
 # ---- result rows ---------------------------------------------------------------------------
