@@ -271,8 +271,17 @@ def quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
+def cmd_judge(args) -> int:
+    from jobs.judge import format_judge, judge_file
+
+    report = judge_file(args.kind, args.file)
+    print(json.dumps(report) if args.json else format_judge(report))
+    return 0
+
+
 COMMANDS = {
     "sft": cmd_sft,
+    "judge": cmd_judge,
     "eval": cmd_eval,
     "rm": cmd_rm,
     "rm-eval": cmd_rm_eval,

