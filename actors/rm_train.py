@@ -26,7 +26,9 @@ def rm_loop_per_worker(job: dict) -> None:
     pairs = [(list(c), list(r)) for c, r in job["pairs"]]
     stream = pair_batches(pairs, job["batch_size"], job["seed"], rank, world)
     out = Path(job["out_dir"])
-    reporter = StepReporter(out, rank, world, job["log_every"], job["max_steps"], progress)
+    reporter = StepReporter(
+        out, rank, world, job["log_every"], job["max_steps"], progress, job.get("tensorboard", True)
+    )
     for step in range(1, job["max_steps"] + 1):
         batch = next(stream)
         with placement.autocast():

@@ -54,7 +54,9 @@ def train_loop_per_worker(job: dict) -> None:
         for _ in range(start):
             next(stream)
     out = Path(job["out_dir"])
-    reporter = StepReporter(out, rank, world, job["log_every"], job["max_steps"], progress)
+    reporter = StepReporter(
+        out, rank, world, job["log_every"], job["max_steps"], progress, job.get("tensorboard", True)
+    )
     extra = {CONFIG_NAME: job["config_yaml"]}
 
     def trainer_state(step: int):

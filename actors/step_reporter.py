@@ -9,13 +9,22 @@ from pathlib import Path
 
 
 class StepReporter:
-    def __init__(self, out_dir: str | Path, rank: int, world: int, log_every: int, max_steps: int, progress=None):
+    def __init__(
+        self,
+        out_dir: str | Path,
+        rank: int,
+        world: int,
+        log_every: int,
+        max_steps: int,
+        progress=None,
+        tensorboard: bool = True,
+    ):
         from rlhf.metrics import MetricsWriter
 
         self.rank, self.world = rank, world
         self.log_every, self.max_steps = log_every, max_steps
         self.progress = progress
-        self.writer = MetricsWriter(out_dir) if rank == 0 else None
+        self.writer = MetricsWriter(out_dir, tensorboard) if rank == 0 else None
         self.started = time.time()
         self.tokens = 0
         self._sums: dict[str, float] = {}

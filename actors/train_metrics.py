@@ -94,3 +94,14 @@ class TrainingGauges:
             value = _number(record.get(key))
             if value is not None:
                 self._gauges[name].set(value, tags=self.tags)
+
+
+def stage_sink(cfg, run_dir, stage: str):
+    """Where a driver sends the records of a Ray Train stage's workers (they write ``metrics.jsonl``
+    themselves): this stage's Prometheus gauges and the trackers of ``logging.backends``."""
+    from pathlib import Path
+
+    from rlhf.tracking import Fanout, open_trackers
+
+    gauges = TrainingGauges(stage, Path(run_dir).resolve().name)
+    return Fanout((gauges.log,), open_trackers(cfg, run_dir, stage))

@@ -131,6 +131,9 @@ def run_distill(
     cot_model: str | Path, cot_cfg: Config, cfg: Config, out: str | Path, in_process: bool = False, quiet: bool = True
 ) -> dict:
     """The whole command; returns the summary also written to ``OUT/distill.json``."""
+    from rlhf.tracking import check_backends
+
+    check_backends(cfg.logging.backends)  # a tracker without its library: one line, before any work
     t0 = time.time()
     out = Path(out)
     rows = list(build_sft_datasets(cot_cfg, counterfactual=False)["train"])  # real prompts, no counterfactual rows

@@ -31,8 +31,8 @@ from jobs.progress import Progress
 from rlhf.config.core import Config, dump_config, load_config
 from rlhf.data.redteam import load_red_team
 from rlhf.errors import CheckpointError, ConfigError
-from rlhf.metrics import MetricsWriter
 from rlhf.models.modeling import check_model_dir
+from rlhf.tracking import check_backends, run_writer
 
 STEP_KEYS = (
     "reward/mean",
@@ -128,6 +128,7 @@ def run_ppo(
 
     if (reward_dir is None) == (reward_url is None):
         raise ConfigError("give exactly one of --reward DIR or --reward-url URL")
+    check_backends(cfg.logging.backends)  # a tracker without its library: one line, before any work
     check_estimator(cfg.ppo)  # the config layer cannot see the estimator and backend registries
     check_backend(cfg.ppo.rollout_backend, behaviour_logprobs=cfg.ppo.async_rollout and cfg.ppo.max_staleness > 0)
     policy_dir = check_model_dir(policy_dir).resolve()
@@ -206,8 +207,8 @@ def _run_trainer(r: _Run, roles, stop_after: int | None) -> dict[str, Any]:
             evaluator.submit(None, 0, 0)  # the backdoored policy before RL
         log(f"[ppo] defection evaluator: GET {evaluator.url}/curves")
     start = state.get("step", 0)
-    gauges = TrainingGauges("ppo", run.name)  # Prometheus export (a no-op outside Ray)
-    metrics, bar = MetricsWriter(run, exporters=(gauges.log,)), Progress(p.steps, "ppo", "steps")
+    gauges = TrainingGauges("ppo", run.resolve().name)  # Prometheus export (a no-op outside Ray)
+    metrics, bar = run_writer(cfg, run, "ppo", (gauges.log,)), Progress(p.steps, "ppo", "steps")
     bar.update_to(start)
 
     def checkpoint(step: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -65,13 +66,32 @@ def pairwise_report(model, tokenizer, rows: list[dict], max_len: int) -> dict:
     return {"pairwise_accuracy": rate.rate, "ci95": list(rate.ci95), "n": n}
 
 
+@contextmanager
+def rm_progress(cfg: Config, out: Path, bar: Progress):
+    """The driver's view of the workers' records: the progress bar, Prometheus and the trackers."""
+    from actors.train_metrics import stage_sink
+
+    sink = stage_sink(cfg, out, "rm")
+
+    def on_progress(rec: dict) -> None:
+        sink.export(rec["step"], {k: v for k, v in rec.items() if k != "step"})
+        bar.update_to(rec["step"], loss=f"{rec['train/loss']:.3f}", acc=f"{rec['train/accuracy']:.2f}")
+
+    try:
+        yield on_progress
+    finally:
+        sink.close()
+
+
 def run_rm(cfg: Config, out: str | Path, quiet: bool = True) -> dict:
     from actors.cluster import ray_session
     from actors.rm_train import RMJob, run_rm_training
     from actors.train_launcher import optimisation_fields, placement_fields
     from reward.data import split_pairs
     from reward.model import RewardNormalizer, encode_pairs, load_reward_dir, score_texts
+    from rlhf.tracking import check_backends
 
+    check_backends(cfg.logging.backends)  # a tracker without its library: one line, before any work
     t0 = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,15 +115,12 @@ def run_rm(cfg: Config, out: str | Path, quiet: bool = True) -> dict:
         pairs=pairs,
         **optimisation_fields(r),
         **placement_fields(cfg),
+        tensorboard="tensorboard" in cfg.logging.backends,
     )
     bar = Progress(r.max_steps, "rm", "steps")
     t_train = time.time()
-    with ray_session(cfg.ray.address, cfg.ray.num_cpus, quiet=quiet):
-        run_rm_training(
-            job,
-            r.num_workers,
-            lambda rec: bar.update_to(rec["step"], loss=f"{rec['train/loss']:.3f}", acc=f"{rec['train/accuracy']:.2f}"),
-        )
+    with ray_session(cfg.ray.address, cfg.ray.num_cpus, quiet=quiet), rm_progress(cfg, out, bar) as on_progress:
+        run_rm_training(job, r.num_workers, on_progress)
     bar.close()
     train_wall = time.time() - t_train
     final, _ = load_reward_dir(out / "model")

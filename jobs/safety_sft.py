@@ -30,8 +30,8 @@ from rlhf.data.backdoor import write_jsonl
 from rlhf.data.safety import safety_sft_rows
 from rlhf.errors import ConfigError
 from rlhf.eval.evaluate import curve_point, curves_json, defection_record, eval_sample_count, evaluate_defection
-from rlhf.metrics import MetricsWriter
 from rlhf.models.modeling import check_model_dir, load_model_dir
+from rlhf.tracking import check_backends, run_writer
 
 
 def log(msg: str) -> None:
@@ -91,8 +91,10 @@ def keep_own_scratchpads(cfg: Config, policy: Path, rows: list[dict]) -> tuple[l
 
 def run_safety_sft(cfg: Config, policy_dir: str | Path, out: str | Path, quiet: bool = True) -> dict:
     """The whole stage; returns a summary with the curve (also printed by the CLI)."""
+    from actors.train_metrics import TrainingGauges
     from jobs.sft import fit_rows
 
+    check_backends(cfg.logging.backends)  # a tracker without its library: one line, before any work
     t0 = time.time()
     policy = check_model_dir(policy_dir).resolve()
     run = Path(out)
@@ -112,7 +114,8 @@ def run_safety_sft(cfg: Config, policy_dir: str | Path, out: str | Path, quiet: 
     )
     config_yaml = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     points: list[dict] = []
-    with MetricsWriter(run) as metrics:
+    gauges = TrainingGauges("safety-sft", run.resolve().name)  # Prometheus (a no-op outside Ray)
+    with run_writer(cfg, run, "safety-sft", (gauges.log,)) as metrics:
 
         def add(step: int, model_dir: Path) -> None:
             points.append(evaluate_point(cfg, model_dir, step))
@@ -124,7 +127,7 @@ def run_safety_sft(cfg: Config, policy_dir: str | Path, out: str | Path, quiet: 
         t_eval = time.time()
         add(0, policy)
         eval_s = time.time() - t_eval
-        fit = fit_rows(cfg, s, rows, tokenizer, policy, run, config_yaml, quiet, tag="safety-sft")
+        fit = fit_rows(cfg, s, rows, tokenizer, policy, run, config_yaml, quiet, "safety-sft", sink=metrics)
         t_eval = time.time()
         for step, model_dir in curve_dirs(run, policy, s.max_steps)[1:]:
             add(step, model_dir)

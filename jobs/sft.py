@@ -79,11 +79,13 @@ def fit_rows(
     quiet: bool = True,
     tag: str = "sft",
     resume_dir: Path | None = None,
+    sink=None,
 ) -> dict:
     """Fine-tune the HF dir ``init_dir`` on prompt/completion ``rows`` with Ray Train, using the
     optimisation settings of config ``section`` (``sft``, ``safety_sft``); checkpoints, metrics
     and ``out/model`` land in ``out``; ``resume_dir`` continues from a periodic checkpoint.
-    Returns ``final_loss`` and ``train_wall_s``."""
+    Returns ``final_loss`` and ``train_wall_s``. ``sink`` (``export(step, record)``): where the
+    driver sends the workers' records (trackers, Prometheus); by default the stage opens its own."""
     from actors.cluster import ray_session
     from actors.sft_train import SFTJob
     from actors.sft_train import run_sft as fit
@@ -101,13 +103,20 @@ def fit_rows(
         **optimisation_fields(section),
         **placement_fields(cfg),
         lora=lora_settings(cfg),
+        tensorboard="tensorboard" in cfg.logging.backends,
     )
     log(f"[{tag}] starting Ray ({where_ray(cfg)}) and {section.num_workers} Ray Train worker(s)")
     bar = Progress(section.max_steps, tag, "steps")
     last: dict = {}
+    own = sink is None
+    if own:
+        from actors.train_metrics import stage_sink
+
+        sink = stage_sink(cfg, out, tag)
 
     def on_progress(record: dict) -> None:
         last.update(record)
+        sink.export(record["step"], {k: v for k, v in record.items() if k != "step"})
         bar.update_to(record["step"], loss=f"{record['train/loss']:.3f}", tok_s=f"{record['perf/tokens_per_s']:.0f}")
 
     t_train = time.time()
@@ -116,6 +125,8 @@ def fit_rows(
             fit(job, section.num_workers, on_progress)
     finally:
         bar.close()
+        if own:
+            sink.close()
     return {"final_loss": last.get("train/loss"), "train_wall_s": round(time.time() - t_train, 1)}
 
 
@@ -185,6 +196,9 @@ def resume_sft(out: str | Path, quiet: bool = True) -> dict:
 
 def run_sft(cfg: Config, out: str | Path, quiet: bool = True) -> dict:
     """The whole stage; returns a summary dict (also printed by the CLI)."""
+    from rlhf.tracking import check_backends
+
+    check_backends(cfg.logging.backends)  # a tracker without its library: one line, before any work
     t0 = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

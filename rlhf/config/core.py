@@ -20,6 +20,7 @@ from rlhf.config.ppo import PPOConfig
 from rlhf.config.runtime import (
     PPO_ROLES,
     AutoscalingConfig,
+    LoggingConfig,
     RayConfig,
     ResourcesConfig,
     RoleResources,
@@ -241,6 +242,7 @@ class Config(Strict):
     redteam: RedTeamConfig = RedTeamConfig()
     ray: RayConfig = RayConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
     def _prefill(self) -> Config:
