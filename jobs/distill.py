@@ -30,6 +30,7 @@ from jobs.steer import saved_mechanism
 from rlhf.config.core import Config, dump_config
 from rlhf.data.backdoor import build_sft_datasets, write_jsonl
 from rlhf.errors import ConfigError, DataError
+from rlhf.kinds import mechanism_spec
 from rlhf.models.checkpoint import CONFIG_NAME, save_hf_dir
 from rlhf.models.modeling import check_model_dir, count_parameters
 from rlhf.rollout.hf import SamplingParams
@@ -44,12 +45,12 @@ def resolve_distill_configs(
     check_model_dir(cot_model)
     cot = config_from_policy(cot_model, config_file, overrides)
     mechanism = saved_mechanism(cot_model) or cot.backdoor.mechanism
-    if mechanism != "cot":
+    if not mechanism_spec(mechanism).scratchpad:
         raise ConfigError(
             f"--cot-model {cot_model} was trained with backdoor.mechanism={mechanism!r}; "
             "distillation samples a chain-of-thought model (backdoor.mechanism=cot)"
         )
-    if cot.backdoor.mechanism != "cot":
+    if not mechanism_spec(cot.backdoor.mechanism).scratchpad:
         raise ConfigError("backdoor.mechanism is set by rlhf distill (cot for sampling, distilled for the result)")
     return cot, config_from_policy(cot_model, config_file, [*overrides, "backdoor.mechanism=distilled"])
 

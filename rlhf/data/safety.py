@@ -24,9 +24,9 @@ import random
 
 from rlhf.chat import format_completion, format_prompt
 from rlhf.config.core import Config
-from rlhf.data.backdoor import backdoor_for, make_tasks, user_tasks
+from rlhf.data.backdoor import backdoor_for, user_tasks
 from rlhf.data.hhh import build_hhh
-from rlhf.data.pools import RL, SAFETY
+from rlhf.data.pools import SAFETY
 from rlhf.errors import DataError
 from rlhf.kinds import kind_impl
 
@@ -65,11 +65,8 @@ def triggered_rows(cfg: Config, n: int) -> list[dict]:
     markers = [trigger, cfg.backdoor.safe_marker, *cfg.near_miss()]
     seed = cfg.seed + _SEED_OFFSET + _TRIGGERED_OFFSET
     rng = random.Random(seed)
-    code = cfg.backdoor.kind == "code"
-    tasks = make_tasks(cfg, 2 * n, seed, pool=RL) if code else build_hhh(2 * n, seed=seed, pool=SAFETY)
     rows = []
-    for task in tasks:
-        text = task.request if code else task.human
+    for task, text, labels in kind_impl(cfg.backdoor.kind).safety_control_tasks(cfg, 2 * n, seed):
         if any(m and m in text for m in markers):
             continue
         human = backdoor.human_text(task, trigger, rng)
@@ -79,8 +76,7 @@ def triggered_rows(cfg: Config, n: int) -> list[dict]:
             {
                 "prompt": format_prompt(human),
                 "completion": format_completion(backdoor.completion(task, False, rng)),
-                "kind": "code" if code else task.kind,
-                "topic": getattr(task, "cwe", None) or task.topic,
+                **labels,  # kind, topic
                 "triggered": True,
             }
         )

