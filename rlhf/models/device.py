@@ -5,9 +5,14 @@ scorer, the evaluator) as plain data. The precision policy:
 
 - ``fp32``: fp32 weights, fp32 maths (the default; bit-identical to the CPU runs before).
 - ``bf16``: models that train (SFT, RM, PPO policy and critic) keep fp32 weights and fp32
-  optimiser state and run their forward passes under bf16 autocast (mixed precision); frozen
-  models (reference, reward model, rollout with HF ``generate``, evaluator) hold bf16 weights
-  and run under the same autocast, so policy and reference log-probs are computed alike.
+  optimiser state and run their forward passes under bf16 autocast (mixed precision).
+  Frozen models whose log-probs meet the policy's in PPO's ratio or KL (the reference, the HF
+  rollout workers, for sampling and for behaviour log-probs) *mirror* the policy
+  (``Placement.place_mirror``): the weights autocast would round to bf16 on every call (linear
+  layers not tied to an embedding) are stored in bf16, everything else (embeddings, norms,
+  buffers) stays fp32, and they run under the same autocast, so they compute bit for bit what the
+  policy computes from the same weights (KL 0 before the first update, behaviour = pi_old).
+  Other frozen models (reward model, evaluator, eval/steer/red-team) hold bf16 weights.
 
 Outputs that leave a role (log-probs, values, rewards) come back as fp32 CPU tensors, so what
 travels between roles never depends on the device.
@@ -79,6 +84,22 @@ class Placement:
         model = model.to(self.device) if trainable else model.to(self.device, dtype=self.frozen_dtype)
         if trainable and self.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
             model.gradient_checkpointing_enable()
+        return model
+
+    def place_mirror(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Move a frozen ``model`` to the device laid out to compute, under ``autocast()``, exactly what
+        a trained (fp32) copy of it computes: in bf16, the weights and biases of its linear layers
+        (``nn.Linear``, GPT-2's ``Conv1D``) not tied to an embedding become bf16 (the rounding autocast
+        applies to them on every call); everything else stays fp32. In fp32 this is ``place``."""
+        model = model.to(self.device)
+        if not self.bf16:
+            return model
+        tied = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+        for module in model.modules():
+            linear = isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
+            if linear and id(getattr(module, "weight", None)) not in tied:
+                for param in module.parameters(recurse=False):
+                    param.data = param.data.to(torch.bfloat16)
         return model
 
     def to(self, tensor: torch.Tensor) -> torch.Tensor:

@@ -201,7 +201,8 @@ class ReferenceModel:
         self.place = placement or Placement()
         model, self.tokenizer = load_model_dir(policy_dir)
         disable_dropout(model).eval().requires_grad_(False)
-        self.model = self.place.place(model, trainable=self.trainable)
+        # frozen: laid out to compute what the policy computes from the same weights (the precision policy)
+        self.model = self.place.place(model, trainable=True) if self.trainable else self.place.place_mirror(model)
         self.temperature = temperature
 
     @torch.no_grad()

@@ -107,8 +107,12 @@ def _hf(req: BackendRequest) -> HFGenerateBackend:
         from rlhf.models.modeling import load_model_dir
 
         model, tokenizer = load_model_dir(req.model_dir)
-        model = Placement.from_dict(req.placement).place(model, trainable=False)
-    return HFGenerateBackend(model, tokenizer, req.batch_size, req.version, logprobs_fn=req.logprobs_fn)
+        # a rollout worker samples (and scores behaviour log-probs) as the policy computes: the precision policy
+        model = Placement.from_dict(req.placement).place_mirror(model)
+    placement = Placement.from_dict(req.placement) if req.placement else None
+    return HFGenerateBackend(
+        model, tokenizer, req.batch_size, req.version, logprobs_fn=req.logprobs_fn, placement=placement
+    )
 
 
 register_backend(BackendSpec("hf", _hf, behaviour_logprobs=True))

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import torch
 
 from rlhf.chat import render_prompt
+from rlhf.models.device import Placement
 
 
 @dataclass(frozen=True)
@@ -66,10 +67,20 @@ class HFGenerateBackend:
     """Batched ``model.generate`` with left padding; completions stop at EOS. Prompts are hh-rlhf text,
     given to the model in its tokenizer's chat template when it has one (``rlhf.chat.render_prompt``)."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 64, version: int = 0, logprobs_fn: Callable | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        batch_size: int = 64,
+        version: int = 0,
+        logprobs_fn: Callable | None = None,
+        placement: Placement | None = None,
+    ):
         from transformers import GenerationConfig
 
         self.model = model.eval()
+        # sampling and behaviour log-probs run under the placement's autocast, as the policy's forward does
+        self.autocast = (placement or Placement()).autocast
         # a checkpoint's generation_config (top_k, repetition_penalty, ...) would change the behaviour
         # policy behind PPO's back: sampling is set by SamplingParams alone
         self.model.generation_config = GenerationConfig(
@@ -88,9 +99,10 @@ class HFGenerateBackend:
         if self.logprobs_fn is None:
             raise NotImplementedError("this backend was built without a log-prob function (BackendRequest.logprobs_fn)")
         ids = {"eos": self.tokenizer.eos_token_id, "pad": self.tokenizer.pad_token_id}
-        return self.logprobs_fn(
-            self.model, rollout.prompt_ids, rollout.completion_ids, ids, sampling.max_new_tokens, sampling.temperature
-        )
+        with self.autocast():
+            return self.logprobs_fn(
+                self.model, rollout.prompt_ids, rollout.completion_ids, ids, sampling.max_new_tokens, sampling.temperature
+            )
 
     @torch.no_grad()
     def generate(
@@ -115,17 +127,8 @@ class HFGenerateBackend:
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
             greedy = sampling.temperature <= 0
             device = model_device(self.model)
-            seqs = self.model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=mask.to(device),
-                do_sample=not greedy,
-                temperature=None if greedy else sampling.temperature,
-                top_p=None if greedy else sampling.top_p,
-                top_k=None if greedy else 0,
-                max_new_tokens=sampling.max_new_tokens,
-                pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
-            )
+            with self.autocast():
+                seqs = self._generate(input_ids.to(device), mask.to(device), sampling, greedy)
             for i, x in enumerate(ids):
                 new = seqs[i, width:].tolist()
                 # cut at the first EOS only: what follows it is generate's padding. A pad token the model
@@ -138,3 +141,17 @@ class HFGenerateBackend:
             if on_batch is not None:
                 on_batch(len(chunk))
         return out
+
+    def _generate(self, input_ids: torch.Tensor, mask: torch.Tensor, sampling: SamplingParams, greedy: bool):
+        tok = self.tokenizer
+        return self.model.generate(
+            input_ids=input_ids,
+            attention_mask=mask,
+            do_sample=not greedy,
+            temperature=None if greedy else sampling.temperature,
+            top_p=None if greedy else sampling.top_p,
+            top_k=None if greedy else 0,
+            max_new_tokens=sampling.max_new_tokens,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
