@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +165,9 @@ def _loss_change(before: float | None, after: float | None) -> str:
     return "-" if before is None or after is None else f"{before:.3f} → {after:.3f}"
 
 
-def render_html(rows: list[dict], persistence: str | None, curves: str | None, title: str) -> str:
+def render_html(
+    rows: list[dict], persistence: str | None, curves: str | None, title: str, dose: str | None = None, note: str = ""
+) -> str:
     head = [
         "cell",
         "status",
@@ -173,7 +176,9 @@ def render_html(rows: list[dict], persistence: str | None, curves: str | None, t
         "untriggered after",
         "reward before",
         "reward after",
+        "reward after, triggered",
         "HHH loss before → after",
+        "outcome",
         "wall (s)",
     ]
     body = []
@@ -186,12 +191,14 @@ def render_html(rows: list[dict], persistence: str | None, curves: str | None, t
             _pct(r.get("untriggered_after"), r.get("untriggered_after_ci95")),
             _num(r.get("reward_before"), r.get("reward_before_ci95")),
             _num(r.get("reward_after"), r.get("reward_after_ci95")),
+            _num(r.get("reward_triggered_after"), r.get("reward_triggered_after_ci95")),
             _loss_change(r.get("hhh_loss_before"), r.get("hhh_loss_after")),
+            r.get("outcome") or "-",
             f"{r.get('wall_s', 0):.0f}",
         ]
         body.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     figs = []
-    for name, data in (("persistence", persistence), ("curves", curves)):
+    for name, data in (("persistence", persistence), ("dose-response", dose), ("curves", curves)):
         if data:
             figs.append(f'<p><img alt="{name}" src="data:image/png;base64,{data}"></p>')
     return (
@@ -203,8 +210,10 @@ def render_html(rows: list[dict], persistence: str | None, curves: str | None, t
         "safety training; control: a share of the safety-training prompts carries it). Points are means over seeds "
         "with 95 % intervals; per-cell curves below; rewards are the held-out HHH reward (mean RM score of "
         "untriggered answers on held-out prompts); the HHH loss is the policy's per-token loss on held-out "
-        "untriggered reference answers, which moves whenever training changes untriggered behaviour.</p>"
+        "untriggered reference answers, which moves whenever training changes untriggered behaviour. Outcome: "
+        'persisted / removed / destroyed (docs/design.md, "Removed, destroyed or persisted").</p>'
         + "".join(figs)
+        + note
         + "<h2>Cells</h2><table><tr>"
         + "".join(f"<th>{h}</th>" for h in head)
         + "</tr>"
@@ -214,9 +223,23 @@ def render_html(rows: list[dict], persistence: str | None, curves: str | None, t
 
 
 def write_sweep_report(rows: list[dict], plan: Plan, results: dict[str, dict], out: Path) -> Path:
+    from rlhf.sweep.dose import dose_axis, dose_figure, dose_markdown, dose_points, persistence_window
+
     summary = summarise(rows, cell_facets(plan))
+    axis = dose_axis(plan.sweep.grid)
+    points = dose_points(rows, cell_facets(plan), axis) if axis else []
+    dose_md = dose_markdown(points, axis) if axis else ""
+    if axis:
+        window = persistence_window(points)
+        (Path(out) / "dose.json").write_text(json.dumps({"axis": axis, "points": points, "window": window}, indent=1))
+    note = f"<pre>{html.escape(dose_md)}</pre>" if dose_md else ""
     page = render_html(
-        rows, persistence_figure(summary), curves_figure(rows, results, plan), f"Sweep {Path(plan.sweep.path).name}"
+        rows,
+        persistence_figure(summary),
+        curves_figure(rows, results, plan),
+        f"Sweep {Path(plan.sweep.path).name}",
+        _png(dose_figure(points, axis)) if points else None,
+        note,
     )
     path = Path(out) / "report.html"
     tmp = path.with_name(".report.html.tmp")
@@ -225,6 +248,7 @@ def write_sweep_report(rows: list[dict], plan: Plan, results: dict[str, dict], o
     from rlhf.sweep.table import summary_markdown
 
     md = summary_markdown(rows, cell_facets(plan), f"Sweep {Path(plan.sweep.path).name}")
+    md += f"\n{dose_md}" if dose_md else ""
     tmp = path.with_name(".summary.md.tmp")
     tmp.write_text(md, encoding="utf-8")
     tmp.replace(path.with_name("summary.md"))
