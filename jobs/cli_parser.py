@@ -205,6 +205,14 @@ def _add_job_commands(sub) -> None:
     p.add_argument("--working-dir", metavar="DIR", help="upload DIR as the job's working directory")
     p.add_argument("--runtime-env", metavar="FILE", help="YAML/JSON Ray runtime_env (env_vars, pip, working_dir...)")
     p.add_argument("--no-wait", action="store_true", help="print the job id and return without following")
+    k8s = p.add_argument_group("Kubernetes (--k8s: print a KubeRay RayJob instead of submitting; jobs/k8s_job.py)")
+    k8s.add_argument("--k8s", action="store_true", help="print one run as a RayJob with a unique name and run folder")
+    k8s.add_argument(
+        "--manifests", metavar="FILE", help="the rendered overlay the job's cluster comes from (- : stdin)"
+    )
+    k8s.add_argument("--run-id", metavar="ID", help="the run id (default: UTC time and 4 random hex digits)")
+    k8s.add_argument("--backoff-limit", type=int, default=2, metavar="N", help="retries, each resuming (default 2)")
+    k8s.add_argument("--queue", metavar="NAME", help="Kueue LocalQueue (label kueue.x-k8s.io/queue-name)")
     p.add_argument("rlhf_args", nargs=argparse.REMAINDER, metavar="-- ARGS", help="the rlhf subcommand and its args")
 
     p = sub.add_parser("jobs", help="status, logs, stop and list of Ray jobs")

