@@ -26,7 +26,7 @@ def dose_axis(grid: dict[str, list]) -> str | None:
 def _ci(values: list[float], wilson: list | None = None) -> dict[str, Any]:
     """Mean over seeds with a t interval; one seed: that cell's own interval when given."""
     if len(values) == 1 and wilson is not None:
-        return {"mean": values[0], "ci95": list(wilson), "n": 1}
+        return {"mean": values[0], "ci95": list(wilson), "n": 1, "wilson": True}
     return mean_ci(values)
 
 
@@ -150,6 +150,8 @@ def _fmt(ci: dict | None, pct: bool = False) -> str:
         return "–"
     scale, unit = (100, " %") if pct else (1, "")
     m, (lo, hi) = ci["mean"], ci["ci95"]
+    if ci.get("n", 0) < 2 and not ci.get("wilson"):
+        lo = None  # one seed: no interval over seeds
     text = f"{scale * m:.1f}{unit}" if pct else f"{m:+.3f}"
     return (
         text if lo is None else text + (f" [{scale * lo:.1f}, {scale * hi:.1f}]" if pct else f" [{lo:+.3f}, {hi:+.3f}]")

@@ -4,6 +4,7 @@ stage keeps the held-out reward of triggered answers."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -244,3 +245,27 @@ def test_the_sweep_report_draws_the_dose_response(tmp_path, fake_dose_stages):
     dose = json.loads((tmp_path / "out" / "dose.json").read_text())
     assert dose["axis"] == "safety_sft.lr" and dose["window"]["normal"]["range"] == [1e-4, 1e-4]
     assert "outcomes standard / control" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_sweep_report_script_rerenders_from_finished_stages(tmp_path, fake_dose_stages, capsys):
+    import importlib.util
+
+    import yaml
+
+    from jobs.sweep import InProcessExecutor, run_sweep
+
+    data = {"base": {"model.preset": "tiny"}, "grid": {"safety_sft.lr": [1e-4, 1e-3], "control": [False, True]}}
+    path = tmp_path / "dose.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    run_sweep(path, tmp_path / "out", executor=InProcessExecutor(), stop_after=9)  # 3 shared stages + 3 cells of 2
+    spec = importlib.util.spec_from_file_location("sweep_report", ROOT / "scripts" / "sweep_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    to, fig = tmp_path / "copy", tmp_path / "fig" / "dose.png"
+    assert module.main([str(tmp_path / "out"), "--to", str(to), "--figure", str(fig)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("3/4 cells finished; 9/11 stages")
+    assert fig.stat().st_size > 1000 and (to / "report.html").is_file() and (to / "dose.json").is_file()
+    rows = [json.loads(line) for line in (to / "results.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in rows].count("done") == 3 and all("outcome" in r for r in rows)
+    assert module.main([str(tmp_path / "nowhere")]) == 2
