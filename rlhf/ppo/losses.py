@@ -245,6 +245,9 @@ def value_loss(
     return loss, {"vf_clipfrac": clipfrac}
 
 
+CHUNK_TOKENS = 2048  # (row, position) pairs per chunk of logits: 2048 x 128k vocabulary in fp32 is 1 GiB
+
+
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of the softmax over the last dim, [B, T, V] -> [B, T] (float32 or wider):
     ``logsumexp(z) - sum(softmax(z) * z)``."""
@@ -267,6 +270,7 @@ def sequence_logprobs(
     temperature: float = 1.0,
     first: int = 0,
     entropy_grad: bool = True,
+    chunk_tokens: int = CHUNK_TOKENS,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Next-token log-probs of a HF causal LM: sequences, attention_mask [B, L] -> [B, L-1], where entry ``t`` is
     ``log p(sequences[:, t+1] | sequences[:, :t+1])``. Position ids count only attended tokens, so left-padded
@@ -278,8 +282,18 @@ def sequence_logprobs(
     ``first``: entries before it (prompt positions no action sits on, ``first_action``) are not computed (the
     LM head, softmax and their gradients skip them) and hold 0. ``entropy_grad`` False: the entropy is a
     statistic only (no graph through it).
+
+    ``chunk_tokens`` > 0 (the default): the LM head, the fp32 softmax and the entropy run over chunks of about
+    that many (row, position) pairs, each chunk's logits recomputed in the backward pass instead of kept, so
+    the full [B, L, V] logits never exist (``head_split``; a model it cannot split takes the one-pass path).
+    0: one pass over the full logits.
     """
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    split = head_split(model) if chunk_tokens > 0 else None
+    if split is not None:
+        return _chunked_logprobs(
+            *split, sequences, attention_mask, position_ids, with_entropy, temperature, first, entropy_grad, chunk_tokens
+        )
     keep = sequences.shape[1] - first  # logits of positions first .. L-1 (the last predicts nothing)
     extra = {"logits_to_keep": keep} if first > 0 and keeps_logits(model) else {}
     logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids, **extra).logits
@@ -292,6 +306,58 @@ def sequence_logprobs(
     with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
         entropy = torch.nn.functional.pad(entropy_from_logits(logits), (first, 0))
     return logp, entropy
+
+
+def head_split(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """``(backbone, lm_head)`` of a HF causal LM whose logits are ``lm_head(last_hidden_state)`` and nothing
+    more (a PEFT wrapper's base model, adapters included); None for anything else (a soft-capped or scaled
+    head, a model without output embeddings): those take the one-pass path."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if config is None or not hasattr(base, "get_output_embeddings") or not hasattr(base, "base_model"):
+        return None
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) is not None:
+        return None
+    if not type(base).__name__.endswith(("ForCausalLM", "LMHeadModel")):
+        return None
+    head, backbone = base.get_output_embeddings(), base.base_model
+    if head is None or backbone is base:
+        return None
+    return backbone, head
+
+
+def _chunk_stats(head, hidden, targets, temperature, with_entropy, entropy_grad):
+    logits = head(hidden)
+    if temperature > 0 and temperature != 1.0:
+        logits = logits / temperature
+    logp = logprobs_from_logits(logits, targets)
+    if not with_entropy:
+        return logp
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        return logp, entropy_from_logits(logits)
+
+
+def _chunked_logprobs(
+    backbone, head, sequences, attention_mask, position_ids, with_entropy, temperature, first, entropy_grad, chunk
+):  # fmt: skip
+    """``sequence_logprobs`` over chunks of positions (see there); the same numbers, a chunk's logits at a time."""
+    from torch.utils.checkpoint import checkpoint
+
+    hidden = backbone(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    hidden = hidden.last_hidden_state[:, first:-1]
+    targets = sequences[:, first + 1 :]
+    step = max(1, chunk // max(1, sequences.shape[0]))
+    parts = []
+    for start in range(0, hidden.shape[1], step):
+        args = (head, hidden[:, start : start + step], targets[:, start : start + step])
+        args += (temperature, with_entropy, entropy_grad)
+        grad = torch.is_grad_enabled() and hidden.requires_grad
+        parts.append(checkpoint(_chunk_stats, *args, use_reentrant=False) if grad else _chunk_stats(*args))
+    pad = (first, 0)
+    if not with_entropy:
+        return torch.nn.functional.pad(torch.cat(parts, dim=1), pad)
+    logp = torch.nn.functional.pad(torch.cat([p[0] for p in parts], dim=1), pad)
+    return logp, torch.nn.functional.pad(torch.cat([p[1] for p in parts], dim=1), pad)
 
 
 def keeps_logits(model: torch.nn.Module) -> bool:

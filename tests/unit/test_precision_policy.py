@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from actors.ppo_actors import RolloutWorker
+from actors.role_options import RolloutOptions
 from rlhf.config.core import build_config
 from rlhf.models.device import Placement
 from rlhf.ppo.losses import Experience, kl_estimate
@@ -47,7 +48,7 @@ def test_bf16_kl_at_step_1_is_zero_and_behaviour_equals_pi_old(checkpoints, fami
     cfg = build_config({}, ["ppo.minibatch_size=4", "ppo.epochs=1"]).ppo
     policy = PolicyTrainer(path, cfg, seed=0, placement=bf16)
     reference = ReferenceModel(path, cfg.temperature, placement=bf16)
-    worker = RolloutWorker(str(path), torch_threads=1, batch_size=4, placement=bf16.as_dict())
+    worker = RolloutWorker(RolloutOptions(role="rollout", model_dir=str(path), placement=bf16, batch_size=4))
     sampling = SamplingParams(temperature=1.0, max_new_tokens=NEW, seed=1)
     ids = worker.token_ids()
     rollout, behaviour = _sample(worker, sampling)
