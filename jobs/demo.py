@@ -19,11 +19,11 @@ ordinary config key and can be raised with ``--set``.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from jobs.progress import log
 from rlhf.config.core import Config, build_config
 from rlhf.errors import ConfigError
 from rlhf.sweep.table import PERSIST_MAX_DROP, REMOVE_MIN_DROP  # the sweep's bar
@@ -53,26 +53,11 @@ CONTROL_FRACTION = 0.5  # safety_sft.triggered_fraction of the control run
 REWARD_SAMPLES = 32
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def demo_config(preset: str, overrides: list[str], config_file: str | None = None) -> Config:
     """Demo budgets < ``--preset`` < ``--config`` < ``--set``."""
-    from rlhf.config.core import parse_override, read_yaml
+    from rlhf.config.resolve import preset_config
 
-    tree: dict = {}
-    for item in [*DEMO_DEFAULTS, f"model.preset={preset}"]:
-        key, value = parse_override(item)
-        node = tree
-        for part in key.split(".")[:-1]:
-            node = node.setdefault(part, {})
-        node[key.split(".")[-1]] = value
-    if config_file:
-        from jobs.evaluate import deep_merge
-
-        tree = deep_merge(tree, read_yaml(config_file))
-    return build_config(tree, overrides)
+    return preset_config([*DEMO_DEFAULTS, f"model.preset={preset}"], config_file, overrides)
 
 
 def _check_choices(mechanisms: list[str], methods: list[str]) -> None:

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import yaml
 
-from jobs.evaluate import config_from_policy
 from jobs.progress import Progress
 from jobs.sft import fit_rows, log, prepare_model
 from jobs.steer import saved_mechanism
 from rlhf.config.core import Config, dump_config
+from rlhf.config.resolve import config_from_policy
 from rlhf.data.backdoor import build_sft_datasets, write_jsonl
 from rlhf.errors import ConfigError, DataError
 from rlhf.kinds import mechanism_spec

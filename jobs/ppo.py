@@ -123,8 +123,8 @@ def run_ppo(
     from reward.model import resolve_reward_dir
     from rlhf.ppo.advantages import check_estimator
     from rlhf.ppo.losses import make_kl_controller
-    from rlhf.rollout.backends import check_backend
     from rlhf.ppo.prompts import rl_prompts
+    from rlhf.rollout.backends import check_backend
 
     if (reward_dir is None) == (reward_url is None):
         raise ConfigError("give exactly one of --reward DIR or --reward-url URL")
@@ -152,7 +152,10 @@ def run_ppo(
     t_run = time.time()
     if in_process and p.evaluator:
         log("[ppo] in-process run: the defection evaluator (a Serve app) is off")
-    setup = _Run(cfg, run, policy_dir, reward_dir, reward_url, in_process, quiet, pool, kl_ctl, red_team, state, ckpt)
+    setup = _Run(
+        cfg=cfg, run=run, policy_dir=policy_dir, reward_dir=reward_dir, reward_url=reward_url, in_process=in_process,
+        quiet=quiet, pool=pool, kl_ctl=kl_ctl, red_team=red_team, state=state, ckpt=ckpt,
+    )  # fmt: skip
     session = nullcontext() if in_process else ray_session(cfg.ray.address, cfg.ray.num_cpus, quiet=quiet)
     with session:
         summary = _train(setup, stop_after)
@@ -161,7 +164,7 @@ def run_ppo(
     return summary
 
 
-@dataclass
+@dataclass(kw_only=True)
 class _Run:
     """What ``run_ppo`` resolved before any role starts."""
 
@@ -183,7 +186,8 @@ def _train(r: _Run, stop_after: int | None) -> dict[str, Any]:
     """Roles, evaluator and trainer up; the steps; the evaluator's last points; teardown."""
     from actors.launcher import launch_roles, stop_roles
 
-    roles = launch_roles(r.cfg, r.policy_dir, r.reward_dir, r.reward_url, r.in_process)
+    prompts = [prompt for prompt, _ in r.pool]  # size a vLLM engine's context
+    roles = launch_roles(r.cfg, r.policy_dir, r.reward_dir, r.reward_url, r.in_process, prompts)
     try:
         return _run_trainer(r, roles, stop_after)
     finally:
@@ -196,7 +200,8 @@ def _run_trainer(r: _Run, roles, stop_after: int | None) -> dict[str, Any]:
 
     cfg, run, state, p = r.cfg, r.run, r.state, r.cfg.ppo
     seen = {(pt["step"], pt["version"]) for pt in state.get("eval_points", [])}
-    evaluator = start_evaluator(cfg, str(r.policy_dir), seen) if p.evaluator and not r.in_process else None
+    use_evaluator = p.evaluator and not r.in_process
+    evaluator = start_evaluator(cfg, str(r.policy_dir), seen, run.resolve().name) if use_evaluator else None
     trainer = _start_trainer(cfg, roles, r.pool, r.kl_ctl, evaluator, r.red_team, state, r.ckpt)
     if r.quiet and evaluator is not None:
         from jobs.serve import quiet_serve_logs

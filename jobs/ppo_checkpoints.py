@@ -10,20 +10,16 @@ import json
 import os
 import random
 import shutil
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from jobs.progress import log
 from rlhf.metrics import read_metrics
 
 CKPT_DIR = "checkpoints"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def checkpoint_problem(path: Path) -> str | None:

@@ -8,6 +8,11 @@ import time
 from tqdm import tqdm
 
 
+def log(msg: str) -> None:
+    """The one progress line of every command: stderr, flushed (Ray job logs read it live)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
 class Progress:
     def __init__(self, total: int, desc: str, unit: str = "it", every_s: float = 10.0):
         self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_s

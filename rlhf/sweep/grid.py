@@ -33,9 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from rlhf.config.core import Config, build_config
+from rlhf.config.core import Config, build_config, merge, read_yaml, set_key
+from rlhf.config.resolve import POLICY_SECTIONS
 from rlhf.errors import ConfigError
 from rlhf.kinds import mechanism_spec
 
@@ -58,7 +57,6 @@ DEFAULT_RESOURCES = {
     "eval_after": {"num_cpus": 1},
 }
 # The config sections a stage reads (its identity; the policy's own sections come with it).
-POLICY_SECTIONS = ("seed", "model", "backdoor", "data")
 STAGE_SECTIONS = {
     "sft": (*POLICY_SECTIONS, "sft"),
     "distill": (*POLICY_SECTIONS, "sft", "eval"),  # + ppo.rollout_workers (its samplers)
@@ -124,30 +122,6 @@ def _tree(mapping: Any, path: str, what: str) -> dict[str, Any]:
     for key, value in mapping.items():
         set_key(tree, str(key), value)
     return tree
-
-
-def set_key(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``a.b.c`` in a nested tree; a mapping value is merged into what is there."""
-    *parents, last = dotted.split(".")
-    node = tree
-    for part in parents:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"config key '{dotted}': '{part}' is not a section")
-        node = child
-    if isinstance(value, dict) and isinstance(node.get(last), dict):
-        for k, v in value.items():
-            set_key(node[last], str(k), v)
-    else:
-        node[last] = copy.deepcopy(value)
-
-
-def merge(*trees: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for tree in trees:
-        for key, value in tree.items():
-            set_key(out, key, value)
-    return out
 
 
 def parse_sweep(data: Any, path: str = "<sweep>") -> Sweep:
@@ -237,15 +211,7 @@ def _resources(raw: Any, path: str) -> dict[str, dict[str, float]]:
 
 
 def load_sweep(path: str | Path) -> Sweep:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"sweep file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(f"sweep file {p} is not valid YAML: {first}") from None
-    return parse_sweep(data, str(p))
+    return parse_sweep(read_yaml(path, what="sweep file"), str(Path(path)))
 
 
 # ---- cells and stages ----------------------------------------------------------------------

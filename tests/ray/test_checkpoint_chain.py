@@ -92,12 +92,13 @@ def _check_template(family: str, run_dir) -> None:
 
 
 def run_chain(family: str, tmp_path, corpus, extra=()) -> dict:
-    from jobs.evaluate import resolve_eval_config, run_eval
+    from jobs.evaluate import run_eval
     from jobs.ppo import run_ppo
     from jobs.rm import run_rm
     from jobs.sft import run_sft
     from reward.model import load_reward_dir
     from rlhf.config.core import build_config
+    from rlhf.config.resolve import resolve_eval_config
     from rlhf.metrics import read_metrics
 
     ckpt = build_checkpoint(family, tmp_path / "ckpt", corpus)

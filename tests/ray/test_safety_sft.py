@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from jobs.evaluate import config_from_policy
 from jobs.safety_sft import run_safety_sft
 from rlhf.config.core import load_config
+from rlhf.config.resolve import config_from_policy
 from rlhf.errors import ConfigError
 from rlhf.eval.evaluate import evaluate_defection
 from rlhf.metrics import read_metrics
