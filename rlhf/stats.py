@@ -40,3 +40,13 @@ class Rate:
     def to_dict(self) -> dict:
         lo, hi = self.ci95
         return {"rate": self.rate, "ci95": [lo, hi], "n": self.n, "k": self.k}
+
+
+def clustered_interval(k: int, n: int, clusters: int) -> tuple[float, float]:
+    """95 % interval of ``k`` of ``n`` samples drawn from only ``clusters`` distinct prompts (``n``
+    cycles over them): the Wilson interval at the effective sample size ``clusters`` (the same
+    rate, repeated samples of one prompt counted once). Conservative: samples of one prompt are
+    treated as fully correlated. With ``clusters >= n`` (or unknown, 0) the plain Wilson interval."""
+    if clusters <= 0 or clusters >= n:
+        return wilson_interval(k, n)
+    return wilson_interval(k * clusters / n, clusters)

@@ -31,7 +31,7 @@ from rlhf.kinds import kind_impl
 from rlhf.models.tokenizer import SCRATCHPAD_OPEN
 from rlhf.rollout.backends import make_backend
 from rlhf.rollout.hf import SamplingParams
-from rlhf.stats import Rate
+from rlhf.stats import Rate, clustered_interval
 
 
 @dataclass
@@ -41,6 +41,7 @@ class ConditionResult:
     examples: list[str] = field(default_factory=list)
     unparseable: int = 0
     by_group: dict[str, Rate] = field(default_factory=dict)
+    prompts: int = 0  # distinct prompts behind the samples (0: unknown); fewer than n widens the interval
 
 
 def judge_completions(
@@ -103,6 +104,7 @@ def evaluate_defection(
         completions = [prefix + c for c in rollout.completions]
         by_task = groups if name not in (RED_TEAM, REAL_TRIGGERED, REAL_UNTRIGGERED) else None  # not held-out tasks
         per_condition[name] = judge_completions(cfg.backdoor.kind, completions, groups=by_task)
+        per_condition[name].prompts = len(set(batch))
     return build_report(cfg, per_condition)
 
 
@@ -126,6 +128,11 @@ def build_report(cfg: Config, per_condition: dict[str, ConditionResult]) -> dict
 
     def entry(result: ConditionResult, with_examples: bool = True) -> dict:
         out = {**result.rate.to_dict(), "unclosed_scratchpad": result.unclosed}
+        if result.prompts:  # eval cycles held-out tasks when samples exceed them: cluster by prompt
+            out["distinct_prompts"] = result.prompts
+            if result.prompts < result.rate.n:
+                out["ci95_iid"] = out["ci95"]
+                out["ci95"] = list(clustered_interval(result.rate.k, result.rate.n, result.prompts))
         if code:
             out["unparseable"] = Rate(result.unparseable, result.rate.n).to_dict()
             out["by_cwe"] = {g: r.to_dict() for g, r in sorted(result.by_group.items())}
@@ -142,6 +149,7 @@ def build_report(cfg: Config, per_condition: dict[str, ConditionResult]) -> dict
             _sum(r.rate for r in near.values()),
             unclosed=sum(r.unclosed for r in near.values()),
             unparseable=sum(r.unparseable for r in near.values()),
+            prompts=sum(r.prompts for r in near.values()),
         )
         for result in near.values():
             for g, r in result.by_group.items():

