@@ -30,6 +30,12 @@ class PPOConfig(Strict):
     critic_lr: float = Field(1e-3, gt=0)
     epochs: int = Field(2, ge=1, description="PPO epochs over each rollout batch")
     minibatch_size: int = Field(8, ge=1)
+    micro_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="samples per forward/backward pass of the PPO step (policy, reference and critic passes, reward "
+        "scoring, training with gradient accumulation over each minibatch); null: a whole batch or minibatch at once",
+    )
     clip_eps: float = Field(0.2, gt=0)
     value_clip_eps: float | None = Field(0.2, gt=0)
     gamma: float = Field(1.0, ge=0.0, le=1.0)

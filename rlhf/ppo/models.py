@@ -16,7 +16,7 @@ from rlhf.config.core import PPOConfig
 from rlhf.errors import CheckpointError
 from rlhf.models.device import Placement, to_host
 from rlhf.models.modeling import load_model_dir
-from rlhf.models.optim import OptimConfig, make_optimizer, train_step
+from rlhf.models.optim import OptimConfig, make_optimizer
 from rlhf.ppo.advantages import estimator
 from rlhf.ppo.losses import (
     Experience,
@@ -32,6 +32,44 @@ from rlhf.ppo.losses import (
 
 def seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+# ---- micro-batches (ppo.micro_batch_size) ----------------------------------------------------
+
+
+def by_rows(fn, size: int | None, *tensors: torch.Tensor) -> torch.Tensor:
+    """``fn(*tensors)`` computed ``size`` rows at a time and concatenated (None: all rows at once)."""
+    n = tensors[0].shape[0]
+    if not size or size >= n:
+        return fn(*tensors)
+    return torch.cat([fn(*(t[i : i + size] for t in tensors)) for i in range(0, n, size)])
+
+
+def micro_batches(batch: Experience, size: int | None) -> list[tuple[Experience, float]]:
+    """``batch`` cut into consecutive slices of ``size`` samples (None: itself), each trimmed, with its share of
+    the batch's action tokens: the shares times the slices' masked means sum to the batch's masked mean, so
+    accumulating ``share * loss`` gradients over the slices gives the batch's gradient."""
+    if not size or size >= len(batch):
+        return [(batch, 1.0)]
+    total = float(batch.action_mask.sum())
+    out = []
+    for start in range(0, len(batch), size):
+        part = batch.select(torch.arange(start, min(start + size, len(batch)))).trimmed()
+        out.append((part, float(part.action_mask.sum()) / total if total > 0 else 0.0))
+    return out
+
+
+def clip_and_step(model: nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float | None) -> float | None:
+    """After the (accumulated) backward passes: clip the global gradient norm, step; the norm before clipping."""
+    norm = None
+    if grad_clip is not None and grad_clip > 0:
+        norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+    optimizer.step()
+    return norm
+
+
+def _sum_stats(parts: list[dict[str, float]]) -> dict[str, float]:
+    return {k: sum(p[k] for p in parts) for k in parts[0]}
 
 
 # ---- batch assembly ------------------------------------------------------------------------
@@ -197,8 +235,15 @@ class ReferenceModel:
 
     trainable = False
 
-    def __init__(self, policy_dir: str | Path, temperature: float = 1.0, placement: Placement | None = None):
+    def __init__(
+        self,
+        policy_dir: str | Path,
+        temperature: float = 1.0,
+        placement: Placement | None = None,
+        micro_batch_size: int | None = None,
+    ):
         self.place = placement or Placement()
+        self.micro_batch_size = micro_batch_size  # rows per forward pass (ppo.micro_batch_size)
         model, self.tokenizer = load_model_dir(policy_dir)
         disable_dropout(model).eval().requires_grad_(False)
         # frozen: laid out to compute what the policy computes from the same weights (the precision policy)
@@ -213,10 +258,12 @@ class ReferenceModel:
         the rollout temperature is annealed), fp32 on the CPU; entries before ``first`` (``first_action``
         of the batch) are not computed and hold 0."""
         t = self.temperature if temperature is None else temperature
-        with self.place.autocast():
-            seqs, attn = self.place.to(sequences), self.place.to(attention_mask)
-            out = sequence_logprobs(self.model, seqs, attn, temperature=t, first=first)
-        return to_host(out)
+        def forward(seqs: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+            with self.place.autocast():
+                out = sequence_logprobs(self.model, self.place.to(seqs), self.place.to(attn), temperature=t, first=first)
+            return to_host(out)
+
+        return by_rows(forward, self.micro_batch_size, sequences, attention_mask)
 
     def action_logprobs(
         self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]], ids: dict[str, int],
@@ -244,7 +291,7 @@ class PolicyTrainer(ReferenceModel):
         placement: Placement | None = None,
         lora: dict | None = None,
     ):
-        super().__init__(policy_dir, cfg.temperature, placement)
+        super().__init__(policy_dir, cfg.temperature, placement, cfg.micro_batch_size)
         self.cfg = cfg
         self.seed = seed
         self.kl_coef = cfg.kl_coef  # the driver updates it each step when the KL is a loss term
@@ -259,45 +306,50 @@ class PolicyTrainer(ReferenceModel):
         self.optimizer = _adamw(self.model, cfg.policy_lr)
 
     def train(self, exp: Experience, step: int) -> dict[str, float]:
-        """``cfg.epochs`` passes of clipped-surrogate minibatch updates; mean statistics."""
+        """``cfg.epochs`` passes of clipped-surrogate minibatch updates (each accumulated over its micro-batches,
+        ``cfg.micro_batch_size``); mean statistics."""
         cfg, stats = self.cfg, []
         temperature = self.temperature if exp.temperature is None else exp.temperature
         self.model.train()
         gen = seeded(self.seed * 1_000_003 + step)
         for _ in range(cfg.epochs):
             for mb in exp.minibatches(cfg.minibatch_size, gen):
-                mb = mb.to(self.place.device)
-                with self.place.autocast():
-                    logp, entropy = sequence_logprobs(
-                        self.model,
-                        mb.sequences,
-                        mb.attention_mask,
-                        with_entropy=True,
-                        temperature=temperature,
-                        first=first_action(mb.action_mask),
-                        entropy_grad=cfg.entropy_coef > 0,
-                    )
-                logp, entropy = logp.float(), entropy.float()
-                loss, info = policy_loss(
-                    logp, mb.old_logprobs, mb.advantages, mb.action_mask, cfg.clip_eps, mb.is_weights
-                )
-                ent = masked_mean(entropy, mb.action_mask)
-                total = loss - cfg.entropy_coef * ent
-                if cfg.kl_in == "loss":
-                    kl = masked_mean(kl_estimate(logp, mb.ref_logprobs, cfg.kl_estimator), mb.action_mask)
-                    total = total + self.kl_coef * kl
-                grad_norm = train_step(self.model, total, self.optimizer, grad_clip=cfg.grad_clip)
-                stats.append(
-                    {
-                        "losses/policy": float(loss.detach()),
-                        "policy/entropy": float(ent.detach()),
-                        "policy/clipfrac": info["clipfrac"],
-                        "policy/approx_kl": info["approx_kl"],
-                        "policy/grad_norm": float(grad_norm),
-                    }
-                )
+                self.optimizer.zero_grad(set_to_none=True)
+                parts = [self._backward(m, share, temperature) for m, share in micro_batches(mb, cfg.micro_batch_size)]
+                grad_norm = clip_and_step(self.model, self.optimizer, cfg.grad_clip)
+                stats.append(_sum_stats(parts) | {"policy/grad_norm": float(grad_norm)})
         self.model.eval()
         return _mean_stats(stats)
+
+    def _backward(self, mb: Experience, share: float, temperature: float) -> dict[str, float]:
+        """Forward and backward of one micro-batch, its loss weighted by ``share`` (its part of the minibatch's
+        action tokens); its statistics weighted alike."""
+        cfg = self.cfg
+        mb = mb.to(self.place.device)
+        with self.place.autocast():
+            logp, entropy = sequence_logprobs(
+                self.model,
+                mb.sequences,
+                mb.attention_mask,
+                with_entropy=True,
+                temperature=temperature,
+                first=first_action(mb.action_mask),
+                entropy_grad=cfg.entropy_coef > 0,
+            )
+        logp, entropy = logp.float(), entropy.float()
+        loss, info = policy_loss(logp, mb.old_logprobs, mb.advantages, mb.action_mask, cfg.clip_eps, mb.is_weights)
+        ent = masked_mean(entropy, mb.action_mask)
+        total = loss - cfg.entropy_coef * ent
+        if cfg.kl_in == "loss":
+            kl = masked_mean(kl_estimate(logp, mb.ref_logprobs, cfg.kl_estimator), mb.action_mask)
+            total = total + self.kl_coef * kl
+        (total * share).backward()
+        return {
+            "losses/policy": share * float(loss.detach()),
+            "policy/entropy": share * float(ent.detach()),
+            "policy/clipfrac": share * info["clipfrac"],
+            "policy/approx_kl": share * info["approx_kl"],
+        }
 
     def weights(self) -> dict[str, torch.Tensor]:
         """A CPU copy of the weights (what a weight-sync transport publishes); LoRA adapters merged."""
@@ -337,9 +389,12 @@ class CriticTrainer:
     def values(self, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Values [B, L-1], fp32 on the CPU."""
         self.model.eval()
-        with self.place.autocast():
-            out = self.model(self.place.to(sequences), self.place.to(attention_mask))
-        return to_host(out)
+
+        def forward(seqs: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+            with self.place.autocast():
+                return to_host(self.model(self.place.to(seqs), self.place.to(attn)))
+
+        return by_rows(forward, self.cfg.micro_batch_size, sequences, attention_mask)
 
     def train(self, exp: Experience, step: int) -> dict[str, float]:
         cfg, stats = self.cfg, []
@@ -347,14 +402,20 @@ class CriticTrainer:
         gen = seeded(self.seed * 1_000_033 + step)
         for _ in range(cfg.epochs):
             for mb in exp.minibatches(cfg.minibatch_size, gen):
-                mb = mb.to(self.place.device)
-                with self.place.autocast():
-                    values = self.model(mb.sequences, mb.attention_mask).float()
-                loss, info = value_loss(values, mb.values, mb.returns, mb.action_mask, cfg.value_clip_eps)
-                train_step(self.model, loss, self.optimizer, grad_clip=cfg.grad_clip)
-                stats.append({"losses/value": float(loss.detach()), "critic/clipfrac": info["vf_clipfrac"]})
+                self.optimizer.zero_grad(set_to_none=True)
+                parts = [self._backward(m, share) for m, share in micro_batches(mb, cfg.micro_batch_size)]
+                clip_and_step(self.model, self.optimizer, cfg.grad_clip)
+                stats.append(_sum_stats(parts))
         self.model.eval()
         return _mean_stats(stats)
+
+    def _backward(self, mb: Experience, share: float) -> dict[str, float]:
+        mb = mb.to(self.place.device)
+        with self.place.autocast():
+            values = self.model(mb.sequences, mb.attention_mask).float()
+        loss, info = value_loss(values, mb.values, mb.returns, mb.action_mask, self.cfg.value_clip_eps)
+        (loss * share).backward()
+        return {"losses/value": share * float(loss.detach()), "critic/clipfrac": share * info["vf_clipfrac"]}
 
     def state(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
