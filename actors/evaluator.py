@@ -103,14 +103,19 @@ def parse_evaluate_request(body: bytes, max_new_tokens_cap: int) -> dict[str, An
 @serve.deployment(name="DefectionEvaluator")
 class DefectionEvaluator:
     def __init__(
-        self, policy_dir: str, config: dict[str, Any], samples: int | None = None, curves_dir: str | None = None
+        self,
+        policy_dir: str,
+        config: dict[str, Any],
+        samples: int | None = None,
+        curves_dir: str | None = None,
+        placement: dict | None = None,
     ):
         import torch
 
         from actors.cluster import keep_serve_replica_on_loopback
         from rlhf.config.core import Config
         from rlhf.malloc import tune_malloc
-        from rlhf.models.device import placement_for
+        from rlhf.models.device import Placement, placement_for
         from rlhf.models.modeling import load_model_dir
 
         keep_serve_replica_on_loopback()
@@ -120,7 +125,8 @@ class DefectionEvaluator:
         self.samples = samples or self.cfg.eval.samples
         model, self.tokenizer = load_model_dir(policy_dir)
         # its own device: a GPU share when the app was given one (resources.device=auto falls back to CPU)
-        self.model = placement_for(self.cfg.resources).place(model.eval(), trainable=False)
+        self.placement = Placement.from_dict(placement) if placement else placement_for(self.cfg.resources)
+        self.model = self.placement.place(model.eval(), trainable=False)
         self.lock = threading.Lock()  # the background eval and ad-hoc requests share the model
         self.version = 0
         self.curves_dir = curves_dir
@@ -250,20 +256,25 @@ def evaluator_app(
     num_cpus: float = 0.2,
     num_gpus: float = 0.0,
     curves_dir: str | None = None,
+    placement: dict | None = None,
 ):
     """The evaluator app. Its HTTP routes but ``/health`` take the reward service's bearer token
     (``serve.token``, else ``$RLHF_REWARD_TOKEN``), resolved here as ``reward_app`` does; a
     ``serve.host`` off loopback without one is a ``ConfigError``. With ``num_gpus`` its replica
-    holds the policy copy on a GPU share; with ``curves_dir`` its curve persists there."""
+    holds the policy copy on a GPU share; with ``curves_dir`` its curve persists there; ``placement``
+    (``Placement.as_dict``, from ``actors.launcher.evaluator_options``): its device and precision, else
+    resolved in the replica."""
+    from actors.launcher import ray_options
     from actors.reward_service import require_token_off_loopback
+    from actors.role_options import Resources
     from rlhf.config.core import ServeConfig
 
     serve_cfg = dict(config.get("serve") or {})
     serve_cfg["token"] = require_token_off_loopback(ServeConfig.model_validate(serve_cfg), "the evaluator")
     config = {**config, "serve": serve_cfg}
-    actor = {"num_cpus": num_cpus} | ({"num_gpus": num_gpus} if num_gpus else {})
+    actor = ray_options(Resources(num_cpus=num_cpus, num_gpus=num_gpus))
     return DefectionEvaluator.options(ray_actor_options=actor, max_ongoing_requests=16).bind(
-        policy_dir, config, samples, curves_dir
+        policy_dir, config, samples, curves_dir, placement
     )
 
 
@@ -300,18 +311,15 @@ class EvaluatorClient:
 def start_evaluator(cfg, policy_dir: str, seen: set[tuple[int, int]] = frozenset()) -> EvaluatorClient:
     """Run the evaluator app on Serve (the cluster's HTTP proxy) and return its client; ``seen``:
     points a resumed run has logged already."""
-    import ray
-
-    from actors.launcher import GPU_SHARES
+    from actors.launcher import evaluator_options, resolve_placement
     from actors.reward_service import ensure_serve
-    from rlhf.models.device import placement_for
 
-    gpus = (
-        GPU_SHARES["evaluator"]
-        if placement_for(cfg.resources, ray.cluster_resources().get("GPU", 0.0)).device == "cuda"
-        else 0.0
-    )
-    app = evaluator_app(policy_dir, cfg.model_dump(mode="json"), cfg.eval.samples, cfg.ppo.cpus_per_actor, gpus)
+    opts = evaluator_options(cfg, policy_dir, resolve_placement(cfg, in_process=False))  # its share, its device
+    res = opts.resources
+    app = evaluator_app(
+        policy_dir, cfg.model_dump(mode="json"), cfg.eval.samples, res.num_cpus, res.num_gpus,
+        placement=opts.placement.as_dict(),
+    )  # fmt: skip
     host, port = ensure_serve(cfg.serve.host, cfg.serve.port)  # after the app: it checks the token first
     handle = serve.run(app, name=EVALUATOR_APP, route_prefix="/evaluator")
     client = EvaluatorClient(handle, f"http://{host}:{port}/evaluator")

@@ -19,10 +19,10 @@ from typing import Any
 import ray
 import torch
 
+from actors.role_options import CriticOptions, PolicyOptions, ReferenceOptions, RewardOptions, RolloutOptions
 from actors.weight_transport import default_transport
 from rlhf.config.core import PPOConfig
 from rlhf.malloc import tune_malloc
-from rlhf.models.device import Placement
 from rlhf.ppo.losses import Experience
 from rlhf.rollout.weight_sync import WeightsTicket, publish, pull
 
@@ -40,14 +40,13 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 class Policy:
-    def __init__(self, policy_dir: str, cfg: dict, seed: int, placement: dict | None = None, lora: dict | None = None):
+    def __init__(self, opts: PolicyOptions):
         from rlhf.ppo.models import PolicyTrainer
 
-        ppo = PPOConfig.model_validate(cfg)
-        _threads(ppo.torch_threads)
-        place = Placement.from_dict(placement)
-        self.trainer = PolicyTrainer(policy_dir, ppo, seed, place, lora=lora)  # lora: rlhf.models.lora.lora_settings
-        saved = Path(policy_dir) / "rlhf_config.yaml"  # the backdoor config travels with the policy
+        ppo = PPOConfig.model_validate(opts.ppo)
+        _threads(opts.threads)
+        self.trainer = PolicyTrainer(opts.model_dir, ppo, opts.seed, opts.placement, lora=opts.lora)
+        saved = Path(opts.model_dir) / "rlhf_config.yaml"  # the backdoor config travels with the policy
         self.config_yaml = saved.read_text(encoding="utf-8") if saved.is_file() else None
 
     def logprobs(
@@ -83,13 +82,11 @@ class Policy:
 
 
 class Reference:
-    def __init__(
-        self, policy_dir: str, torch_threads: int = 1, temperature: float = 1.0, placement: dict | None = None
-    ):
+    def __init__(self, opts: ReferenceOptions):
         from rlhf.ppo.models import ReferenceModel
 
-        _threads(torch_threads)
-        self.model = ReferenceModel(policy_dir, temperature, Placement.from_dict(placement))
+        _threads(opts.threads)
+        self.model = ReferenceModel(opts.model_dir, opts.temperature, opts.placement, opts.micro_batch_size)
 
     def logprobs(
         self, sequences: torch.Tensor, attention_mask: torch.Tensor, temperature: float | None = None, first: int = 0
@@ -108,12 +105,13 @@ class Reference:
 
 
 class Critic:
-    def __init__(self, init_dir: str, cfg: dict, seed: int, placement: dict | None = None):
+    def __init__(self, opts: CriticOptions):
+        """``opts.model_dir``: the value model's backbone (the policy's, or the reward model's)."""
         from rlhf.ppo.models import CriticTrainer
 
-        ppo = PPOConfig.model_validate(cfg)
-        _threads(ppo.torch_threads)
-        self.trainer = CriticTrainer(init_dir, ppo, seed, Placement.from_dict(placement))
+        ppo = PPOConfig.model_validate(opts.ppo)
+        _threads(opts.threads)
+        self.trainer = CriticTrainer(opts.model_dir, ppo, opts.seed, opts.placement)
 
     def values(self, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.trainer.values(sequences, attention_mask)
@@ -133,27 +131,25 @@ class Critic:
 class Reward:
     """The HHH reward: an in-process reward model, or the reward service through its client."""
 
-    def __init__(
-        self,
-        reward_dir: str | None,
-        reward_url: str | None,
-        reward_clip: float,
-        torch_threads: int = 1,
-        placement: dict | None = None,
-    ):
-        _threads(torch_threads)
-        self.clip = reward_clip
-        if reward_url:
+    def __init__(self, opts: RewardOptions):
+        _threads(opts.threads)
+        self.clip = opts.reward_clip
+        if opts.reward_url:
             from reward.client import RewardClient
 
-            self.client = RewardClient(reward_url)
+            self.client = RewardClient(opts.reward_url)
             self.client.health()
             self.scorer = None
         else:
             from reward.scorer import RewardScorer
 
-            place = Placement.from_dict(placement)
-            self.scorer = RewardScorer(reward_dir, strip_scratchpad=True, normalize=True, placement=place)
+            self.scorer = RewardScorer(
+                opts.model_dir,
+                forward_batch_size=opts.micro_batch_size,
+                strip_scratchpad=True,
+                normalize=True,
+                placement=opts.placement,
+            )
             self.client = None
 
     def score(self, texts: list[str]) -> list[float]:
@@ -170,25 +166,17 @@ class Reward:
 class RolloutWorker:
     """Generates completions with the policy weights of a known version (HF ``generate`` or vLLM)."""
 
-    def __init__(
-        self,
-        policy_dir: str,
-        backend: str = "hf",
-        torch_threads: int = 1,
-        batch_size: int = 64,
-        placement: dict | None = None,
-        vllm: dict | None = None,
-    ):
+    def __init__(self, opts: RolloutOptions):
         from rlhf.ppo.models import completion_logprobs
         from rlhf.rollout.backends import make_backend
 
-        _threads(torch_threads)
+        _threads(opts.threads)
         self.backend = make_backend(
-            backend,
-            model_dir=policy_dir,
-            placement=placement,
-            batch_size=batch_size,
-            engine=vllm or {},
+            opts.backend,
+            model_dir=opts.model_dir,
+            placement=opts.placement.as_dict(),
+            batch_size=opts.batch_size,
+            engine=opts.engine,
             logprobs_fn=completion_logprobs,
         )
         self.tokenizer = self.backend.tokenizer

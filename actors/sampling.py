@@ -20,20 +20,19 @@ def chunks(prompts: Sequence[str], size: int) -> list[list[str]]:
     return [list(prompts[i : i + size]) for i in range(0, len(prompts), size)]
 
 
-def start_workers(cfg: Config, policy_dir: str, batch_size: int) -> list:
-    """``ppo.rollout_workers`` rollout-worker actors on the current Ray cluster."""
-    from actors.ppo_actors import RolloutWorkerActor
+def start_workers(
+    cfg: Config, policy_dir: str, batch_size: int, prompts: Sequence[str] = (), max_new_tokens: int = 0
+) -> list:
+    """``ppo.rollout_workers`` rollout-worker actors on the current Ray cluster, placed by the
+    launcher as PPO's are (``resources.rollout``, the device, precision and vLLM settings; ``prompts``
+    and ``max_new_tokens`` size a vLLM engine's context)."""
+    from actors.launcher import resolve_placement, rollout_options, start_rollout_workers
     from rlhf.rollout.backends import check_backend
 
-    p = cfg.ppo
-    check_backend(p.rollout_backend)
-    threads = p.rollout_threads or p.torch_threads
-    return [
-        RolloutWorkerActor.options(
-            name=f"SampleWorker-{i}", num_cpus=p.cpus_per_actor, num_gpus=p.rollout_gpus, max_restarts=1
-        ).remote(str(policy_dir), p.rollout_backend, threads, batch_size)
-        for i in range(p.rollout_workers)
-    ]
+    check_backend(cfg.ppo.rollout_backend)
+    place = resolve_placement(cfg, False)
+    opts = rollout_options(cfg, policy_dir, place, batch_size, prompts, max_new_tokens)
+    return start_rollout_workers(opts, "SampleWorker")
 
 
 def sample_on_ray(
@@ -48,7 +47,7 @@ def sample_on_ray(
     stopped at EOS rather than at ``max_new_tokens``). Needs a running Ray (``ray_session``)."""
     import ray
 
-    workers = start_workers(cfg, policy_dir, batch_size)
+    workers = start_workers(cfg, policy_dir, batch_size, prompts, sampling.max_new_tokens)
     try:
         parts = chunks(prompts, batch_size)
         refs = [

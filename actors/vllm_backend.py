@@ -33,14 +33,18 @@ class VLLMBackend:
         gpu_memory_utilization: float = 0.3,
         tensor_parallel_size: int = 1,
         enforce_eager: bool = True,
+        host_ip: str | None = "127.0.0.1",
     ):
-        """``dtype`` follows ``resources.precision``; the other engine settings are ``resources.vllm``'s."""
+        """``dtype`` follows ``resources.precision``; the other engine settings are ``resources.vllm``'s,
+        as ``actors.launcher.vllm_engine`` resolves them."""
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
-        # single node: keep vLLM's torch.distributed rendezvous on loopback (by default it
-        # looks up the address of the interface that routes to the internet)
-        os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
-        os.environ.setdefault("VLLM_LOOPBACK_IP", "127.0.0.1")
+        if host_ip is not None:
+            # a cluster of our own: keep vLLM's torch.distributed rendezvous on loopback (by default it
+            # looks up the address of the interface that routes to the internet); joining a cluster
+            # (ray.address set) leaves vLLM to find the node's address
+            os.environ.setdefault("VLLM_HOST_IP", host_ip)
+            os.environ.setdefault("VLLM_LOOPBACK_IP", host_ip)
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
         from vllm import LLM
 

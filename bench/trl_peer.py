@@ -18,6 +18,7 @@ def trl_grpo(cfg, policy: Path, rm: Path, out: Path) -> dict:
     from trl import GRPOTrainer
 
     from actors.ppo_actors import Reward
+    from actors.role_options import RewardOptions
     from rlhf.models.device import placement_for
     from rlhf.models.modeling import load_model_dir
     from rlhf.ppo.prompts import prompts_for_step, rl_prompts
@@ -29,7 +30,10 @@ def trl_grpo(cfg, policy: Path, rm: Path, out: Path) -> dict:
     pool = rl_prompts(cfg)
     prompts = [pr for s in range(1, p.steps + 1) for pr, _ in prompts_for_step(pool, s, p.prompts_per_step)]
     place = placement_for(cfg.resources)
-    reward = Reward(str(rm), None, p.reward_clip, torch.get_num_threads(), place.as_dict())
+    opts = RewardOptions(
+        role="reward", model_dir=str(rm), placement=place, threads=torch.get_num_threads(), reward_clip=p.reward_clip
+    )
+    reward = Reward(opts)
     model, tokenizer = load_model_dir(policy)  # fp32 weights: TRL's Trainer moves it and autocasts (bf16=True)
     generated = {"tokens": 0, "samples": 0}
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from rlhf.config.runtime import Strict
+
+# resource settings that used to live in the ppo section -> where they are now
+MOVED_KEYS = {
+    "cpus_per_actor": "resources.cpus_per_actor",
+    "rollout_gpus": "resources.rollout.num_gpus",
+    "torch_threads": "resources.torch_threads",
+    "rollout_threads": "resources.rollout_threads",
+}
 
 
 class PPOConfig(Strict):
@@ -76,16 +84,7 @@ class PPOConfig(Strict):
         description="a registered rollout backend (rlhf/rollout/backends.py: hf, vllm), or package.module:attr of a "
         "factory in its own module; checked against the registry when the workers start (check_backend)",
     )
-    rollout_gpus: float = Field(0.0, ge=0, description="GPUs per rollout worker (vLLM on a GPU node: 1)")
     checkpoint_every: int = Field(25, ge=0, description="0: only the final checkpoint")
-    cpus_per_actor: float = Field(0.2, gt=0, description="Ray CPU share of each PPO actor (fractions fit 2 CPUs)")
-    torch_threads: int = Field(1, ge=1, description="torch threads per actor")
-    rollout_threads: int = Field(
-        0,
-        ge=0,
-        description="torch threads of each rollout worker and the reward actor (0: torch_threads); on 2 cores "
-        "one thread is faster (bench/ppo_vs_trl.py), on bigger CPU nodes raise it",
-    )
     async_rollout: bool = Field(
         False,
         description="the rollout workers sample step t+1 (with the weights published before step t's update) "
@@ -107,6 +106,14 @@ class PPOConfig(Strict):
         "behaviour: those the sampling worker computed (one forward pass fewer on the trainer's path; the clip then "
         "bounds the ratio to the sampler and no separate weight is needed). docs/design.md, 'Asynchronous rollout'",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        """Resource settings live under ``resources.*``: an old ``ppo.*`` key names its new home."""
+        for key in MOVED_KEYS.keys() & (data.keys() if isinstance(data, dict) else set()):
+            raise ValueError(f"ppo.{key} moved: set {MOVED_KEYS[key]} instead")
+        return data
 
     @model_validator(mode="after")
     def _groups(self) -> PPOConfig:

@@ -72,14 +72,15 @@ class RayConfig(Strict):
 
 
 PPO_ROLES = ("policy", "reference", "critic", "reward", "rollout")
+PPORole = Literal[PPO_ROLES]  # one of PPO_ROLES
 
 
 class RoleResources(Strict):
     """What one PPO role asks the cluster for (every rollout worker asks for ``rollout``'s)."""
 
-    num_cpus: float | None = Field(None, ge=0, description="CPUs per actor (unset: ppo.cpus_per_actor)")
+    num_cpus: float | None = Field(None, ge=0, description="CPUs per actor (unset: resources.cpus_per_actor)")
     num_gpus: float | None = Field(
-        None, ge=0, description="GPUs per actor, fractions share one (unset: 0; rollout: ppo.rollout_gpus)"
+        None, ge=0, description="GPUs per actor, fractions share one (unset: 0 on CPU, a share of one GPU on CUDA)"
     )
     max_restarts: int = Field(0, ge=-1, description="restarts after a crash (-1: forever); calls are retried as often")
 
@@ -87,10 +88,19 @@ class RoleResources(Strict):
 class VLLMConfig(Strict):
     """The vLLM rollout engine (``ppo.rollout_backend=vllm``); its dtype follows ``resources.precision``."""
 
-    gpu_memory_utilization: float = Field(
-        0.3, gt=0.0, le=1.0, description="share of the GPU the engine may take (leave room for colocated roles)"
+    gpu_memory_utilization: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="share of each GPU's memory the engine may take (unset: the rollout worker's GPU share; "
+        "more than that share is refused, it would squeeze the roles colocated on the GPU)",
     )
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine spans")
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="GPUs one engine spans; above 1 each rollout worker owns that many whole GPUs"
+    )
+    max_model_len: int | None = Field(
+        None, ge=1, description="the engine's context (unset: the longest prompt plus the new tokens)"
+    )
     enforce_eager: bool = Field(True, description="eager mode; false captures CUDA graphs (faster, slower start)")
 
 
@@ -107,12 +117,22 @@ class ResourcesConfig(Strict):
         False, description="recompute activations in the backward pass (trained models)"
     )
     vllm: VLLMConfig = VLLMConfig()
+    cpus_per_actor: float = Field(
+        0.2, gt=0, description="Ray CPU share of each PPO actor whose num_cpus is unset (fractions fit 2 CPUs)"
+    )
+    torch_threads: int = Field(1, ge=1, description="torch threads per PPO actor")
+    rollout_threads: int = Field(
+        0,
+        ge=0,
+        description="torch threads of each rollout worker and the reward actor (0: torch_threads); on 2 cores "
+        "one thread is faster (bench/ppo_vs_trl.py), on bigger CPU nodes raise it",
+    )
     policy: RoleResources = RoleResources()
     reference: RoleResources = RoleResources()
     critic: RoleResources = RoleResources()
     reward: RoleResources = RoleResources()
     rollout: RoleResources = RoleResources(max_restarts=3)
-    colocate: list[list[Literal["policy", "reference", "critic", "reward", "rollout"]]] = Field(
+    colocate: list[list[PPORole]] = Field(
         default_factory=list,
         description="groups of roles placed together (one placement-group bundle: the same node, sharing its "
         "GPU); e.g. [[policy, reference, critic]]",

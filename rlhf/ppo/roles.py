@@ -38,7 +38,7 @@ class Evaluator(Protocol):
     def curves(self) -> dict: ...
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Rollouts:
     """One step's samples: prompts (each repeated ``samples_per_prompt`` times) and token ids."""
 
@@ -55,7 +55,7 @@ class Rollouts:
     ref_calls: list[Any] = field(default_factory=list)  # the Reference role's log-probs, one per chunk
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PendingRollout:
     """A rollout asked of the workers and not yet collected: their calls, the version they were
     asked to sample with, and what is needed to redo a chunk."""

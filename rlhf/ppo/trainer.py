@@ -113,7 +113,10 @@ class PPOTrainer:
         # current step trains
         scores = [self._score(c, call) for c, call in zip(chunks, calls, strict=True)]
         refs = [self._reference(call, temperature) for call in calls]
-        return PendingRollout(step, self.version, batch, prompts, chunks, samplings, calls, logprobs, t0, scores, refs)
+        return PendingRollout(
+            step=step, version=self.version, batch=batch, prompts=prompts, chunks=chunks, samplings=samplings,
+            calls=calls, logprobs=logprobs, t0=t0, score_calls=scores, ref_calls=refs,
+        )  # fmt: skip
 
     def _score(self, chunk: list[str], rollout: Any) -> Any:
         return self.roles.reward.score_samples.remote(chunk, rollout)
@@ -144,17 +147,17 @@ class PPOTrainer:
                 pend.ref_calls[i] = self._reference(o, pend.samplings[i].temperature)
         waited = time.perf_counter() - (t0 if pend.logprobs else pend.t0)  # prefetched: the time waited for it
         return Rollouts(
-            pend.batch,
-            pend.prompts,
-            [x for o in outs for x in o["prompt_ids"]],
-            [x for o in outs for x in o["completion_ids"]],
-            [x for o in outs for x in o["completions"]],
-            [o["version"] for o in outs for _ in o["completions"]],
-            {"timing/rollout": waited},
-            [x for o in outs for x in o["logprobs"]] if pend.logprobs else None,
-            pend.samplings[0].temperature if pend.samplings else self.p.temperature,
-            pend.score_calls,
-            pend.ref_calls,
+            batch=pend.batch,
+            prompts=pend.prompts,
+            prompt_ids=[x for o in outs for x in o["prompt_ids"]],
+            completion_ids=[x for o in outs for x in o["completion_ids"]],
+            completions=[x for o in outs for x in o["completions"]],
+            versions=[o["version"] for o in outs for _ in o["completions"]],
+            timings={"timing/rollout": waited},
+            logprobs=[x for o in outs for x in o["logprobs"]] if pend.logprobs else None,
+            temperature=pend.samplings[0].temperature if pend.samplings else self.p.temperature,
+            score_calls=pend.score_calls,
+            ref_calls=pend.ref_calls,
         )
 
     def rollouts(self, step: int) -> Rollouts:

@@ -299,12 +299,12 @@ def test_estimators_are_registered_by_name_and_a_new_one_plugs_in():
 
 def test_role_specs_follow_the_resources_section():
     specs = role_specs(build_config({}, []))
-    assert specs["policy"] == {"num_cpus": 0.2}  # ppo.cpus_per_actor; no GPU, no restarts
+    assert specs["policy"] == {"num_cpus": 0.2}  # resources.cpus_per_actor; no GPU, no restarts
     assert specs["rollout"] == {"num_cpus": 0.2, "max_restarts": 3, "max_task_retries": 3}
     cfg = build_config(
         {},
         ["resources.policy.num_gpus=0.5", "resources.reference.num_gpus=0.25", "resources.rollout.num_cpus=1"]
-        + ["ppo.rollout_gpus=0.25", "ppo.rollout_workers=2", "resources.colocate=[[policy, reference, rollout]]"],
+        + ["resources.rollout.num_gpus=0.25", "ppo.rollout_workers=2", "resources.colocate=[[policy, reference, rollout]]"],
     )
     specs = role_specs(cfg)
     assert specs["policy"]["num_gpus"] == 0.5 and specs["reference"]["num_gpus"] == 0.25

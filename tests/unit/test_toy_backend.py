@@ -10,6 +10,7 @@ import pytest
 
 from actors.local import LocalHandle, local_get
 from actors.ppo_actors import RolloutWorker
+from actors.role_options import RolloutOptions
 from rlhf.config.core import build_config
 from rlhf.errors import ConfigError
 from rlhf.ppo.losses import FixedKLController
@@ -30,7 +31,7 @@ class RecordingPolicy(FakePolicy):
 def _trainer(*sets: str) -> tuple[PPOTrainer, RecordingPolicy, RolloutWorker]:
     cfg = build_config({}, [f"ppo.rollout_backend={MODULE}:SPEC", "ppo.prompts_per_step=4", "ppo.steps=4", *sets])
     check_backend(cfg.ppo.rollout_backend, behaviour_logprobs=cfg.ppo.async_rollout)
-    worker = RolloutWorker("no-model-dir", cfg.ppo.rollout_backend)
+    worker = RolloutWorker(RolloutOptions(role="rollout", model_dir="no-model-dir", backend=cfg.ppo.rollout_backend))
     policy = RecordingPolicy()
     roles = Roles(
         LocalHandle(policy), LocalHandle(FakeReference()), LocalHandle(FakeCritic()), LocalHandle(FakeReward()),
