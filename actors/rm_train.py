@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from actors.step_reporter import StepReporter
-from actors.train_launcher import TrainJob, fit_with_progress, setup_worker
+from actors.train_launcher import TrainJob, fit_with_progress, save_trained, setup_worker
 
 
 @dataclass
@@ -18,7 +18,7 @@ def rm_loop_per_worker(job: dict) -> None:
     from transformers import AutoModelForSequenceClassification
 
     from reward.train import pair_batches, rm_step
-    from rlhf.models.checkpoint import CONFIG_NAME, save_hf_dir
+    from rlhf.models.checkpoint import CONFIG_NAME
     from rlhf.models.optim import train_step
 
     progress = job.pop("progress", None)
@@ -42,8 +42,7 @@ def rm_loop_per_worker(job: dict) -> None:
             sched.get_last_lr()[0],
             **{"train/loss": float(loss), "train/accuracy": accuracy},
         )
-    if rank == 0:
-        save_hf_dir(base, tokenizer, out / "model", {CONFIG_NAME: job["config_yaml"]})
+    save_trained(rank, base, tokenizer, out / "model", {CONFIG_NAME: job["config_yaml"]})
     reporter.close()
 
 

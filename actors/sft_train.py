@@ -11,7 +11,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from actors.step_reporter import StepReporter
-from actors.train_launcher import TrainJob, fit_with_progress, setup_worker
+from actors.train_launcher import (
+    TrainJob,
+    fit_with_progress,
+    load_optimizer_state,
+    optimizer_state,
+    save_trained,
+    setup_worker,
+)
 
 TRAINER_STATE = "trainer_state.pt"  # beside each periodic checkpoint: what a resume needs
 
@@ -28,7 +35,7 @@ def train_loop_per_worker(job: dict) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from rlhf.models.checkpoint import CONFIG_NAME, save_hf_dir
+    from rlhf.models.checkpoint import CONFIG_NAME
     from rlhf.models.optim import train_step
     from rlhf.train.sft import Example, batches, collate, completion_loss
 
@@ -47,7 +54,7 @@ def train_loop_per_worker(job: dict) -> None:
             from rlhf.models.lora import load_adapter_state
 
             load_adapter_state(base, state["adapter"])
-        opt.load_state_dict(state["optimizer"])
+        load_optimizer_state(model, opt, state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         start = int(state["step"])
@@ -59,10 +66,10 @@ def train_loop_per_worker(job: dict) -> None:
     )
     extra = {CONFIG_NAME: job["config_yaml"]}
 
-    def trainer_state(step: int):
+    def trainer_state(step: int):  # every rank calls it: a sharded optimiser state is gathered
         state = {
             "step": step,
-            "optimizer": opt.state_dict(),
+            "optimizer": optimizer_state(model, opt),
             "scheduler": sched.state_dict(),
             "torch_rng": torch.get_rng_state(),
         }
@@ -84,10 +91,9 @@ def train_loop_per_worker(job: dict) -> None:
             sched.get_last_lr()[0],
             **{"train/loss": float(loss)},
         )
-        if rank == 0 and job["checkpoint_every"] and step % job["checkpoint_every"] == 0 and step < job["max_steps"]:
-            save_hf_dir(base, tokenizer, out / "checkpoints" / f"step-{step:06d}", extra, trainer_state(step))
-    if rank == 0:
-        save_hf_dir(base, tokenizer, out / "model", extra)
+        if job["checkpoint_every"] and step % job["checkpoint_every"] == 0 and step < job["max_steps"]:
+            save_trained(rank, base, tokenizer, out / "checkpoints" / f"step-{step:06d}", extra, trainer_state(step))
+    save_trained(rank, base, tokenizer, out / "model", extra)
     reporter.close()
 
 

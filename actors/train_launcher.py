@@ -40,6 +40,7 @@ class TrainJob:
     device: str = "cpu"
     precision: str = "fp32"
     gradient_checkpointing: bool = False
+    strategy: str = "ddp"  # ddp | fsdp: the config section's ``strategy``
     tensorboard: bool = True  # rank 0 writes out_dir/tb beside metrics.jsonl (logging.backends)
 
 
@@ -90,12 +91,44 @@ def setup_worker(job: dict, model_class, model_dir: str | None = None):
         if placement.gradient_checkpointing:
             base.enable_input_require_grads()
         base = apply_lora(base, job["lora"])
-    model = prepare_model(base) if world > 1 else base
+    if job.get("strategy") == "fsdp" and world > 1:  # FSDP2: each worker owns 1/N (rlhf.models.fsdp)
+        from rlhf.models.fsdp import shard_model
+
+        model = base = shard_model(base, placement.precision, device=placement.device)
+    else:
+        model = prepare_model(base) if world > 1 else base
     model.train()
     optim = OptimConfig(**{name: job[name] for name in OptimConfig.model_fields})
     opt = make_optimizer(model, optim)
     sched = make_scheduler(opt, optim, job["max_steps"])
     return rank, world, tokenizer, base, model, opt, sched, placement
+
+
+def save_trained(rank: int, base, tokenizer, path, extra_files=None, write_extra=None) -> None:
+    """Save the trained model as an atomic HF dir from rank 0; every rank calls it (a sharded model's
+    weights are gathered bucket by bucket first, a collective)."""
+    from rlhf.models.checkpoint import save_hf_dir
+    from rlhf.models.fsdp import gathered_state, is_sharded
+
+    state = gathered_state(base) if is_sharded(base) else None
+    if rank == 0:
+        save_hf_dir(base, tokenizer, path, extra_files, write_extra, state_dict=state)
+
+
+def optimizer_state(model, opt) -> dict:
+    """What a checkpoint keeps of the optimiser; every rank calls it (sharded: gathered to rank 0)."""
+    from rlhf.models.fsdp import full_optimizer_state, is_sharded
+
+    return full_optimizer_state(model, opt) if is_sharded(model) else opt.state_dict()
+
+
+def load_optimizer_state(model, opt, state: dict) -> None:
+    from rlhf.models.fsdp import is_sharded, load_full_optimizer_state
+
+    if is_sharded(model):
+        load_full_optimizer_state(model, opt, state)
+    else:
+        opt.load_state_dict(state)
 
 
 def bind_worker_gpu(base):

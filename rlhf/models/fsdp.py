@@ -294,3 +294,35 @@ def run_ranks(fn: Callable, world_size: int, *args) -> None:
     import torch.multiprocessing as mp
 
     mp.spawn(_rank_main, args=(fn, world_size, free_port(), args), nprocs=world_size, join=True)
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimiser state of a sharded model gathered into full tensors keyed by parameter name,
+    on the CPU of rank 0 (other ranks get an empty dict); every rank calls it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a ``full_optimizer_state`` dict (every rank passes the full dict; each keeps its shard)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def gathered_state(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The full weights of a sharded model on rank 0 (None elsewhere), assembled bucket by bucket:
+    rank 0 holds them once, beside its own shard. Every rank calls it."""
+    rank, _ = world()
+    full: dict[str, torch.Tensor] = {}
+    for bucket in iter_full_state(model):
+        if rank == 0:
+            full.update(bucket)
+    return full if rank == 0 else None
+
+
+def is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)

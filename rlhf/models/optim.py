@@ -101,7 +101,8 @@ def train_step(
     grad_norm = None
     if grad_clip is not None and grad_clip > 0:
         params = model.parameters() if isinstance(model, torch.nn.Module) else model
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP2: a DTensor
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
