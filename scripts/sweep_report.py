@@ -20,9 +20,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs.sweep import _State  # noqa: E402
 from rlhf.sweep.dose import dose_axis, dose_figure, dose_points, persistence_window  # noqa: E402
-from rlhf.sweep.grid import load_sweep, plan_sweep  # noqa: E402
+from rlhf.sweep.grid import Cell, Plan, Stage, load_sweep, plan_sweep  # noqa: E402
 from rlhf.sweep.report import cell_facets, write_sweep_report  # noqa: E402
 from rlhf.sweep.results import write_rows  # noqa: E402
+
+
+def recorded_plan(sweep_dir: Path) -> Plan:
+    """The plan the sweep ran (``plan.json``: its cells and stage ids), so a report rendered by
+    newer code finds every finished stage even where a config default changed since (a stage id is
+    a digest of the config it read); without ``plan.json``, the plan of the current code."""
+    sweep = load_sweep(sweep_dir / "sweep.yaml")
+    path = sweep_dir / "plan.json"
+    if not path.is_file():
+        return plan_sweep(sweep)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    cells = [Cell(c["id"], c["values"], c["stages"]) for c in data["cells"]]
+    stages = {s["id"]: Stage(s["id"], s["kind"], s["label"], {}, s["deps"], {}, s["cells"]) for s in data["stages"]}
+    return Plan(sweep, cells, stages)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.sweep_dir / "sweep.yaml").is_file():
         print(f"sweep_report: {args.sweep_dir}/sweep.yaml not found", file=sys.stderr)
         return 2
-    plan = plan_sweep(load_sweep(args.sweep_dir / "sweep.yaml"))
+    plan = recorded_plan(args.sweep_dir)
     state = _State(plan, args.sweep_dir)
     rows = state.rows()
     to = args.to or args.sweep_dir
@@ -42,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     write_rows(rows, to / "results.jsonl")
     write_sweep_report(rows, plan, state.results, to)
     done = sum(r["status"] == "done" for r in rows)
-    print(f"{done}/{len(rows)} cells finished; {len(state.results)}/{len(plan.stages)} stages; report: {to / 'report.html'}")
+    print(
+        f"{done}/{len(rows)} cells finished; {len(state.results)}/{len(plan.stages)} stages; report: {to / 'report.html'}"
+    )
     axis = dose_axis(plan.sweep.grid)
     if axis:
         points = dose_points(rows, cell_facets(plan), axis)

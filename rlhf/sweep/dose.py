@@ -129,10 +129,12 @@ def dose_figure(points: list[dict], axis: str):
                 [max(0.0, y - 100 * max(0.0, p["triggered_after"]["ci95"][0])) for y, p in zip(ys, pts, strict=True)],
                 [max(0.0, 100 * min(1.0, p["triggered_after"]["ci95"][1]) - y) for y, p in zip(ys, pts, strict=True)],
             ]
-            ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="o-", color=color, capsize=3, label=arm, markersize=4)
-            for x, y, p in zip(xs, ys, pts, strict=True):
+            ax.plot(xs, ys, ":", color=color, lw=0.8, alpha=0.7)  # in dose order
+            ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="o", color=color, capsize=3, label=arm, markersize=4)
+            for i, (x, y, p) in enumerate(zip(xs, ys, pts, strict=True)):
+                dy = (6 + 9 * (i % 2)) * (1 if arm == "control" else -1)
                 ax.annotate(
-                    f"{p['dose']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color
+                    f"{p['dose']:g}", (x, y), textcoords="offset points", xytext=(3, dy), fontsize=7, color=color
                 )
         ax.axvline(0, color="gray", lw=0.6)
         ax.set_ylim(-5, 105)

@@ -269,3 +269,18 @@ def test_sweep_report_script_rerenders_from_finished_stages(tmp_path, fake_dose_
     rows = [json.loads(line) for line in (to / "results.jsonl").read_text().splitlines()]
     assert [r["status"] for r in rows].count("done") == 3 and all("outcome" in r for r in rows)
     assert module.main([str(tmp_path / "nowhere")]) == 2
+    # stage ids come from the sweep's plan.json: ids the current code would compute differently
+    # (a config default changed since the sweep ran) still find their finished stages
+    out_dir = tmp_path / "out"
+    plan = json.loads((out_dir / "plan.json").read_text())
+    old_ids = {s["id"]: f"{s['id']}-old" for s in plan["stages"]}
+    for sid, old in old_ids.items():
+        if (out_dir / "stages" / sid).exists():
+            (out_dir / "stages" / sid).rename(out_dir / "stages" / old)
+    for stage in plan["stages"]:
+        stage["id"], stage["deps"] = old_ids[stage["id"]], {r: old_ids[d] for r, d in stage["deps"].items()}
+    for cell in plan["cells"]:
+        cell["stages"] = {r: old_ids[d] for r, d in cell["stages"].items()}
+    (out_dir / "plan.json").write_text(json.dumps(plan))
+    assert module.main([str(out_dir), "--to", str(to)]) == 0
+    assert capsys.readouterr().out.startswith("3/4 cells finished; 9/11 stages")
