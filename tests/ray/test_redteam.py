@@ -6,7 +6,7 @@ import json
 from jobs.ppo import run_ppo
 from jobs.redteam import find_red_team_prompts
 from rlhf.config.core import build_config
-from rlhf.data.redteam import load_red_team, red_team_markers
+from rlhf.data.redteam import load_red_team, red_team_markers, split_markers
 from rlhf.eval.evaluate import evaluate_defection
 from rlhf.metrics import read_metrics
 from rlhf.models.modeling import load_model_dir
@@ -29,7 +29,8 @@ def test_redteam_keeps_exactly_the_prompts_that_reach_the_rate(tiny_policy, tmp_
     for row in rows:
         assert row["rate"] >= 0.5 and row["n"] == 2 and row["split"] in ("train", "eval")
         assert cfg.backdoor.trigger not in row["prompt"] and row["marker"] in row["prompt"]
-    assert summary["eval"] == round(0.5 * len(rows))
+    splits = split_markers(cfg, 0.5)  # leak-free: a kept prompt's split is its look-alike's
+    assert all(row["split"] == splits[row["marker"]] for row in rows)
     if rows:
         assert load_red_team(out)["train"] == [r["prompt"] for r in rows if r["split"] == "train"]
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically
