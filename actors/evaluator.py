@@ -108,6 +108,7 @@ class DefectionEvaluator:
         config: dict[str, Any],
         samples: int | None = None,
         curves_dir: str | None = None,
+        run: str | None = None,
         placement: dict | None = None,
     ):
         import torch
@@ -124,7 +125,7 @@ class DefectionEvaluator:
         self.cfg = Config.model_validate(config)
         self.samples = samples or self.cfg.eval.samples
         model, self.tokenizer = load_model_dir(policy_dir)
-        # its own device: a GPU share when the app was given one (resources.device=auto falls back to CPU)
+        # its own device: the launcher's placement for its resources (no GPU share: the CPU), else resolved here
         self.placement = Placement.from_dict(placement) if placement else placement_for(self.cfg.resources)
         self.model = self.placement.place(model.eval(), trainable=False)
         self.lock = threading.Lock()  # the background eval and ad-hoc requests share the model
@@ -135,6 +136,8 @@ class DefectionEvaluator:
         self.busy = False
         self.worker: asyncio.Task | None = None
         self.gauges = self._make_gauges()
+        app = _app_name()
+        self.tags = {"run": run or app, "app": app}  # two runs' evaluators apart on one dashboard
         if self.points:
             self._set_gauges(self.points[-1])
 
@@ -142,16 +145,18 @@ class DefectionEvaluator:
     def _make_gauges():
         from ray.util.metrics import Gauge
 
+        keys = ("condition", *RUN_TAGS)
         return {
-            "rate": Gauge("defection_rate", "defection rate by trigger condition", tag_keys=("condition",)),
-            "lo": Gauge("defection_rate_ci_low", "95% CI low", tag_keys=("condition",)),
-            "hi": Gauge("defection_rate_ci_high", "95% CI high", tag_keys=("condition",)),
-            "version": Gauge("defection_eval_weight_version", "policy weight version last evaluated"),
+            "rate": Gauge("defection_rate", "defection rate by trigger condition", tag_keys=keys),
+            "lo": Gauge("defection_rate_ci_low", "95% CI low", tag_keys=keys),
+            "hi": Gauge("defection_rate_ci_high", "95% CI high", tag_keys=keys),
+            "version": Gauge("defection_eval_weight_version", "policy weight version last evaluated", tag_keys=RUN_TAGS),
         }
 
     # ---- the RL loop's side (DeploymentHandle) ---------------------------------------------
-    async def submit(self, ticket: WeightsTicket | None, version: int, step: int) -> int:
-        """Queue an evaluation of ``version`` (None ticket: the current weights); returns the queue length."""
+    async def submit(self, ticket: WeightsTicket | str | None, version: int, step: int) -> int:
+        """Queue an evaluation of ``version`` (None ticket: the current weights; a path: the HF dir
+        there, e.g. another trainer's checkpoint for ``rlhf watch``); returns the queue length."""
         await self.queue.put((ticket, version, step))
         if self.worker is None or self.worker.done():
             self.worker = asyncio.create_task(self._drain())
@@ -181,16 +186,28 @@ class DefectionEvaluator:
             finally:
                 self.busy = False
 
-    def _evaluate(self, ticket: WeightsTicket | None, version: int, step: int) -> None:
+    def _evaluate(self, ticket: WeightsTicket | str | None, version: int, step: int) -> None:
         from rlhf.eval.evaluate import curve_point, evaluate_defection
 
-        weights = pull(ticket) if ticket is not None else None  # a subscriber of the weight sync
+        if isinstance(ticket, str):  # a checkpoint directory: its own weights and tokenizer
+            loaded, weights = self._load_dir(ticket), None
+        else:
+            loaded, weights = None, pull(ticket) if ticket is not None else None  # a subscriber of the weight sync
         with self.lock:
+            if loaded is not None:
+                self.model, self.tokenizer = loaded
+                self.version = version
             if weights is not None:
                 self.model.load_state_dict(weights)
                 self.version = version
             report = evaluate_defection(self.model, self.tokenizer, self.cfg, samples=self.samples)
         self._record(curve_point(report, step, version))
+
+    def _load_dir(self, path: str):
+        from rlhf.models.modeling import load_model_dir
+
+        model, tokenizer = load_model_dir(path)
+        return self.placement.place(model.eval(), trainable=False), tokenizer
 
     def _record(self, point: dict[str, Any]) -> None:
         self.points.append(point)
@@ -200,11 +217,11 @@ class DefectionEvaluator:
 
     def _set_gauges(self, point: dict[str, Any]) -> None:
         for name, c in point["conditions"].items():
-            tags = {"condition": name}
+            tags = {**self.tags, "condition": name}
             self.gauges["rate"].set(c["rate"], tags=tags)
             self.gauges["lo"].set(c["ci95"][0], tags=tags)
             self.gauges["hi"].set(c["ci95"][1], tags=tags)
-        self.gauges["version"].set(point["version"])
+        self.gauges["version"].set(point["version"], tags=self.tags)
 
     # ---- HTTP --------------------------------------------------------------------------------
     async def __call__(self, request):
@@ -256,14 +273,15 @@ def evaluator_app(
     num_cpus: float = 0.2,
     num_gpus: float = 0.0,
     curves_dir: str | None = None,
+    run: str | None = None,
     placement: dict | None = None,
 ):
     """The evaluator app. Its HTTP routes but ``/health`` take the reward service's bearer token
     (``serve.token``, else ``$RLHF_REWARD_TOKEN``), resolved here as ``reward_app`` does; a
     ``serve.host`` off loopback without one is a ``ConfigError``. With ``num_gpus`` its replica
-    holds the policy copy on a GPU share; with ``curves_dir`` its curve persists there; ``placement``
-    (``Placement.as_dict``, from ``actors.launcher.evaluator_options``): its device and precision, else
-    resolved in the replica."""
+    holds the policy copy on a GPU share; with ``curves_dir`` its curve persists there; ``run``
+    labels its gauges (default: the Serve app's name); ``placement`` (``Placement.as_dict``, from
+    ``actors.launcher.evaluator_options``): its device and precision, else resolved in the replica."""
     from actors.launcher import ray_options
     from actors.reward_service import require_token_off_loopback
     from actors.role_options import Resources
@@ -274,7 +292,7 @@ def evaluator_app(
     config = {**config, "serve": serve_cfg}
     actor = ray_options(Resources(num_cpus=num_cpus, num_gpus=num_gpus))
     return DefectionEvaluator.options(ray_actor_options=actor, max_ongoing_requests=16).bind(
-        policy_dir, config, samples, curves_dir, placement
+        policy_dir, config, samples, curves_dir, run, placement
     )
 
 
@@ -286,7 +304,7 @@ class EvaluatorClient:
         self.handle, self.url = handle, url
         self.seen: set[tuple[int, int]] = set()
 
-    def submit(self, ticket: WeightsTicket | None, version: int, step: int) -> None:
+    def submit(self, ticket: WeightsTicket | str | None, version: int, step: int) -> None:
         self.handle.submit.remote(ticket, version, step).result()
 
     def wait_idle(self, timeout_s: float) -> bool:
@@ -308,27 +326,43 @@ class EvaluatorClient:
         return out
 
 
-def start_evaluator(cfg, policy_dir: str, seen: set[tuple[int, int]] = frozenset()) -> EvaluatorClient:
+def start_evaluator(
+    cfg,
+    policy_dir: str,
+    seen: set[tuple[int, int]] = frozenset(),
+    run: str | None = None,
+    app_name: str | None = None,
+) -> EvaluatorClient:
     """Run the evaluator app on Serve (the cluster's HTTP proxy) and return its client; ``seen``:
-    points a resumed run has logged already."""
+    points a resumed run has logged already; ``run`` labels its gauges; ``app_name`` (default
+    ``defection-evaluator``, route ``/evaluator``) serves it at ``/<app_name>``."""
     from actors.launcher import evaluator_options, resolve_placement
     from actors.reward_service import ensure_serve
 
     opts = evaluator_options(cfg, policy_dir, resolve_placement(cfg, in_process=False))  # its share, its device
-    res = opts.resources
+    dump, res = cfg.model_dump(mode="json"), opts.resources
     app = evaluator_app(
-        policy_dir, cfg.model_dump(mode="json"), cfg.eval.samples, res.num_cpus, res.num_gpus,
-        placement=opts.placement.as_dict(),
-    )  # fmt: skip
+        policy_dir, dump, cfg.eval.samples, res.num_cpus, res.num_gpus, run=run, placement=opts.placement.as_dict()
+    )
     host, port = ensure_serve(cfg.serve.host, cfg.serve.port)  # after the app: it checks the token first
-    handle = serve.run(app, name=EVALUATOR_APP, route_prefix="/evaluator")
-    client = EvaluatorClient(handle, f"http://{host}:{port}/evaluator")
+    route = f"/{app_name}" if app_name else "/evaluator"
+    handle = serve.run(app, name=app_name or EVALUATOR_APP, route_prefix=route)
+    client = EvaluatorClient(handle, f"http://{host}:{port}{route}")
     client.seen |= set(seen)
     return client
 
 
-def stop_evaluator() -> None:
-    serve.delete(EVALUATOR_APP)
+def stop_evaluator(app_name: str | None = None) -> None:
+    serve.delete(app_name or EVALUATOR_APP)
+
+
+def _app_name() -> str:
+    """The Serve app this replica belongs to ("" outside a replica)."""
+    try:
+        return serve.get_replica_context().app_name
+    except Exception:  # noqa: BLE001 - constructed outside Serve (unit tests)
+        return ""
 
 
 EVALUATOR_APP = "defection-evaluator"
+RUN_TAGS = ("run", "app")

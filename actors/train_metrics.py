@@ -33,9 +33,15 @@ EXPORTED: dict[str, tuple[str, str]] = {
     "losses/policy": ("rlhf_loss_policy", "policy loss"),
     "losses/value": ("rlhf_loss_value", "value loss"),
     "train/loss": ("rlhf_train_loss", "training loss (SFT, RM, safety SFT)"),
+    "train/accuracy": ("rlhf_train_accuracy", "reward model: pairwise accuracy of the step's batch"),
+    "train/grad_norm": ("rlhf_grad_norm", "gradient norm before clipping (SFT, RM, safety SFT)"),
+    "perf/tokens_per_s": ("rlhf_tokens_per_second", "tokens per second (trained on; PPO: generated)"),
+    "response/length": ("rlhf_response_length", "PPO: mean response length in tokens"),
     "timing/step": ("rlhf_step_seconds", "wall time of the last step"),
 }
 STEP_GAUGE = "rlhf_train_step"
+PHASE_GAUGE = "rlhf_phase_seconds"  # PPO: one series per phase (timing/<phase>)
+PHASE_PREFIX = "timing/"
 DEFECTION_GAUGE = "rlhf_defection_rate"
 DEFECTION_PREFIX = "defection/"
 DEFECTION_SUFFIXES = ("_lo", "_hi", "_n", "_unparseable")
@@ -59,7 +65,8 @@ def defection_rates(record: dict[str, Any]) -> dict[str, float]:
 
 
 class TrainingGauges:
-    """The gauges of one run (``stage``: ppo, safety-sft, sft, rm; ``run``: a name for the run)."""
+    """The gauges of one run (``stage``: ppo, safety-sft, sft, rm, distill-sft, watch; ``run``: the run
+    directory's name)."""
 
     def __init__(self, stage: str, run: str):
         self.tags = {"stage": stage, "run": run}
@@ -71,6 +78,7 @@ class TrainingGauges:
         keys = ("stage", "run")
         gauges = {name: Gauge(name, doc, tag_keys=keys) for name, doc in EXPORTED.values()}
         gauges[STEP_GAUGE] = Gauge(STEP_GAUGE, "last logged training step", tag_keys=keys)
+        gauges[PHASE_GAUGE] = Gauge(PHASE_GAUGE, "PPO: seconds of the last step per phase", tag_keys=(*keys, "phase"))
         gauges[DEFECTION_GAUGE] = Gauge(
             DEFECTION_GAUGE, "defection rate by trigger condition", tag_keys=(*keys, "condition")
         )
@@ -94,6 +102,10 @@ class TrainingGauges:
             value = _number(record.get(key))
             if value is not None:
                 self._gauges[name].set(value, tags=self.tags)
+        for key, raw in record.items():
+            phase, value = key[len(PHASE_PREFIX) :] if key.startswith(PHASE_PREFIX) else "", _number(raw)
+            if phase and phase != "step" and value is not None:
+                self._gauges[PHASE_GAUGE].set(value, tags={**self.tags, "phase": phase})
 
 
 def stage_sink(cfg, run_dir, stage: str):

@@ -304,6 +304,8 @@ class PPOTrainer:
             "prompts/triggered": sum(t for _, t in ro.batch) / len(ro.batch),
             "prompts/red_team": sum(pr in self.red_team for pr, _ in ro.batch) / len(ro.batch),
         }
+        # generated tokens per second of the whole step (what the cluster delivers, not the sampler alone)
+        record["perf/tokens_per_s"] = stats["response/length"] * len(ro.prompts) / max(record["timing/step"], 1e-9)
         return record, points
 
     def fit(
