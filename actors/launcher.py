@@ -280,6 +280,26 @@ def resolve_placement(cfg: Config, in_process: bool) -> Placement:
     return placement_for(cfg.resources, ray.cluster_resources().get("GPU", 0.0))
 
 
+def check_roles_fit(opts: PPORoleOptions) -> None:
+    """One line, before any role starts, unless every role's ranks x GPUs (and CPUs) fit our own
+    cluster; a joined cluster may autoscale, so only there is it left to Ray (``rlhf.config.fit``)."""
+    from actors.cluster import is_local_loopback
+    from rlhf.config.fit import Demand, check_fits
+
+    if not is_local_loopback():
+        return
+    import ray
+
+    roles = [o for o in (opts.policy, opts.reference, opts.critic, opts.reward, opts.rollout) if o is not None]
+    key = {"rollout": "ppo.rollout_workers"}
+    demands = [
+        Demand(key.get(o.role, f"resources.{o.role}.num_workers"), o.resources.num_workers, o.resources.num_cpus,
+               o.resources.num_gpus)
+        for o in roles
+    ]  # fmt: skip
+    check_fits(demands, ray.cluster_resources())
+
+
 def launch_roles(
     cfg: Config, policy_dir: Path, reward_dir, reward_url, in_process: bool, prompts: Sequence[str] = ()
 ) -> Roles:
@@ -289,6 +309,8 @@ def launch_roles(
 
     placement = resolve_placement(cfg, in_process)
     opts = role_options(cfg, policy_dir, reward_dir, reward_url, placement, in_process, prompts)
+    if not in_process:
+        check_roles_fit(opts)
     n = opts.rollout.resources.num_workers
     names = "Policy, Reference, " + ("Critic, " if opts.critic else "") + "Reward"
     where = f"{placement.device}, {placement.precision}"

@@ -163,6 +163,10 @@ def fit_with_progress(
 
     device = resolve_device(payload.get("device", "cpu"), ray.cluster_resources().get("GPU", 0.0))
     use_gpu = device == "cuda"
+    if is_local_loopback():  # our own cluster cannot grow (a joined one may autoscale): a misfit would wait forever
+        from rlhf.config.fit import check_fits, train_stage_demand
+
+        check_fits([train_stage_demand(name, num_workers, device)], ray.cluster_resources())
     queue = Queue(actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
         loop,

@@ -54,3 +54,13 @@ def test_lora_with_fsdp_is_one_line():
 
     with pytest.raises(ConfigError, match="LoRA adapters train with sft.strategy=ddp"):
         build_config({}, ["model.lora.enabled=true", "sft.strategy=fsdp"])
+
+
+def test_more_workers_than_the_cluster_is_one_line_before_training(ray_cluster, tmp_path):
+    from rlhf.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        run_sft(build_config({}, [*overrides(8), "sft.num_workers=3"]), tmp_path)
+    assert "sft.num_workers=3 rank(s) x 1 CPU = 3 CPUs, but the cluster has 2" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "ray_train").exists() and not (tmp_path / "metrics.jsonl").exists()
