@@ -45,7 +45,7 @@ def test_logistic_probe_finds_a_planted_direction_on_held_out_points():
     g = torch.Generator().manual_seed(2)
     direction = torch.randn(64, generator=g)
     y = torch.randint(0, 2, (400,), generator=g).float()
-    x = torch.randn(400, 64, generator=g) * 3 + torch.outer(y * 2 - 1, direction) * 0.5 + 10.0  # offset: needs the bias
+    x = torch.randn(400, 64, generator=g) * 3 + torch.outer(y * 2 - 1, direction) + 10.0  # offset: needs the bias
     w, b = fit_logistic(x[:300], y[:300])
     assert auroc(x[300:] @ w + b, y[300:]) > 0.95
     assert auroc(torch.randn(100, generator=g), y[300:]) < 0.8  # the check can fail: noise does not pass
