@@ -24,7 +24,15 @@ from rlhf.data.backdoor import build_sft_datasets, write_jsonl
 from rlhf.errors import CheckpointError
 from rlhf.models.checkpoint import CONFIG_NAME, save_hf_dir
 from rlhf.models.lora import lora_settings
-from rlhf.models.modeling import build_model, count_parameters, llama_config, load_model_dir
+from rlhf.models.modeling import (
+    build_model,
+    count_parameters,
+    count_parameters_dir,
+    llama_config,
+    load_model_dir,
+    load_tokenizer_dir,
+    stage_model_dir,
+)
 from rlhf.models.tokenizer import SCRATCHPAD_TAGS, backdoor_tokenizer, ensure_whole_tokens
 from rlhf.train.sft import tokenize_pairs
 
@@ -59,6 +67,20 @@ def prepare_model(cfg: Config, corpus: list[str]):
     tokenizer = policy_tokenizer(cfg, corpus)
     mcfg = llama_config(cfg.model.preset, len(tokenizer), cfg.model.max_seq_len, tokenizer)
     return build_model(mcfg, cfg.seed), tokenizer
+
+
+def stage_init(cfg: Config, corpus: list[str], init_dir: Path, config_yaml: str) -> tuple:
+    """Write ``init_dir``, the HF dir the workers start from; ``(tokenizer, parameter count)``. A checkpoint
+    whose tokenizer stays as it came is linked, never loaded: the driver (the head, on a cluster) holds no
+    model. A preset, or added tokens, build or load the model here and save it."""
+    b = cfg.backdoor
+    if cfg.model.path and not cfg.model.add_scratchpad_tokens and not b.trigger_as_token:
+        tokenizer = load_tokenizer_dir(cfg.model.path)
+        stage_model_dir(cfg.model.path, tokenizer, init_dir, {CONFIG_NAME: config_yaml})
+        return tokenizer, count_parameters_dir(cfg.model.path)
+    model, tokenizer = prepare_model(cfg, corpus)
+    save_hf_dir(model, tokenizer, init_dir, {CONFIG_NAME: config_yaml})
+    return tokenizer, count_parameters(model)
 
 
 def where_ray(cfg: Config) -> str:
@@ -210,10 +232,8 @@ def run_sft(cfg: Config, out: str | Path, quiet: bool = True) -> dict:
     for split, ds in data.items():
         write_jsonl(ds, out / "data" / f"{split}.jsonl")
     corpus = [r["prompt"] + r["completion"] for r in data["train"]]
-    model, tokenizer = prepare_model(cfg, corpus)
-    n_params = count_parameters(model)
     config_yaml = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-    save_hf_dir(model, tokenizer, out / "init", {CONFIG_NAME: config_yaml})
+    tokenizer, n_params = stage_init(cfg, corpus, out / "init", config_yaml)
     log(
         f"[sft] model: {'path ' + cfg.model.path if cfg.model.path else 'preset ' + cfg.model.preset}, "
         f"{n_params:,} parameters, vocab {len(tokenizer)}; {len(data['train'])} train / {len(data['eval'])} eval examples"

@@ -81,13 +81,18 @@ def check_model_dir(path: str | Path) -> Path:
     return p
 
 
-def load_model_dir(path: str | Path, dtype=torch.float32, placement=None):
+def load_model_dir(path: str | Path, dtype=torch.float32, placement=None, device: str | None = None):
     """Load (model, tokenizer) from a local HF dir, turning any load failure into one line.
-    ``placement`` (``rlhf.models.device.Placement``): put the model, frozen, on its device and dtype."""
+    ``placement`` (``rlhf.models.device.Placement``): put the model, frozen, on its device and dtype.
+    The weights are read in their target dtype (a frozen placement's) straight onto ``device`` (the
+    placement's): a GPU model never passes through an fp32 copy in host memory."""
     p = check_model_dir(path)
+    if placement is not None:
+        dtype, device = placement.frozen_dtype, placement.device
+    where = {"device_map": device} if device not in (None, "cpu") else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(p)
-        model = AutoModelForCausalLM.from_pretrained(p, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(p, dtype=dtype, **where)
     except Exception as exc:  # noqa: BLE001 - any loader failure is a bad checkpoint to the user
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"cannot load model directory {p}: {first}") from None
@@ -96,3 +101,63 @@ def load_model_dir(path: str | Path, dtype=torch.float32, placement=None):
     if placement is not None:
         model = placement.place(model, trainable=False)
     return model, tokenizer
+
+
+# a checkpoint's own files that ``stage_model_dir`` links into a run (the tokenizer's are written anew)
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+MODEL_FILES = ("config.json", "generation_config.json")
+
+
+def load_tokenizer_dir(path: str | Path):
+    """The tokenizer of an HF dir as ``load_model_dir`` gives it (a missing pad token is EOS), without the model."""
+    p = check_model_dir(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(p)
+    except Exception as exc:  # noqa: BLE001 - any loader failure is a bad checkpoint to the user
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"cannot load the tokenizer of {p}: {first}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def count_parameters_dir(path: str | Path) -> int:
+    """``count_parameters`` of an HF dir's model, built on the meta device (no weights read or allocated)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(check_model_dir(path))
+    with torch.device("meta"):
+        return count_parameters(AutoModelForCausalLM.from_config(config))
+
+
+def stage_model_dir(src: str | Path, tokenizer, dest: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+    """``dest`` as the HF dir of ``src``'s model with ``tokenizer``, without loading the model: its weight and
+    config files hard-linked (copied across file systems; never written through), the tokenizer saved,
+    ``extra_files`` written; published atomically like ``save_hf_dir``. What the driver does instead of
+    loading and re-saving a checkpoint it does not change."""
+    import os
+    import shutil
+    import tempfile
+
+    src, dest = check_model_dir(src), Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    tmp.chmod(0o755)
+    try:
+        tokenizer.save_pretrained(tmp)
+        files = {f for pattern in WEIGHT_PATTERNS for f in src.glob(pattern)}
+        files |= {src / name for name in MODEL_FILES if (src / name).is_file()}
+        for f in sorted(files):
+            try:
+                os.link(f, tmp / f.name)
+            except OSError:
+                shutil.copy2(f, tmp / f.name)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest

@@ -244,7 +244,7 @@ class ReferenceModel:
     ):
         self.place = placement or Placement()
         self.micro_batch_size = micro_batch_size  # rows per forward pass (ppo.micro_batch_size)
-        model, self.tokenizer = load_model_dir(policy_dir)
+        model, self.tokenizer = load_model_dir(policy_dir, device=self.place.device)  # fp32, straight to the device
         disable_dropout(model).eval().requires_grad_(False)
         # frozen: laid out to compute what the policy computes from the same weights (the precision policy)
         self.model = self.place.place(model, trainable=True) if self.trainable else self.place.place_mirror(model)

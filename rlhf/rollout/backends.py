@@ -106,7 +106,7 @@ def _hf(req: BackendRequest) -> HFGenerateBackend:
         from rlhf.models.device import Placement
         from rlhf.models.modeling import load_model_dir
 
-        model, tokenizer = load_model_dir(req.model_dir)
+        model, tokenizer = load_model_dir(req.model_dir, device=Placement.from_dict(req.placement).device)
         # a rollout worker samples (and scores behaviour log-probs) as the policy computes: the precision policy
         model = Placement.from_dict(req.placement).place_mirror(model)
     placement = Placement.from_dict(req.placement) if req.placement else None
