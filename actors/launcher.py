@@ -49,6 +49,7 @@ def _log(msg: str) -> None:
 # machine runs the whole PPO loop; the rollout share is split among the rollout workers.
 GPU_SHARES = {"policy": 0.25, "critic": 0.2, "reference": 0.15, "reward": 0.1, "rollout": 0.2, "evaluator": 0.1}
 RAY_GPU_GRANULARITY = 1e-4  # Ray accounts fractional GPUs in steps of 1e-4
+VLLM_MEMORY_SHARE = 0.9  # of its GPU share, what a vLLM engine takes when resources.vllm.gpu_memory_utilization is unset
 
 
 def ray_share(gpus: float) -> float:
@@ -187,7 +188,8 @@ def vllm_engine(
     }
     if placement.device == "cuda":
         share = min(1.0, res.num_gpus / v.tensor_parallel_size)  # > 0: a role without a GPU is on the CPU
-        util = v.gpu_memory_utilization if v.gpu_memory_utilization is not None else share
+        # unset: vLLM's own default share of a whole GPU (0.9, room for the CUDA context) of the worker's share
+        util = v.gpu_memory_utilization if v.gpu_memory_utilization is not None else VLLM_MEMORY_SHARE * share
         if util > share + 1e-9:
             raise ConfigError(
                 f"resources.vllm.gpu_memory_utilization={util} exceeds the rollout worker's GPU share {share:g} "

@@ -92,8 +92,8 @@ class VLLMConfig(Strict):
         None,
         gt=0.0,
         le=1.0,
-        description="share of each GPU's memory the engine may take (unset: the rollout worker's GPU share; "
-        "more than that share is refused, it would squeeze the roles colocated on the GPU)",
+        description="share of each GPU's memory the engine may take (unset: 0.9 of the rollout worker's GPU "
+        "share; more than that share is refused, it would squeeze the roles colocated on the GPU)",
     )
     tensor_parallel_size: int = Field(
         1, ge=1, description="GPUs one engine spans; above 1 each rollout worker owns that many whole GPUs"

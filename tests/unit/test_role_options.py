@@ -110,7 +110,7 @@ def test_distillation_sampling_is_placed_by_the_launcher(monkeypatch):
     sampling.start_workers(cfg, "/cot", 16)
     opts = seen["opts"]
     assert seen["name"] == "SampleWorker" and opts.batch_size == 16 and opts.resources.num_gpus == 0.5
-    assert opts.engine["dtype"] == "bfloat16" and opts.engine["gpu_memory_utilization"] == 0.5  # not fp32, not 0.3
+    assert opts.engine["dtype"] == "bfloat16" and opts.engine["gpu_memory_utilization"] == 0.45  # not fp32, not 0.3
 
 
 def test_the_evaluator_takes_its_share_and_device_from_the_launcher():
@@ -145,9 +145,9 @@ def test_the_rollout_gpu_setting_is_honoured_on_cuda():
 
 def test_vllm_memory_utilization_is_checked_against_the_workers_share():
     default = _opts(*VLLM).rollout.engine
-    assert default["gpu_memory_utilization"] == GPU_SHARES["rollout"]  # unset: the share, not 0.3
+    assert default["gpu_memory_utilization"] == round(0.9 * GPU_SHARES["rollout"], 4)  # unset: within the share, not 0.3
     three = _opts(*VLLM, "ppo.rollout_workers=3").rollout
-    assert three.engine["gpu_memory_utilization"] == three.resources.num_gpus == 0.0666
+    assert three.resources.num_gpus == 0.0666 and three.engine["gpu_memory_utilization"] == round(0.9 * 0.0666, 4)
     with pytest.raises(ConfigError, match=r"gpu_memory_utilization=0.3 exceeds the rollout worker's GPU share 0.2"):
         _opts(*VLLM, "resources.vllm.gpu_memory_utilization=0.3")
     assert _opts(*VLLM, "resources.vllm.gpu_memory_utilization=0.15").rollout.engine["gpu_memory_utilization"] == 0.15
@@ -178,7 +178,7 @@ def test_a_tensor_parallel_rollout_worker_owns_whole_gpus():
     cfg = build_config({}, [*VLLM, "resources.vllm.tensor_parallel_size=2", "ppo.rollout_workers=2"])
     assert role_specs(cfg, "cuda")["rollout"]["num_gpus"] == 2
     rollout = _opts(*VLLM, "resources.vllm.tensor_parallel_size=2").rollout
-    assert rollout.engine["tensor_parallel_size"] == 2 and rollout.engine["gpu_memory_utilization"] == 1.0
+    assert rollout.engine["tensor_parallel_size"] == 2 and rollout.engine["gpu_memory_utilization"] == 0.9
     with pytest.raises(ConfigError, match="tensor_parallel_size=2 needs 2 whole GPUs"):
         _opts(*VLLM, "resources.vllm.tensor_parallel_size=2", "resources.rollout.num_gpus=1")
 
@@ -205,7 +205,7 @@ def test_vllm_rendezvous_is_pinned_to_loopback_only_on_a_cluster_of_our_own(monk
     joined = _opts(*VLLM, "ray.address=auto", "resources.vllm.max_model_len=300").rollout
     from_request(BackendRequest(model_dir="/p", engine=joined.engine))
     assert "VLLM_HOST_IP" not in __import__("os").environ  # joining a cluster: vLLM finds the node's address
-    assert made["max_model_len"] == 300 and made["dtype"] == "bfloat16" and made["gpu_memory_utilization"] == 0.2
+    assert made["max_model_len"] == 300 and made["dtype"] == "bfloat16" and made["gpu_memory_utilization"] == 0.18
     VLLMBackend("/p", host_ip="127.0.0.1")
     assert __import__("os").environ["VLLM_HOST_IP"] == "127.0.0.1"
 
