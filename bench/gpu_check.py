@@ -9,6 +9,9 @@ Stages, each timed and reported even when a later one fails:
    trainer, 64 samples x 128 new tokens per step, bf16; samples/s, the ratio, time per phase.
 4. ``ppo_medium``: in-process PPO at a 768-wide, 12-layer Llama shape (``model.preset=medium``),
    with peak GPU memory.
+5. ``rm_ray``, ``ppo_qwen``, ``vllm`` (``bench/gpu_check_stages.py``): reward-model training on Ray
+   Train; one PPO step at a Qwen2-0.5B shape, LoRA off and on, micro-batches and chunked log-probs
+   on, with the peak memory of each role's phase; the vLLM lane where vLLM is importable.
 
 ``--dry-run`` runs the same stages on the CPU in fp32 with tiny shapes and a few steps (TRL only
 if installed), so the script is known to work before any GPU time is spent (a CI test runs it).
@@ -35,6 +38,9 @@ REAL = {"device": "cuda", "precision": "bf16", "preset": "base", "big": "medium"
 REAL |= {"max_new_tokens": 128, "steps": 3, "sft_steps": 30}
 DRY = {"device": "cpu", "precision": "fp32", "preset": "tiny", "big": "tiny", "prompts": 4, "samples": 2}
 DRY |= {"max_new_tokens": 12, "steps": 2, "sft_steps": 4}
+
+
+STAGE_NAMES = ("sft_ray", "bench", "ppo_big", "rm_ray", "ppo_qwen", "vllm")
 
 
 def say(msg: str) -> None:
@@ -123,8 +129,10 @@ def ppo_big(s: dict, out: Path) -> dict:
 
 
 def run_stages(s: dict, out: Path) -> dict:
+    from bench.gpu_check_stages import STAGES
+
     results: dict = {"setup": s, "env": env_info()}
-    for name, fn in (("sft_ray", sft_ray), ("bench", bench_vs_trl), ("ppo_big", ppo_big)):
+    for name, fn in (("sft_ray", sft_ray), ("bench", bench_vs_trl), ("ppo_big", ppo_big), *STAGES):
         say(f"[gpu-check] {name} ...")
         t0 = time.perf_counter()
         try:
@@ -146,11 +154,12 @@ def summary_lines(r: dict) -> list[str]:
         if b.get("ppo_samples_per_s_ratio_vs_trl") is not None:
             lines.append(f"ours (Ray) / TRL: {b['ppo_samples_per_s_ratio_vs_trl']:.2f}x")
         lines.append("phases, Ray (s/step): " + ", ".join(f"{k} {v:.3f}" for k, v in b["ours_ray"]["phase_s"].items()))
-    for name in ("sft_ray", "bench", "ppo_big"):
+    for name in STAGE_NAMES:
         if "error" in r.get(name, {}):
             lines.append(f"{name}: FAILED {r[name]['error']}")
-    if "error" not in r.get("ppo_big", {}):
-        lines.append(f"ppo_big: {r['ppo_big']}")
+    for name in ("ppo_big", "rm_ray", "ppo_qwen", "vllm"):
+        if "error" not in r.get(name, {}):
+            lines.append(f"{name}: {r[name]}")
     return lines
 
 
@@ -166,7 +175,7 @@ def main() -> int:
         out.mkdir(parents=True, exist_ok=True)
         results = run_stages(s, out)
         (out / "gpu_check.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
-    failed = [name for name in ("sft_ray", "bench", "ppo_big") if "error" in results[name]]
+    failed = [name for name in STAGE_NAMES if "error" in results[name]]
     if args.json:
         print(json.dumps(results))
     else:

@@ -33,3 +33,12 @@ def test_gpu_check_dry_run_runs_every_stage(tmp_path):
     assert bench["ppo_samples_per_s_ratio_vs_trl"] > 0 and bench["setup"]["trl"]
     assert result["ppo_big"]["samples_per_s"] > 0 and result["ppo_big"]["parameters"] > 0
     assert (tmp_path / "sft" / "model" / "config.json").is_file()
+    for stage in ("rm_ray", "ppo_qwen", "vllm"):  # issue 28's stages
+        assert "error" not in result[stage], result[stage]
+    assert 0.0 <= result["rm_ray"]["pairwise_accuracy"] <= 1.0
+    roles = {"rollout", "reference", "policy_load", "policy_logprobs", "critic_load", "critic_values", "policy_train"}
+    for variant in ("full", "lora"):
+        peaks = result["ppo_qwen"][variant]["peak_gib"]
+        assert roles <= set(peaks) and all(v > 0 for v in peaks.values()), peaks
+    assert result["ppo_qwen"]["lora"]["peak_gib"]["policy_train"] < result["ppo_qwen"]["full"]["peak_gib"]["policy_train"]
+    assert "skipped" in result["vllm"] or result["vllm"]["passed"]
