@@ -159,14 +159,17 @@ def role_placement(placement: Placement, res: Resources, in_process: bool = Fals
 
 def longest_context(model_dir: str | Path, prompts: Sequence[str], max_new_tokens: int) -> int:
     """Tokens of the longest of ``prompts`` as the backend renders it (``rlhf.chat.render_prompt``)
-    plus ``max_new_tokens``: the context a rollout engine must hold. Reads only the tokenizer."""
-    from transformers import AutoTokenizer
+    plus ``max_new_tokens``: the context a rollout engine must hold, at most the model's own
+    (``max_position_embeddings``; vLLM refuses more). Reads only the tokenizer and the config."""
+    from transformers import AutoConfig, AutoTokenizer
 
     from rlhf.chat import render_prompt
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     ids = tok([render_prompt(p, tok) for p in dict.fromkeys(prompts)], add_special_tokens=False)["input_ids"]
-    return max((len(x) for x in ids), default=0) + max_new_tokens
+    need = max((len(x) for x in ids), default=0) + max_new_tokens
+    limit = getattr(AutoConfig.from_pretrained(str(model_dir)), "max_position_embeddings", None)
+    return min(need, limit) if limit else need
 
 
 def vllm_engine(

@@ -156,10 +156,11 @@ def test_vllm_memory_utilization_is_checked_against_the_workers_share():
 
 
 def test_vllm_max_model_len_defaults_to_the_longest_prompt_plus_new_tokens(tmp_path):
-    from tests.hf_checkpoints import family_tokenizer, project_text
+    from tests.hf_checkpoints import family_config, family_tokenizer, project_text
 
     tok = family_tokenizer("qwen2", project_text(50))
     tok.save_pretrained(tmp_path)
+    family_config("qwen2", tok).save_pretrained(tmp_path)
     cfg = build_config({}, VLLM)
     prompts = ["\n\nHuman: hi\n\nAssistant:", "\n\nHuman: a much longer question about sorting lists\n\nAssistant:"]
     opts = rollout_options(cfg, tmp_path, CUDA, prompts=prompts, max_new_tokens=7)
@@ -172,6 +173,8 @@ def test_vllm_max_model_len_defaults_to_the_longest_prompt_plus_new_tokens(tmp_p
     # the PPO launcher sizes it from the RL pool and ppo.max_new_tokens
     ppo = role_options(cfg, tmp_path, None, "http://x", CUDA, prompts=prompts).rollout
     assert ppo.engine["max_model_len"] == longest + cfg.ppo.max_new_tokens
+    limit = family_config("qwen2", tok).max_position_embeddings  # never more than the model's own context
+    assert rollout_options(cfg, tmp_path, CUDA, prompts=prompts, max_new_tokens=10**6).engine["max_model_len"] == limit
 
 
 def test_a_tensor_parallel_rollout_worker_owns_whole_gpus():
