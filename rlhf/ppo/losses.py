@@ -312,6 +312,10 @@ def head_split(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module
     """``(backbone, lm_head)`` of a HF causal LM whose logits are ``lm_head(last_hidden_state)`` and nothing
     more (a PEFT wrapper's base model, adapters included); None for anything else (a soft-capped or scaled
     head, a model without output embeddings): those take the one-pass path."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):  # FSDP2 gathers the root's weights (embeddings, head) only in its own forward
+        return None
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(base, "config", None)
     if config is None or not hasattr(base, "get_output_embeddings") or not hasattr(base, "base_model"):
