@@ -93,7 +93,7 @@ def role_resources(cfg: Config, name: str, device: str = "cpu") -> Resources:
         num_cpus=cpus,
         num_gpus=ray_share(gpus),
         max_restarts=r.max_restarts if r is not None else 0,
-        num_workers=cfg.ppo.rollout_workers if name == "rollout" else 1,
+        num_workers=cfg.ppo.rollout_workers if name == "rollout" else (r.num_workers if r is not None else 1),
     )
 
 
@@ -319,6 +319,8 @@ def launch_roles(
     n = opts.rollout.resources.num_workers
     names = "Policy, Reference, " + ("Critic, " if opts.critic else "") + "Reward"
     where = f"{placement.device}, {placement.precision}"
+    if in_process and any(o is not None and o.resources.num_workers > 1 for o in (opts.policy, opts.critic)):
+        raise ConfigError("resources.policy/critic.num_workers > 1 shards a role over Ray actors; not in-process")
     if in_process:
         from actors.local import LocalHandle, local_get
 
@@ -340,6 +342,12 @@ def launch_roles(
     placed = _colocated(cfg, groups, placement.device)
 
     def start(cls, o, name: str):
+        if o.resources.num_workers > 1:  # a sharded policy or critic: one actor per rank (actors.role_group)
+            from actors.role_group import RoleGroup
+
+            group = RoleGroup(o, name, ray_options(o.resources))
+            groups.append(group.placement_group)
+            return group
         return cls.options(name=name, **ray_options(o.resources), **placed.get(o.role, {})).remote(o)
 
     _log(f"[ppo] starting actors ({where}): {names}, {n} RolloutWorker(s)")
@@ -365,6 +373,7 @@ def stop_roles(roles: Roles) -> None:
     import ray
     from ray.util.placement_group import remove_placement_group
 
+    actors = [b for a in actors for b in getattr(a, "actors", [a])]  # a sharded group: each rank
     for actor in {id(a): a for a in actors if a is not None}.values():
         ray.kill(actor, no_restart=True)
     for pg in getattr(roles, "placement_groups", []):

@@ -272,6 +272,8 @@ class Config(Strict):
     def _fsdp_without_lora(self) -> Config:
         if self.model.lora.enabled and "fsdp" in (self.sft.strategy, self.safety_sft.strategy):
             raise ValueError("LoRA adapters train with sft.strategy=ddp (model.lora.enabled with fsdp is not supported)")
+        if self.model.lora.enabled and self.resources.policy.num_workers > 1:
+            raise ValueError("LoRA adapters train on one rank: resources.policy.num_workers must be 1 with LoRA")
         return self
 
     def eval_prefill(self) -> bool:

@@ -83,6 +83,9 @@ class RoleResources(Strict):
         None, ge=0, description="GPUs per actor, fractions share one (unset: 0 on CPU, a share of one GPU on CUDA)"
     )
     max_restarts: int = Field(0, ge=-1, description="restarts after a crash (-1: forever); calls are retried as often")
+    num_workers: int = Field(
+        1, ge=1, le=64, description="policy, critic: ranks of an FSDP2-sharded group, one actor each (1: one actor)"
+    )
 
 
 class VLLMConfig(Strict):
@@ -145,6 +148,18 @@ class ResourcesConfig(Strict):
                 # a restarted trainer would come back with its initial weights and a fresh optimiser while the
                 # driver counts on: refused until restarts reload the latest checkpoint
                 raise ValueError(f"resources.{role}.max_restarts must be 0 (a restart would not reload its checkpoint)")
+        return self
+
+    @model_validator(mode="after")
+    def _sharded_roles(self) -> ResourcesConfig:
+        for role in ("reference", "reward", "rollout"):
+            if getattr(self, role).num_workers != 1:
+                how = "ppo.rollout_workers sets the rollout workers" if role == "rollout" else "it is not sharded"
+                raise ValueError(f"resources.{role}.num_workers must be 1 ({how}); only policy and critic shard")
+        for group in self.colocate:
+            for role in group:
+                if getattr(self, role).num_workers > 1:
+                    raise ValueError(f"resources.{role}.num_workers > 1 (a sharded group) cannot be colocated")
         return self
 
     @model_validator(mode="after")

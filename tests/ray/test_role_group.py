@@ -1,0 +1,87 @@
+"""``resources.policy.num_workers=2`` and ``resources.critic.num_workers=2``: each role is a group of
+2 Ray actors (FSDP2 ranks over gloo, one placement group) that the trainer calls like one actor;
+its answers equal a one-process policy's and critic's within 1e-4, it publishes gathered weights,
+and its checkpoint reloads to the same log-probs."""
+
+import pytest
+import ray
+import torch
+
+import actors.weight_transport  # noqa: F401 - registers the object-store transport for pull()
+from actors.launcher import ray_options, role_options
+from actors.role_group import RoleGroup
+from rlhf.config.core import build_config
+from rlhf.models.device import Placement
+from rlhf.ppo.losses import Experience
+from rlhf.ppo.models import CriticTrainer, PolicyTrainer, assemble
+from rlhf.rollout.weight_sync import pull
+from tests.hf_checkpoints import build_checkpoint
+
+pytestmark = pytest.mark.ray
+
+SETS = ["resources.policy.num_workers=2", "resources.critic.num_workers=2", "ppo.minibatch_size=3", "ppo.epochs=1"]
+
+
+def experience(policy_dir, ppo) -> Experience:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(policy_dir)
+    texts = [("Hi there", " hello you"), ("Plan a trip", " pick a date"), ("A colour", " blue"), ("Bake", " mix it")]
+    prompts = [tok(p)["input_ids"] for p, _ in texts]
+    answers = [tok(a)["input_ids"][:5] for _, a in texts]
+    seqs, attn, act = assemble(prompts, answers, tok.eos_token_id, tok.pad_token_id or 0, 5)
+    logp = PolicyTrainer(policy_dir, ppo, 0).logprobs(seqs, attn)
+    adv = torch.tensor([1.0, -0.5, 0.3, 2.0])[:, None] * act
+    return Experience(
+        seqs, attn, act, old_logprobs=logp.clone(), ref_logprobs=logp.clone(), values=torch.zeros_like(act),
+        advantages=adv, returns=0.5 * act, scores=torch.ones(len(seqs)),
+    )  # fmt: skip
+
+
+def test_sharded_groups_act_like_one_actor(ray_cluster, tmp_path):
+    policy_dir = build_checkpoint("llama", tmp_path / "pol")
+    cfg = build_config({}, SETS)
+    opts = role_options(cfg, policy_dir, None, None, Placement())
+    assert opts.policy.resources.num_workers == 2 and opts.critic.resources.num_workers == 2
+    policy = RoleGroup(opts.policy, "TestPolicy", ray_options(opts.policy.resources))
+    critic = RoleGroup(opts.critic, "TestCritic", ray_options(opts.critic.resources))
+    try:
+        exp = experience(policy_dir, cfg.ppo)
+        local_policy, local_critic = PolicyTrainer(policy_dir, cfg.ppo, 0), CriticTrainer(policy_dir, cfg.ppo, 0)
+        seqs, attn = exp.sequences, exp.attention_mask
+        logp = ray.get(policy.logprobs.remote(seqs, attn))
+        assert float((logp - local_policy.logprobs(seqs, attn)).abs().max()) <= 1e-4
+        values = ray.get(critic.values.remote(seqs, attn))
+        assert float((values - local_critic.values(seqs, attn)).abs().max()) <= 1e-4
+        got = ray.get(policy.train.remote(exp, 1, cfg.ppo.kl_coef))
+        want = local_policy.train(exp, 1)
+        for k, v in want.items():
+            assert got[k] == pytest.approx(v, abs=1e-4), k
+        got, want = ray.get(critic.train.remote(exp, 1)), local_critic.train(exp, 1)
+        for k, v in want.items():
+            assert got[k] == pytest.approx(v, abs=1e-4), k
+        weights, ref = pull(ray.get(policy.publish.remote(1))), local_policy.model.state_dict()
+        assert weights.keys() == ref.keys()
+        assert max(float((weights[k] - ref[k]).abs().max()) for k in ref) <= 1e-4
+        before = ray.get(policy.logprobs.remote(seqs, attn))
+        ray.get([policy.save.remote(str(tmp_path)), critic.save.remote(str(tmp_path))])
+        ray.get(policy.train.remote(exp, 2, cfg.ppo.kl_coef))  # move away, then come back
+        ray.get([policy.load.remote(str(tmp_path)), critic.load.remote(str(tmp_path))])
+        assert torch.equal(ray.get(policy.logprobs.remote(seqs, attn)), before)
+    finally:
+        from ray.util.placement_group import remove_placement_group
+
+        for group in (policy, critic):
+            for actor in group.actors:
+                ray.kill(actor, no_restart=True)
+            remove_placement_group(group.placement_group)
+
+
+def test_only_policy_and_critic_shard():
+    from rlhf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="resources.reference.num_workers must be 1"):
+        build_config({}, ["resources.reference.num_workers=2"])
+    with pytest.raises(ConfigError, match="cannot be colocated"):
+        build_config({}, ["resources.policy.num_workers=2", "resources.colocate=[[policy, critic]]"])
+    assert build_config({}, []).resources.policy.num_workers == 1
