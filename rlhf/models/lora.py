@@ -64,8 +64,30 @@ def merged_model(model):
 
 
 def merged_state_dict(model) -> dict:
-    """CPU copies of the plain model's weights (adapters merged), under the base model's names."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in merged_model(model).state_dict().items()}
+    """CPU copies of the plain model's weights (adapters merged), under the base model's names. A LoRA
+    model is merged layer by layer into the outgoing copies (``base + delta`` of each adapted layer,
+    one layer's delta at a time): the model is never copied whole, and it keeps its adapters."""
+    import torch
+
+    if not is_lora(model):
+        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    base = model.get_base_model()  # the HF model, its adapted layers wrapped in place
+    state = base.state_dict()
+    if any("modules_to_save" in k for k in state):  # whole trained copies of modules: peft's own merge
+        return {k: v.detach().to("cpu", copy=True) for k, v in merged_model(model).state_dict().items()}
+    adapted = {name: m for name, m in base.named_modules() if hasattr(m, "base_layer") and hasattr(m, "lora_A")}
+    out = {}
+    with torch.no_grad():
+        for key, value in state.items():
+            if ".lora_" in key:
+                continue
+            plain = key.replace(".base_layer.", ".")
+            out[plain] = value.detach().to("cpu", copy=True)
+            layer = adapted.get(key.removesuffix(".base_layer.weight")) if key.endswith(".base_layer.weight") else None
+            for adapter in layer.active_adapters if layer is not None else []:
+                if adapter in layer.lora_A:
+                    out[plain] += layer.get_delta_weight(adapter).to("cpu", out[plain].dtype)
+    return out
 
 
 def trainable_parameters(model) -> list:
