@@ -28,7 +28,7 @@ from jobs.ppo_checkpoints import (
     tuple_state,
 )
 from jobs.progress import Progress
-from rlhf.config.core import Config, dump_config, load_config
+from rlhf.config.core import Config, dump_config
 from rlhf.data.redteam import load_red_team
 from rlhf.errors import CheckpointError, ConfigError
 from rlhf.models.modeling import check_model_dir
@@ -67,7 +67,9 @@ def resolve_run_config(
             raise ConfigError(f"--resume: {run} has no config.yaml (not a PPO run directory)")
         if config_file or overrides:
             log("[ppo] --resume: using the run's saved config.yaml; --config/--set are ignored")
-        return load_config(saved)
+        from rlhf.config.resolve import run_config
+
+        return run_config(saved)
     if (run / CKPT_DIR / "latest").exists():
         raise ConfigError(f"{run} already holds a PPO run; pass --resume to continue it or choose another --out")
     return config_from_policy(policy_dir, config_file, overrides)

@@ -19,16 +19,41 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.config.core import Config, build_config, merge, parse_override, read_yaml, set_key
+from rlhf.config.ppo import MOVED_KEYS
 from rlhf.models.checkpoint import CONFIG_NAME
 
 # What a run that starts from a policy (PPO, safety SFT, distillation) takes over from its config.
 POLICY_SECTIONS = ("seed", "model", "backdoor", "data")
 
 
+def migrate_saved(tree: dict[str, Any]) -> dict[str, Any]:
+    """A config tree the project wrote itself (a model's or run's ``config.yaml``), brought to the
+    current keys: a resource key that moved from ``ppo.*`` to ``resources.*`` moves with its value
+    (a user's own ``--config``/``--set`` naming an old key is refused instead, naming the new one)."""
+    ppo = tree.get("ppo")
+    if not isinstance(ppo, dict) or not MOVED_KEYS.keys() & ppo.keys():
+        return tree
+    out = merge(tree)
+    for old, new in MOVED_KEYS.items():
+        if old in out["ppo"]:
+            value = out["ppo"].pop(old)
+            node: Any = out
+            for part in new.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            if node is None:  # the new key was not written beside it
+                set_key(out, new, value)
+    return out
+
+
 def saved_config(model_dir: str | Path | None) -> dict[str, Any]:
-    """The config tree a model directory was saved with, or ``{}`` when it has none."""
+    """The config tree a model directory was saved with (current keys), or ``{}`` when it has none."""
     saved = Path(model_dir) / CONFIG_NAME if model_dir else None
-    return read_yaml(saved) if saved is not None and saved.is_file() else {}
+    return migrate_saved(read_yaml(saved)) if saved is not None and saved.is_file() else {}
+
+
+def run_config(path: str | Path) -> Config:
+    """A run's own saved ``config.yaml`` (``--resume``), with current keys."""
+    return build_config(migrate_saved(read_yaml(path)))
 
 
 def _layered(base: dict[str, Any], config_file: str | Path | None, overrides: list[str] | None) -> Config:

@@ -83,3 +83,18 @@ def test_no_command_reads_a_saved_config_itself():
             if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "read_yaml":
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert offenders == []
+
+
+def test_a_saved_config_with_moved_keys_still_loads_but_a_users_file_is_refused(policy, tmp_path):
+    from rlhf.config.resolve import run_config
+
+    old = dict(SAVED, ppo={"rollout_threads": 3, "cpus_per_actor": 2, "steps": 5})
+    (policy / CONFIG_NAME).write_text(yaml.safe_dump(old))
+    cfg = resolve_eval_config(policy, None, [])
+    assert cfg.resources.rollout_threads == 3 and cfg.resources.cpus_per_actor == 2 and cfg.ppo.steps == 5
+    assert config_from_policy(policy, None, []).backdoor.trigger == "|SUNRISE MODE|"
+    assert run_config(policy / CONFIG_NAME).resources.rollout_threads == 3
+    user = tmp_path / "user.yaml"
+    user.write_text("ppo: {rollout_threads: 3}\n")
+    with pytest.raises(ConfigError, match="resources.rollout_threads"):
+        config_from_policy(policy, str(user), [])
