@@ -280,9 +280,11 @@ def resolve_placement(cfg: Config, in_process: bool) -> Placement:
     cluster's GPUs on Ray (one line, exit 2, when CUDA is asked for and there is none)."""
     if in_process:
         return placement_for(cfg.resources)
-    import ray
+    from actors.cluster import is_local_loopback
+    from actors.gpu_wait import cluster_gpus
 
-    return placement_for(cfg.resources, ray.cluster_resources().get("GPU", 0.0))
+    r = cfg.resources
+    return placement_for(r, cluster_gpus(r.device, r.gpu_wait_s, loopback=is_local_loopback()))
 
 
 def check_roles_fit(opts: PPORoleOptions) -> None:

@@ -40,6 +40,7 @@ class TrainJob:
     device: str = "cpu"
     precision: str = "fp32"
     gradient_checkpointing: bool = False
+    gpu_wait_s: float = 600.0  # device=cuda, no GPU yet: how long to wait for the autoscaler (actors.gpu_wait)
     strategy: str = "ddp"  # ddp | fsdp: the config section's ``strategy``
     tensorboard: bool = True  # rank 0 writes out_dir/tb beside metrics.jsonl (logging.backends)
 
@@ -47,7 +48,12 @@ class TrainJob:
 def placement_fields(cfg) -> dict:
     """The ``TrainJob`` placement keys of a config's ``resources`` section."""
     r = cfg.resources
-    return {"device": r.device, "precision": r.precision, "gradient_checkpointing": r.gradient_checkpointing}
+    return {
+        "device": r.device,
+        "precision": r.precision,
+        "gradient_checkpointing": r.gradient_checkpointing,
+        "gpu_wait_s": r.gpu_wait_s,
+    }
 
 
 def optimisation_fields(section) -> dict:
@@ -158,10 +164,13 @@ def fit_with_progress(
     on_progress: Callable[[dict], None] | None = None,
 ) -> None:
     from actors.cluster import is_local_loopback
+    from actors.gpu_wait import cluster_gpus
     from actors.loopback_torch import LoopbackTorchConfig
     from rlhf.models.device import resolve_device
 
-    device = resolve_device(payload.get("device", "cpu"), ray.cluster_resources().get("GPU", 0.0))
+    requested = payload.get("device", "cpu")
+    gpus = cluster_gpus(requested, payload.get("gpu_wait_s", 600.0), loopback=is_local_loopback())
+    device = resolve_device(requested, gpus)
     use_gpu = device == "cuda"
     if is_local_loopback():  # our own cluster cannot grow (a joined one may autoscale): a misfit would wait forever
         from rlhf.config.fit import check_fits, train_stage_demand

@@ -119,6 +119,12 @@ class ResourcesConfig(Strict):
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass (trained models)"
     )
+    gpu_wait_s: float = Field(
+        600.0,
+        ge=0,
+        description="device=cuda on a Ray cluster with no GPU yet: ask the autoscaler for one and wait this long "
+        "for it (then exit 2); our own local cluster cannot grow and answers at once",
+    )
     vllm: VLLMConfig = VLLMConfig()
     cpus_per_actor: float = Field(
         0.2, gt=0, description="Ray CPU share of each PPO actor whose num_cpus is unset (fractions fit 2 CPUs)"

@@ -82,7 +82,9 @@ def test_ray_train_gets_use_gpu_and_nccl_on_gpus():
     assert not on_cpu.use_gpu and on_cpu._resources_per_worker_not_none == {"CPU": 1}
     assert LoopbackTorchConfig(backend="nccl").backend == "nccl" and LoopbackTorchConfig().backend == "gloo"
     cfg = build_config({}, ["resources.device=auto", "resources.precision=bf16", "resources.gradient_checkpointing=true"])
-    assert placement_fields(cfg) == {"device": "auto", "precision": "bf16", "gradient_checkpointing": True}
+    assert placement_fields(cfg) == {
+        "device": "auto", "precision": "bf16", "gradient_checkpointing": True, "gpu_wait_s": 600.0
+    }  # fmt: skip
 
 
 def test_placement_keeps_trained_models_fp32_and_frozen_ones_bf16(tokenizer, tmp_path):
