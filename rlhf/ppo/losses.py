@@ -324,6 +324,9 @@ def head_split(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module
         return None
     if not type(base).__name__.endswith(("ForCausalLM", "LMHeadModel")):
         return None
+    # a sharded model (FSDP2) gathers its root's parameters in the root's own forward only
+    if type(base).__name__.startswith("FSDP") or type(next(base.parameters(), None)).__name__ == "DTensor":
+        return None
     head, backbone = base.get_output_embeddings(), base.base_model
     if head is None or backbone is base:
         return None

@@ -83,6 +83,14 @@ def test_chunks_equal_the_one_pass_path_with_gradients(family, first):
         torch.testing.assert_close(again, out[0][0], atol=1e-5, rtol=0)
 
 
+def test_a_sharded_model_takes_the_one_pass_path():
+    """FSDP2 gathers the root's parameters (embeddings, head) in the root's forward only: no split."""
+    model = toy("llama")
+    sharded = type("FSDPLlamaForCausalLM", (type(model),), {})
+    model.__class__ = sharded
+    assert head_split(model) is None
+
+
 def test_lora_policy_splits_and_matches(tmp_path):
     from rlhf.models.lora import apply_lora
 
