@@ -2,10 +2,13 @@
 writes ``train/loss`` into an MLflow file store and a W&B offline run (no network), with the metric
 names and steps of ``metrics.jsonl`` and the resolved config as parameters."""
 
+import time
+
 import pytest
 
 from jobs.cli import main
 from rlhf.metrics import read_metrics
+from tests.prom_scrape import metrics_port, our_gauges, scrape
 from tests.ray.conftest import SFT_TEST_OVERRIDES
 from tests.tracking_stores import mlflow_history, mlflow_runs, wandb_records, wandb_runs
 
@@ -33,3 +36,14 @@ def test_sft_cli_writes_train_loss_to_mlflow_and_wandb(ray_cluster, tmp_path, mo
     rows, config = wandb_records(path)
     assert [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r] == expected
     assert config["sft"]["max_steps"] == 6 and config["logging"]["backends"] == ["tensorboard", "mlflow", "wandb"]
+    # the driver's Prometheus gauges of the stage, on the node's endpoint, labelled stage and run
+    deadline, ours = time.monotonic() + 90, {}
+    while time.monotonic() < deadline and not any(
+        s.labels.get("run") == "sft-run" for s in ours.get("ray_rlhf_train_loss", [])
+    ):
+        time.sleep(2)
+        ours = our_gauges(scrape(metrics_port()))
+    loss = [s for s in ours.get("ray_rlhf_train_loss", []) if s.labels.get("run") == "sft-run"]
+    assert loss and loss[0].labels["stage"] == "sft"
+    assert any(loss[0].value == pytest.approx(v) for _, v in expected)  # the agent exports a logged value
+    assert all(s.labels.get("run") for samples in ours.values() for s in samples)
