@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jobs.progress import log
-from rlhf.config.core import Config, build_config, dump_config, read_yaml
+from rlhf.config.core import Config, dump_config
+from rlhf.config.resolve import config_from_saved_file
 from rlhf.errors import ConfigError, DataError
 from rlhf.eval.evaluate import curves_json, defection_record, format_curve
 from rlhf.models.checkpoint import CONFIG_NAME
@@ -39,7 +40,6 @@ from rlhf.tracking import check_backends, run_writer
 MAX_DEPTH = 4
 STEP_IN_NAME = re.compile(r"(?:checkpoint|global_step|step|iter)[-_]?(\d+)", re.IGNORECASE)
 WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
-POLICY_SECTIONS = ("seed", "model", "backdoor", "data")  # what the watch takes over from the policy's config
 STATE = "watch_state.json"
 SETTLE_S = 10.0
 
@@ -101,13 +101,6 @@ def settled(path: Path, settle_s: float, now: float | None = None) -> bool:
     return (now or time.time()) - newest >= settle_s
 
 
-def _merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for key, value in top.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def resolve_watch_config(
     policy_config: str | None, config_file: str | None, overrides: list[str], checkpoints: Path | None = None
 ) -> Config:
@@ -123,13 +116,7 @@ def resolve_watch_config(
     elif checkpoints is not None and checkpoints.is_dir():
         first = next((c.path / CONFIG_NAME for c in find_checkpoints(checkpoints)[0]), None)
         source = first if first is not None and first.is_file() else None
-    base: dict = {}
-    if source is not None:
-        saved = read_yaml(source)
-        base = {k: saved[k] for k in POLICY_SECTIONS if k in saved}
-    if config_file:
-        base = _merge(base, read_yaml(config_file))
-    return build_config(base, overrides)
+    return config_from_saved_file(source, config_file, overrides)
 
 
 def _load_state(out: Path) -> dict:

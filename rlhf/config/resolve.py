@@ -74,6 +74,12 @@ def policy_sections(policy_dir: str | Path | None) -> dict[str, Any]:
     return {k: saved[k] for k in POLICY_SECTIONS if k in saved}
 
 
+def config_from_saved_file(saved: str | Path | None, config_file: str | None, overrides: list[str]) -> Config:
+    """As ``config_from_policy``, from a saved config file itself (``rlhf watch --policy-config F``)."""
+    tree = migrate_saved(read_yaml(saved)) if saved else {}
+    return _layered({k: tree[k] for k in POLICY_SECTIONS if k in tree}, config_file, overrides)
+
+
 def config_from_policy(policy_dir: str | Path | None, config_file: str | None, overrides: list[str]) -> Config:
     """The policy's saved backdoor and data config (trigger, kind, mechanism, the train/eval
     split) < ``--config`` < ``--set``."""
