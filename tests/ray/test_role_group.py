@@ -85,3 +85,28 @@ def test_only_policy_and_critic_shard():
     with pytest.raises(ConfigError, match="cannot be colocated"):
         build_config({}, ["resources.policy.num_workers=2", "resources.colocate=[[policy, critic]]"])
     assert build_config({}, []).resources.policy.num_workers == 1
+
+
+@pytest.mark.slow  # two PPO runs plus the session's tiny policy and reward model: 31 min on 2 loaded cores
+def test_ppo_with_sharded_policy_and_critic_matches_one_rank(ray_cluster, tiny_policy, tiny_reward_model, tmp_path):
+    """3 PPO steps with the defection evaluator in the loop; the 2-rank run's first step (same initial
+    weights, so the same samples) equals the 1-rank run's within 1e-4."""
+    from jobs.ppo import run_ppo
+    from rlhf.metrics import read_metrics
+    from tests.ray.conftest import PPO_TEST_OVERRIDES
+
+    sets = [*PPO_TEST_OVERRIDES, "ppo.steps=3", "eval.every_steps=3"]
+    rm = tiny_reward_model["model_dir"]
+    run_ppo(build_config({}, sets), tiny_policy, tmp_path / "one", reward_dir=rm)
+    summary = run_ppo(build_config({}, [*sets, *SETS[:2]]), tiny_policy, tmp_path / "two", reward_dir=rm)
+    assert summary["steps"] == 3
+
+    def steps(run):
+        return [r for r in read_metrics(tmp_path / run / "metrics.jsonl") if "reward/mean" in r]
+
+    one, two = steps("one"), steps("two")
+    assert [r["step"] for r in two] == [1, 2, 3]
+    for key in ("reward/mean", "losses/policy", "losses/value", "policy/grad_norm", "kl/mean"):
+        assert two[0][key] == pytest.approx(one[0][key], abs=1e-4), key
+    defection = [r["step"] for r in read_metrics(tmp_path / "two" / "metrics.jsonl") if "defection/triggered" in r]
+    assert defection == [0, 3]
