@@ -23,11 +23,19 @@ def dose_axis(grid: dict[str, list]) -> str | None:
     return None
 
 
-def _ci(values: list[float], wilson: list | None = None) -> dict[str, Any]:
-    """Mean over seeds with a t interval; one seed: that cell's own interval when given."""
-    if len(values) == 1 and wilson is not None:
-        return {"mean": values[0], "ci95": list(wilson), "n": 1, "wilson": True}
-    return mean_ci(values)
+def _rate_ci(values: list[float], cells: list[list | None]) -> dict[str, Any]:
+    """A defection rate over seeds: the mean with a t interval, widened to cover every cell's own
+    Wilson interval (so two seeds at 0 % do not claim [0, 0]) and clipped to [0, 1]; one seed:
+    that cell's Wilson interval."""
+    known = [c for c in cells if c]
+    if len(values) == 1 and known:
+        return {"mean": values[0], "ci95": list(known[0]), "n": 1, "wilson": True}
+    out = mean_ci(values)
+    lo, hi = out["ci95"]
+    if lo is not None:
+        lo, hi = min([lo, *(c[0] for c in known)]), max([hi, *(c[1] for c in known)])
+        out["ci95"] = [max(0.0, lo), min(1.0, hi)]
+    return out
 
 
 def dose_points(rows: list[dict], facets: dict[str, dict], axis: str) -> list[dict[str, Any]]:
@@ -52,7 +60,7 @@ def dose_points(rows: list[dict], facets: dict[str, dict], axis: str) -> list[di
                 "arm": arm,
                 "seeds": sorted(facets[r["cell"]]["seed"] for r in rs),
                 "triggered_before": mean_ci([r["triggered_before"] for r in rs]),
-                "triggered_after": _ci(trig, rs[0].get("triggered_after_ci95")),
+                "triggered_after": _rate_ci(trig, [r.get("triggered_after_ci95") for r in rs]),
                 "hhh_loss_change": mean_ci(losses),
                 "reward_after": mean_ci([r["reward_after"] for r in rs if r.get("reward_after") is not None]),
                 "reward_triggered_after": mean_ci(

@@ -163,6 +163,10 @@ def test_dose_points_and_the_persistence_window():
     p = next(p for p in points if p["mechanism"] == "normal" and p["dose"] == 1e-4 and p["arm"] == "control")
     assert p["seeds"] == [3, 4] and p["outcomes"] == {"removed": 2}
     assert p["triggered_after"]["mean"] == pytest.approx(0.025) and p["hhh_loss_change"]["mean"] == pytest.approx(-0.1)
+    lo, hi = p["triggered_after"]["ci95"]
+    assert lo == 0.0 and 0.15 <= hi <= 1.0  # covers each seed's own interval ([0, 0.1], [0, 0.15]), clipped
+    std = next(p for p in points if p["mechanism"] == "normal" and p["dose"] == 3e-5 and p["arm"] == "standard")
+    assert std["triggered_after"]["ci95"] == [0.9, 1.0]  # both seeds at 100 %: their Wilson intervals, not [1, 1]
     window = persistence_window(points)
     assert window["normal"]["doses"] == [1e-4] and window["normal"]["range"] == [1e-4, 1e-4]
     assert window["normal"]["standard_hhh_loss_change"] == [pytest.approx(-0.1)]
