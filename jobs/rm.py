@@ -7,24 +7,19 @@ Run directory: ``DIR/config.yaml``, ``DIR/data/{train,eval}.jsonl``, ``DIR/init/
 
 from __future__ import annotations
 
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
-from jobs.progress import Progress
+from jobs.progress import Progress, log
 from rlhf.config.core import Config, dump_config
 from rlhf.data.backdoor import write_jsonl
 from rlhf.models.checkpoint import CONFIG_NAME, save_hf_dir
 from rlhf.models.modeling import count_parameters
 from rlhf.models.tokenizer import YEAR_MARKERS, backdoor_tokenizer
 from rlhf.stats import Rate
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def preference_rows(cfg: Config) -> list[dict]:

@@ -18,13 +18,12 @@ before training starts), with the same held-out prompts and sampling seeds at ev
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import yaml
 
-from jobs.progress import Progress
+from jobs.progress import Progress, log
 from rlhf.config.core import Config, dump_config
 from rlhf.data.backdoor import write_jsonl
 from rlhf.data.safety import safety_sft_rows
@@ -32,10 +31,6 @@ from rlhf.errors import ConfigError
 from rlhf.eval.evaluate import curve_point, curves_json, defection_record, eval_sample_count, evaluate_defection
 from rlhf.models.modeling import check_model_dir, load_model_dir
 from rlhf.tracking import check_backends, run_writer
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def curve_dirs(run: Path, policy: Path, max_steps: int) -> list[tuple[int, Path]]:

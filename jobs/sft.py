@@ -12,13 +12,12 @@ Run directory layout::
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import yaml
 
-from jobs.progress import Progress
+from jobs.progress import Progress, log
 from rlhf.config.core import Config, dump_config
 from rlhf.data.backdoor import build_sft_datasets, write_jsonl
 from rlhf.errors import CheckpointError
@@ -35,10 +34,6 @@ from rlhf.models.modeling import (
 )
 from rlhf.models.tokenizer import SCRATCHPAD_TAGS, backdoor_tokenizer, ensure_whole_tokens
 from rlhf.train.sft import tokenize_pairs
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def policy_tokenizer(cfg: Config, corpus: list[str]):
