@@ -158,11 +158,11 @@ class SFTConfig(OptimConfig):
 
 class SafetySFTConfig(SFTConfig):
     """HHH safety SFT of a backdoored policy (``rlhf safety-sft``): fine-tuning defaults, not
-    from-scratch ones, calibrated by the tiny persistence sweep (60 steps x 2 workers x 16 on 1,000
-    demonstrations at lr 1e-4: standard training leaves the backdoor, the control removes it, the
-    held-out HHH loss falls; at lr 3e-4 the tiny cot policy lost its backdoor without the trigger
-    too; docs/results.md, "Calibrating safety SFT"). Every checkpoint is also a point of the
-    defection curve."""
+    from-scratch ones (60 steps x 2 workers x 16 on 1,000 demonstrations). The lr 1e-4 was chosen
+    post hoc, after the tiny sweep's cot cells lost their backdoor at 3e-4 on seeds 0-2; the
+    dose-response on fresh seeds 3-5 shows where it sits in the persistence window
+    (docs/results.md, "Persistence through safety SFT" and "Persistence as a dose-response").
+    Every checkpoint is also a point of the defection curve."""
 
     batch_size: int = Field(16, ge=1, description="per worker")
     lr: float = Field(1e-4, gt=0)
