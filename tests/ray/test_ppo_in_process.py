@@ -53,9 +53,9 @@ def test_a_critic_free_run_has_no_critic_and_resumes(tiny_policy, tiny_reward_mo
 
 
 def _step_records(run):
-    """The step records of a run without wall-clock keys (``time``, ``timing/*``)."""
+    """The step records of a run without wall-clock keys (``time``, ``timing/*``, ``perf/*``)."""
     return [
-        {k: v for k, v in r.items() if k != "time" and not k.startswith("timing/")}
+        {k: v for k, v in r.items() if k != "time" and not k.startswith(("timing/", "perf/"))}
         for r in read_metrics(run / "metrics.jsonl")
         if "reward/mean" in r
     ]
