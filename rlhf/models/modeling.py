@@ -108,14 +108,19 @@ WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.
 MODEL_FILES = ("config.json", "generation_config.json")
 
 
-def load_tokenizer_dir(path: str | Path):
-    """The tokenizer of an HF dir as ``load_model_dir`` gives it (a missing pad token is EOS), without the model."""
+def open_tokenizer(path: str | Path):
+    """The tokenizer of an HF dir as saved; a loader failure is one ``CheckpointError`` line."""
     p = check_model_dir(path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(p)
+        return AutoTokenizer.from_pretrained(p)
     except Exception as exc:  # noqa: BLE001 - any loader failure is a bad checkpoint to the user
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"cannot load the tokenizer of {p}: {first}") from None
+
+
+def load_tokenizer_dir(path: str | Path):
+    """The tokenizer of an HF dir as ``load_model_dir`` gives it (a missing pad token is EOS), without the model."""
+    tokenizer = open_tokenizer(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
