@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from actors.gpu_wait import cluster_gpus
+from actors.gpu_wait import DECLARED, cluster_gpus
 from rlhf.config.core import build_config
 from rlhf.errors import ConfigError
+from rlhf.models.device import resolve_device
 
 
 class FakeCluster:
@@ -44,11 +45,29 @@ def test_cuda_without_a_gpu_after_gpu_wait_s_is_one_line():
     assert cluster.requests == 1 and cluster.now == pytest.approx(30)
 
 
-@pytest.mark.parametrize("requested", ["auto", "cpu"])
-def test_auto_and_cpu_never_ask_or_wait(requested):
+@pytest.mark.parametrize("requested,env", [("cpu", {DECLARED: "4"}), ("auto", {}), ("auto", {DECLARED: "0"})])
+def test_cpu_and_undeclared_auto_never_ask_or_wait(requested, env):
     cluster = FakeCluster(joins_after=None)
-    assert cluster_gpus(requested, 600, loopback=False, **cluster.kwargs()) == 0.0
+    assert cluster_gpus(requested, 600, loopback=False, env=env, **cluster.kwargs()) == 0.0
     assert cluster.requests == 0 and cluster.now == 0
+
+
+@pytest.mark.parametrize("up_now", [0, 1])
+def test_auto_on_a_joined_cluster_does_not_depend_on_which_pods_are_up(up_now, capsys):
+    """The same cluster configuration gives the same device whether a GPU pod is still up or not (issue
+    28, item 2): undeclared is CPU even with a GPU present; declared GPUs are waited for like cuda."""
+    present = FakeCluster(joins_after=0 if up_now else None)
+    assert resolve_device("auto", cluster_gpus("auto", 600, loopback=False, env={}, **present.kwargs())) == "cpu"
+    assert "declares no GPUs" in capsys.readouterr().err
+    scaled = FakeCluster(joins_after=0 if up_now else 2)  # the declared GPU group starts at 0 pods
+    gpus = cluster_gpus("auto", 600, loopback=False, env={DECLARED: "4"}, **scaled.kwargs())
+    assert resolve_device("auto", gpus) == "cuda"
+    assert scaled.requests == (0 if up_now else 1)
+
+
+def test_a_bad_declaration_is_one_line():
+    with pytest.raises(ConfigError, match="RLHF_CLUSTER_GPUS must be a number"):
+        cluster_gpus("auto", 600, loopback=False, env={DECLARED: "lots"}, **FakeCluster(None).kwargs())
 
 
 def test_our_own_cluster_cannot_grow_so_cuda_answers_at_once():

@@ -787,6 +787,22 @@ def test_gpu_overlay_gives_every_gpu_role_a_gpu_and_a_toleration():
     assert GPU not in yaml.safe_dump(list(rendered("cpu").values()))
 
 
+def declared(cluster: dict[str, Any]) -> str | None:
+    env = head_pod(cluster)["containers"][0].get("env", [])
+    return next((e["value"] for e in env if e["name"] == "RLHF_CLUSTER_GPUS"), None)
+
+
+def test_the_head_declares_the_gpus_its_configuration_can_provide():
+    """``resources.device=auto`` on a joined cluster follows RLHF_CLUSTER_GPUS (actors/gpu_wait.py): the
+    GPU overlay's RayCluster declares exactly its GPU groups' capacity; the CPU overlay declares none."""
+    from actors.gpu_wait import declared_gpus
+
+    cluster = rendered("gpu")[("RayCluster", "rlhf")]
+    capacity = sum(gpus(g["template"]["spec"])[1] * g["maxReplicas"] for g in gpu_groups(cluster).values())
+    assert capacity > 0 and declared_gpus({"RLHF_CLUSTER_GPUS": declared(cluster_specs(cluster)[0])}) == capacity
+    assert all(declared(c) is None for doc in ray_resources(rendered("cpu")) for c in cluster_specs(doc))
+
+
 def test_gpu_overlay_keeps_the_cpu_groups_of_the_base():
     base, gpu = rendered("base"), rendered("gpu")
     for doc in ray_resources(base):
