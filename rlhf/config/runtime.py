@@ -111,7 +111,8 @@ class ResourcesConfig(Strict):
     """Device, precision and the placement of the PPO roles, decided in one place (``actors/launcher.py``)."""
 
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="auto: CUDA when this machine (or the Ray cluster joined) has a GPU, else CPU"
+        "auto",
+        description="auto: CUDA when this machine (own cluster) or RLHF_CLUSTER_GPUS (joined cluster) has GPUs, else CPU",
     )
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: autocast with fp32 weights and optimiser state for trained models, bf16 frozen ones"
