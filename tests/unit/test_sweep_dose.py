@@ -46,6 +46,18 @@ def test_the_dose_sweep_file_uses_fresh_seeds_and_every_rate():
     assert plan.cells[0].values["seed"] == 3 and plan.cells[23].values["seed"] == 3  # seed-first order
 
 
+def test_the_small_dose_and_gpu_size_sweeps_use_fresh_seeds():
+    """Item 3's small preset (one fresh seed per rate) and item 5's size trend prepared for one GPU."""
+    small = load_sweep(ROOT / "sweeps" / "persistence-dose-small.yaml")
+    assert small.base["model"]["preset"] == "small" and small.grid["seed"] == [3]
+    assert small.grid["safety_sft.lr"] == [3e-5, 1e-4, 3e-4, 1e-3] and len(plan_sweep(small).cells) == 24
+    size = load_sweep(ROOT / "sweeps" / "persistence-size-gpu.yaml")
+    assert size.grid["model.preset"] == ["tiny", "small", "base", "medium"] and size.grid["seed"] == [3, 4, 5]
+    assert "safety_sft.lr" not in size.grid and size.base["resources"]["device"] == "cuda"
+    plan = plan_sweep(size)
+    assert len(plan.cells) == 72 and Counter(s.kind for s in plan.stages.values())["sft"] == 24
+
+
 def test_heldout_reward_scores_triggered_answers_and_keeps_them(tokenizer):
     from transformers import LlamaForCausalLM
 
