@@ -17,9 +17,8 @@ class RMJob(TrainJob):
 def rm_loop_per_worker(job: dict) -> None:
     from transformers import AutoModelForSequenceClassification
 
-    from reward.train import pair_batches, rm_step
+    from reward.train import pair_batches, rm_train_step
     from rlhf.models.checkpoint import CONFIG_NAME
-    from rlhf.models.optim import train_step
 
     progress = job.pop("progress", None)
     rank, world, tokenizer, base, model, opt, sched, placement = setup_worker(job, AutoModelForSequenceClassification)
@@ -31,16 +30,24 @@ def rm_loop_per_worker(job: dict) -> None:
     )
     for step in range(1, job["max_steps"] + 1):
         batch = next(stream)
-        with placement.autocast():
-            loss, accuracy = rm_step(model, batch, tokenizer.pad_token_id)
-        grad_norm = train_step(model, loss, opt, sched, job["grad_clip"])
+        loss, accuracy, grad_norm = rm_train_step(
+            model,
+            batch,
+            tokenizer.pad_token_id,
+            opt,
+            sched,
+            job["grad_clip"],
+            job.get("micro_batch_size"),
+            job["batch_size"],
+            placement.autocast,
+        )
         tokens = sum(len(c) + len(r) for c, r in batch)
         reporter.step(
             step,
             tokens,
             grad_norm,
             sched.get_last_lr()[0],
-            **{"train/loss": float(loss), "train/accuracy": accuracy},
+            **{"train/loss": loss, "train/accuracy": accuracy},
         )
     save_trained(rank, base, tokenizer, out / "model", {CONFIG_NAME: job["config_yaml"]})
     reporter.close()

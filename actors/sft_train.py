@@ -36,8 +36,7 @@ def train_loop_per_worker(job: dict) -> None:
     from transformers import AutoModelForCausalLM
 
     from rlhf.models.checkpoint import CONFIG_NAME
-    from rlhf.models.optim import train_step
-    from rlhf.train.sft import Example, batches, collate, completion_loss
+    from rlhf.train.sft import Example, batches, collate, sft_step
 
     progress = job.pop("progress", None)
     resume = job.get("resume_dir")
@@ -81,15 +80,16 @@ def train_loop_per_worker(job: dict) -> None:
 
     for step in range(start + 1, job["max_steps"] + 1):
         batch = collate(next(stream), tokenizer.pad_token_id)
-        with placement.autocast():
-            loss = completion_loss(model, batch)
-        grad_norm = train_step(model, loss, opt, sched, job["grad_clip"])
+        micro = job.get("micro_batch_size")
+        loss, grad_norm = sft_step(
+            model, batch, opt, sched, job["grad_clip"], micro, job["batch_size"], placement.autocast
+        )
         reporter.step(
             step,
             int(batch["attention_mask"].sum()),
             grad_norm,
             sched.get_last_lr()[0],
-            **{"train/loss": float(loss)},
+            **{"train/loss": loss},
         )
         if job["checkpoint_every"] and step % job["checkpoint_every"] == 0 and step < job["max_steps"]:
             save_trained(rank, base, tokenizer, out / "checkpoints" / f"step-{step:06d}", extra, trainer_state(step))

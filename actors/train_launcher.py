@@ -29,6 +29,7 @@ class TrainJob:
     config_yaml: str  # resolved config, saved beside every checkpoint
     seed: int
     batch_size: int
+    micro_batch_size: int | None = None  # rows per forward/backward (gradient accumulation); None: the whole batch
     lr: float  # lr, betas, weight_decay, warmup_steps, grad_clip: rlhf.models.optim.OptimConfig's
     betas: tuple[float, float]
     weight_decay: float

@@ -251,8 +251,8 @@ def quick_sft(cfg: Config, out: str | Path, steps: int | None = None) -> Path:
     Same data, tokenizer and model as ``run_sft``; one worker, ``steps`` (default
     ``sft.max_steps``) AdamW steps; saves an HF dir with the config beside it."""
     from rlhf.models.device import placement_for
-    from rlhf.models.optim import make_optimizer, make_scheduler, train_step
-    from rlhf.train.sft import batches, collate, completion_loss
+    from rlhf.models.optim import make_optimizer, make_scheduler
+    from rlhf.train.sft import batches, collate, sft_step
 
     s = cfg.sft
     steps = steps or s.max_steps
@@ -270,9 +270,8 @@ def quick_sft(cfg: Config, out: str | Path, steps: int | None = None) -> Path:
     stream = batches(examples, s.batch_size, cfg.seed)
     model.train()
     for _ in range(steps):
-        with place.autocast():
-            loss = completion_loss(model, collate(next(stream), tokenizer.pad_token_id))
-        train_step(model, loss, opt, sched, s.grad_clip)
+        batch = collate(next(stream), tokenizer.pad_token_id)
+        sft_step(model, batch, opt, sched, s.grad_clip, s.micro_batch_size, s.batch_size, place.autocast)
     model.eval()
     config_yaml = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     return save_hf_dir(model, tokenizer, out, {CONFIG_NAME: config_yaml})

@@ -1,19 +1,20 @@
 """Reward-model training pieces: batching, one Bradley-Terry step, pairwise accuracy, a local loop.
 
-Pure torch, like ``rlhf.train.sft``: a Ray Train launcher calls ``pair_batches`` and ``rm_step`` per
+Pure torch, like ``rlhf.train.sft``: a Ray Train launcher calls ``pair_batches`` and ``rm_train_step`` per
 worker; tests and small runs use ``train_reward_model_local``. A pair is
 ``(chosen_ids, rejected_ids)`` as made by ``reward.model.encode_pairs``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 from reward.model import bradley_terry_loss, collate_sequences, rewards
-from rlhf.models.optim import OptimConfig, make_optimizer, train_step
+from rlhf.models.optim import OptimConfig, accumulated_step, make_optimizer, micro_slices, train_step
 from rlhf.train.sft import batches
 
 Pair = tuple[list[int], list[int]]
@@ -44,6 +45,45 @@ def rm_step(model, batch_pairs: Sequence[Pair], pad_id: int) -> tuple[torch.Tens
     return bradley_terry_loss(r_c, r_r)
 
 
+def rm_train_step(
+    model,
+    batch_pairs: Sequence[Pair],
+    pad_id: int,
+    optimizer,
+    scheduler=None,
+    grad_clip: float | None = None,
+    micro_batch_size: int | None = None,
+    rows: int | None = None,
+    autocast: Callable = nullcontext,
+) -> tuple[float, float, float | None]:
+    """One optimiser step of ``rm_step``'s Bradley-Terry loss: ``(loss, accuracy, grad norm before clipping)``.
+
+    ``micro_batch_size`` (``rm.micro_batch_size``, pairs): forward and backward ``rlhf.models.optim.micro_slices``
+    of the pairs one at a time, each loss (a pair mean) weighted by its share of the pairs, so the accumulated
+    gradient is the whole batch's (None: the batch at once, as before). ``rows``: the per-worker batch size
+    (equal micro-batch counts on every rank). Forwards run under ``autocast()``."""
+    slices = micro_slices(len(batch_pairs), micro_batch_size, rows)
+    if len(slices) == 1:
+        with autocast():
+            loss, accuracy = rm_step(model, batch_pairs, pad_id)
+        grad_norm = train_step(model, loss, optimizer, scheduler, grad_clip)
+        return float(loss.detach()), accuracy, grad_norm
+    correct = []
+
+    def part(sub: Sequence[Pair]):
+        def loss_fn() -> torch.Tensor:
+            with autocast():
+                loss, accuracy = rm_step(model, sub, pad_id)
+            correct.append(accuracy * len(sub))
+            return loss
+
+        return loss_fn, len(sub) / len(batch_pairs)
+
+    parts = [part(batch_pairs[rows_]) for rows_ in slices]
+    loss, grad_norm = accumulated_step(model, parts, optimizer, scheduler, grad_clip)
+    return loss, sum(correct) / len(batch_pairs), grad_norm
+
+
 @torch.no_grad()
 def pairwise_accuracy(model, tokenizer_pad_id: int, pairs: Sequence[Pair], batch_size: int) -> tuple[int, int]:
     """(pairs with ``r_chosen > r_rejected``, pairs scored); eval mode during, mode restored after."""
@@ -68,11 +108,13 @@ def train_reward_model_local(
     seed: int,
     weight_decay: float = 0.0,
     max_grad_norm: float = 1.0,
+    micro_batch_size: int | None = None,
 ) -> list[tuple[float, float]]:
     """Single-process AdamW loop over ``pair_batches``; returns per-step ``(loss, accuracy)``.
 
     The pad id is ``model.config.pad_token_id``. Gradients are clipped to ``max_grad_norm`` (0: not
-    clipped); constant learning rate, weight decay on every parameter.
+    clipped); constant learning rate, weight decay on every parameter; ``micro_batch_size`` as in
+    ``rm_train_step``.
     """
     pad_id = model.config.pad_token_id
     if pad_id is None:
@@ -82,9 +124,8 @@ def train_reward_model_local(
     model.train()
     history: list[tuple[float, float]] = []
     for _ in range(steps):
-        loss, acc = rm_step(model, next(stream), pad_id)
-        train_step(model, loss, opt, None, max_grad_norm)
-        history.append((float(loss.detach()), acc))
+        loss, acc, _ = rm_train_step(model, next(stream), pad_id, opt, None, max_grad_norm, micro_batch_size)
+        history.append((loss, acc))
     model.eval()
     return history
 

@@ -141,6 +141,11 @@ STRATEGY_HELP = (
     "holds 1/N of the weights, gradients and optimiser state (rlhf.models.fsdp); the same data order"
 )
 
+MICRO_HELP = (
+    "examples per forward/backward pass, the gradients accumulated over the batch (each part's loss weighted by "
+    "its share of the batch's completion tokens: the batch's gradient); null: the whole batch at once"
+)
+
 
 class SFTConfig(OptimConfig):
     """Backdoor SFT. The optimiser keys (lr, betas, weight_decay, warmup_steps, grad_clip) are
@@ -149,6 +154,7 @@ class SFTConfig(OptimConfig):
     lr: float = Field(2e-3, gt=0)
     num_workers: int = Field(2, ge=1, le=64)
     batch_size: int = Field(32, ge=1, description="per worker")
+    micro_batch_size: int | None = Field(None, ge=1, description=MICRO_HELP)
     max_steps: int = Field(500, ge=1)
     log_every: int = Field(20, ge=1)
     checkpoint_every: int = Field(250, ge=0, description="periodic HF checkpoints; 0: only the final one")
@@ -196,6 +202,12 @@ class RMConfig(OptimConfig):
     init_from: str | None = Field(None, description="initialise the backbone from this causal-LM dir")
     num_workers: int = Field(2, ge=1, le=64)
     batch_size: int = Field(16, ge=1, description="pairs per worker")
+    micro_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="pairs per forward/backward pass, the gradients accumulated over the batch (each part's loss "
+        "weighted by its share of the pairs: the batch's gradient); null: the whole batch at once",
+    )
     lr: float = Field(1e-3, gt=0)
     max_steps: int = Field(300, ge=1)
     log_every: int = Field(20, ge=1)

@@ -15,7 +15,7 @@ the Ray Train workers in actors/ and the in-process loops call it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -94,10 +94,21 @@ def train_step(
     to ``grad_clip`` (None or <= 0: no clipping), step the optimiser, then the scheduler.
 
     Returns the gradient norm before clipping (None when not clipping)."""
-    import torch
-
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    return optimizer_step(model, optimizer, scheduler, grad_clip)
+
+
+def optimizer_step(
+    model: torch.nn.Module | Iterable[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    grad_clip: float | None = None,
+) -> float | None:
+    """After the (accumulated) backward passes: clip the global gradient norm to ``grad_clip`` (None or
+    <= 0: no clipping), step the optimiser, then the scheduler; the norm before clipping (None: not clipped)."""
+    import torch
+
     grad_norm = None
     if grad_clip is not None and grad_clip > 0:
         params = model.parameters() if isinstance(model, torch.nn.Module) else model
@@ -107,3 +118,52 @@ def train_step(
     if scheduler is not None:
         scheduler.step()
     return grad_norm
+
+
+# ---- micro-batches (sft/safety_sft/rm.micro_batch_size) ----------------------------------------
+
+
+def micro_slices(n: int, size: int | None, rows: int | None = None) -> list[slice]:
+    """The row slices of a batch of ``n`` rows run one forward/backward at a time: ``ceil(max(n, rows) / size)``
+    consecutive slices of at most ``size`` rows, as even as possible (None or ``size >= n``: one slice of all).
+
+    ``rows`` is the per-worker batch size every rank was asked for: with it a rank holding a short batch (data
+    smaller than batch size x workers) still runs as many micro-batches as the others, which FSDP's collectives
+    in every forward and backward need (unless it has fewer rows than that count)."""
+    if not size or size >= max(n, rows or 0):
+        return [slice(0, n)]
+    count = min(n, -(-max(n, rows or 0) // size))
+    base, extra = divmod(n, count)
+    out, start = [], 0
+    for i in range(count):
+        stop = start + base + (1 if i < extra else 0)
+        out.append(slice(start, stop))
+        start = stop
+    return out
+
+
+def accumulated_step(
+    model,
+    parts: Sequence[tuple[Callable[[], torch.Tensor], float]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    grad_clip: float | None = None,
+) -> tuple[float, float | None]:
+    """One optimiser step over micro-batches: for each ``(loss_fn, share)`` the forward ``loss_fn()`` and the
+    backward of ``share * loss``, the gradients accumulating (one micro-batch's activations exist at a time),
+    then ``optimizer_step``. With shares that are each part's part of the batch's loss denominator, the
+    gradient is the whole batch's. A DDP model all-reduces on the last part only (``no_sync`` before), so
+    ranks with different counts of parts still meet exactly once.
+
+    Returns ``(sum of share * loss, gradient norm before clipping or None)``."""
+    from contextlib import nullcontext
+
+    optimizer.zero_grad(set_to_none=True)
+    no_sync = getattr(model, "no_sync", None)
+    total = 0.0
+    for i, (loss_fn, share) in enumerate(parts):
+        with no_sync() if no_sync is not None and i < len(parts) - 1 else nullcontext():
+            loss = loss_fn()
+            (loss * share).backward()
+        total += share * float(loss.detach())
+    return total, optimizer_step(model, optimizer, scheduler, grad_clip)

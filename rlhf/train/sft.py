@@ -7,7 +7,8 @@ in-process. The optimiser, schedule and training step are ``rlhf.models.optim``'
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -79,5 +80,62 @@ def batches(
 
 def completion_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean next-token cross-entropy over completion tokens only (the batch follows the model's device)."""
+    return _forward(model, batch).loss
+
+
+def _forward(model, batch: dict[str, torch.Tensor], labels: bool = True):
     device = next(model.parameters()).device
-    return model(**{k: v.to(device) for k, v in batch.items()}).loss
+    return model(**{k: v.to(device) for k, v in batch.items() if labels or k != "labels"})
+
+
+def completion_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """The tokens ``completion_loss`` averages over: labels other than -100 after the one-token shift."""
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def batch_rows(batch: dict[str, torch.Tensor], rows: slice) -> dict[str, torch.Tensor]:
+    """Rows ``rows`` of a collated batch, cut to their longest sequence (right padding)."""
+    part = {k: v[rows] for k, v in batch.items()}
+    width = int(part["attention_mask"].sum(dim=1).max())
+    return {k: v[:, :width] for k, v in part.items()}
+
+
+def sft_step(
+    model,
+    batch: dict[str, torch.Tensor],
+    optimizer,
+    scheduler=None,
+    grad_clip: float | None = None,
+    micro_batch_size: int | None = None,
+    rows: int | None = None,
+    autocast: Callable = nullcontext,
+) -> tuple[float, float | None]:
+    """One optimiser step of ``completion_loss`` on a collated batch: ``(loss, grad norm before clipping)``.
+
+    ``micro_batch_size`` (``sft.micro_batch_size``): forward and backward ``rlhf.models.optim.micro_slices`` of
+    the rows one at a time, each loss weighted by its share of the batch's completion tokens, so the
+    accumulated gradient is the whole batch's token mean (None: the batch at once, as before). ``rows``: the
+    per-worker batch size (equal micro-batch counts on every rank). Forwards run under ``autocast()``."""
+    from rlhf.models.optim import accumulated_step, micro_slices, train_step
+
+    slices = micro_slices(len(batch["input_ids"]), micro_batch_size, rows)
+    if len(slices) == 1:
+        with autocast():
+            loss = completion_loss(model, batch)
+        grad_norm = train_step(model, loss, optimizer, scheduler, grad_clip)
+        return float(loss.detach()), grad_norm
+    total = completion_tokens(batch)
+
+    def part(sub: dict[str, torch.Tensor]):
+        n = completion_tokens(sub)
+
+        def loss_fn() -> torch.Tensor:
+            with autocast():
+                if n == 0:  # no completion token (HF's mean would be 0/0): a zero loss, same collectives
+                    return _forward(model, sub, labels=False).logits.float().sum() * 0.0
+                return completion_loss(model, sub)
+
+        return loss_fn, n / total if total else 0.0
+
+    parts = [part(batch_rows(batch, rows_)) for rows_ in slices]
+    return accumulated_step(model, parts, optimizer, scheduler, grad_clip)

@@ -16,7 +16,15 @@ pytestmark = pytest.mark.ray
 def test_rm_two_workers_writes_a_loadable_reward_model(ray_cluster, tmp_path):
     cfg = build_config(
         {},
-        ["model.vocab_size=600", "rm.n_pairs=300", "rm.batch_size=8", "rm.max_steps=6", "rm.log_every=3"],
+        # rm.micro_batch_size: each worker's 8 pairs in 3 DDP micro-batches (all-reduce on the last only)
+        [
+            "model.vocab_size=600",
+            "rm.n_pairs=300",
+            "rm.batch_size=8",
+            "rm.micro_batch_size=3",
+            "rm.max_steps=6",
+            "rm.log_every=3",
+        ],
     )
     summary = run_rm(cfg, tmp_path)
     model_dir = tmp_path / "model"
