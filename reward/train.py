@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from reward.model import bradley_terry_loss, collate_sequences, rewards
-from rlhf.models.optim import OptimConfig, accumulated_step, make_optimizer, micro_slices, train_step
+from rlhf.models.optim import OptimConfig, accumulated_step, make_optimizer, micro_slices, padded_rows, train_step
 from rlhf.train.sft import batches
 
 Pair = tuple[list[int], list[int]]
@@ -70,16 +70,19 @@ def rm_train_step(
         return float(loss.detach()), accuracy, grad_norm
     correct = []
 
-    def part(sub: Sequence[Pair]):
+    def part(rows_: slice):
+        rows_, stand_in = padded_rows(rows_)  # a stand-in (row 0, weight 0) keeps the ranks' collectives equal
+        sub = batch_pairs[rows_]
+
         def loss_fn() -> torch.Tensor:
             with autocast():
                 loss, accuracy = rm_step(model, sub, pad_id)
-            correct.append(accuracy * len(sub))
-            return loss
+            correct.append(0.0 if stand_in else accuracy * len(sub))
+            return loss * 0.0 if stand_in else loss
 
-        return loss_fn, len(sub) / len(batch_pairs)
+        return loss_fn, 0.0 if stand_in else len(sub) / len(batch_pairs)
 
-    parts = [part(batch_pairs[rows_]) for rows_ in slices]
+    parts = [part(rows_) for rows_ in slices]
     loss, grad_norm = accumulated_step(model, parts, optimizer, scheduler, grad_clip)
     return loss, sum(correct) / len(batch_pairs), grad_norm
 

@@ -129,10 +129,13 @@ def micro_slices(n: int, size: int | None, rows: int | None = None) -> list[slic
 
     ``rows`` is the per-worker batch size every rank was asked for: with it a rank holding a short batch (data
     smaller than batch size x workers) still runs as many micro-batches as the others, which FSDP's collectives
-    in every forward and backward need (unless it has fewer rows than that count)."""
+    in every forward and backward need; a rank with fewer rows than that count gets empty slices at the end
+    (``slice(n, n)``), which the step runs as row 0 with weight 0 (``padded_rows``)."""
     if not size or size >= max(n, rows or 0):
         return [slice(0, n)]
-    count = min(n, -(-max(n, rows or 0) // size))
+    count = -(-max(n, rows or 0) // size)
+    if n < count:
+        return [slice(i, i + 1) for i in range(n)] + [slice(n, n)] * (count - n)
     base, extra = divmod(n, count)
     out, start = [], 0
     for i in range(count):
@@ -140,6 +143,12 @@ def micro_slices(n: int, size: int | None, rows: int | None = None) -> list[slic
         out.append(slice(start, stop))
         start = stop
     return out
+
+
+def padded_rows(rows: slice) -> tuple[slice, bool]:
+    """An empty micro-batch slice runs row 0 with weight 0 (the collectives of every rank must match):
+    ``(the slice to run, whether it is such a stand-in)``."""
+    return (slice(0, 1), True) if rows.stop <= rows.start else (rows, False)
 
 
 def accumulated_step(

@@ -116,7 +116,7 @@ def sft_step(
     the rows one at a time, each loss weighted by its share of the batch's completion tokens, so the
     accumulated gradient is the whole batch's token mean (None: the batch at once, as before). ``rows``: the
     per-worker batch size (equal micro-batch counts on every rank). Forwards run under ``autocast()``."""
-    from rlhf.models.optim import accumulated_step, micro_slices, train_step
+    from rlhf.models.optim import accumulated_step, micro_slices, padded_rows, train_step
 
     slices = micro_slices(len(batch["input_ids"]), micro_batch_size, rows)
     if len(slices) == 1:
@@ -126,8 +126,10 @@ def sft_step(
         return float(loss.detach()), grad_norm
     total = completion_tokens(batch)
 
-    def part(sub: dict[str, torch.Tensor]):
-        n = completion_tokens(sub)
+    def part(rows_: slice):
+        rows_, stand_in = padded_rows(rows_)
+        sub = batch_rows(batch, rows_)
+        n = 0 if stand_in else completion_tokens(sub)
 
         def loss_fn() -> torch.Tensor:
             with autocast():
@@ -137,5 +139,5 @@ def sft_step(
 
         return loss_fn, n / total if total else 0.0
 
-    parts = [part(batch_rows(batch, rows_)) for rows_ in slices]
+    parts = [part(rows_) for rows_ in slices]
     return accumulated_step(model, parts, optimizer, scheduler, grad_clip)

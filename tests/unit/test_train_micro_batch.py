@@ -33,7 +33,25 @@ def test_micro_slices_are_even_and_cover_the_batch():
     assert micro_slices(6, 4) == [slice(0, 3), slice(3, 6)]  # as even as possible, none above 4
     # a short batch on one rank (data smaller than batch x workers) runs as many parts as a full one
     assert len(micro_slices(5, 2, rows=6)) == len(micro_slices(6, 2, rows=6)) == 3
-    assert micro_slices(1, 2, rows=8) == [slice(0, 1)]
+    # fewer rows than the others' count of parts: empty slices at the end, run as row 0 with weight 0
+    assert micro_slices(1, 2, rows=8) == [slice(0, 1), slice(1, 1), slice(1, 1), slice(1, 1)]
+    assert micro_slices(3, 1, rows=4) == [slice(0, 1), slice(1, 2), slice(2, 3), slice(3, 3)]
+
+
+def test_a_short_rank_runs_as_many_forwards_with_the_same_result(tokenizer, train_rows):
+    """A rank holding 2 rows when the others hold 6 (micro-batches of 1: 6 parts each) runs 6 forwards, FSDP's
+    collectives then match; the 4 stand-ins add nothing, so the step equals the 2-row batch at once."""
+    batch = collate(tokenize_pairs(tokenizer, train_rows[:2], 96), tokenizer.pad_token_id)
+    out = []
+    for micro in (None, 1):
+        model = build_model(llama_config("tiny", len(tokenizer), 96, tokenizer), 0).train()
+        calls = []
+        model.register_forward_hook(lambda mod, args, out_, calls=calls: calls.append(1))
+        opt = make_optimizer(model, OptimConfig(lr=1e-2, warmup_steps=0))
+        loss, _ = sft_step(model, batch, opt, None, 1.0, micro, rows=6)
+        out.append((loss, model.state_dict(), len(calls)))
+    assert out[0][2] == 1 and out[1][2] == 6
+    assert abs(out[0][0] - out[1][0]) <= 1e-5 and _max_diff(out[0][1], out[1][1]) <= 1e-4  # Adam at lr 1e-2
 
 
 def _sft_run(tokenizer, examples, micro, steps=3):
