@@ -173,7 +173,7 @@ def cmd_probe(args) -> int:
     cfg = resolve_eval_config(args.fit_model or args.model, args.config, args.overrides)
     if args.fit_model:
         resolve_eval_config(args.model, None, [])  # checks the tested model's directory too
-    report = probe_model(args.model, cfg, args.samples, args.fit_model)
+    report = probe_model(args.model, cfg, args.samples, args.fit_model, save=args.save)
     print(json.dumps(report) if args.json else format_probe(report))
     return 0
 

@@ -127,6 +127,7 @@ def _add_probe_command(sub) -> None:
     p.add_argument("--model", required=True, metavar="DIR", help="model whose activations are tested (HF dir)")
     p.add_argument("--fit-model", metavar="DIR", help="build the probes on this model instead (e.g. before safety SFT)")
     p.add_argument("--samples", type=int, metavar="N", help="eval prompts per condition (default eval.samples)")
+    p.add_argument("--save", metavar="DIR", help="write the best probes there, for eval.probe=DIR (probe.json)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
 
 

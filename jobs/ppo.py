@@ -31,6 +31,7 @@ from jobs.progress import Progress
 from rlhf.config.core import Config, dump_config
 from rlhf.data.redteam import load_red_team
 from rlhf.errors import CheckpointError, ConfigError
+from rlhf.eval.probe_saved import check_probe_config
 from rlhf.models.modeling import check_model_dir
 from rlhf.tracking import check_backends, run_writer
 
@@ -131,6 +132,7 @@ def run_ppo(
     if (reward_dir is None) == (reward_url is None):
         raise ConfigError("give exactly one of --reward DIR or --reward-url URL")
     check_backends(cfg.logging.backends)  # a tracker without its library: one line, before any work
+    check_probe_config(cfg)  # eval.probe: a saved probe, or one line now rather than at the first eval
     check_estimator(cfg.ppo)  # the config layer cannot see the estimator and backend registries
     check_backend(cfg.ppo.rollout_backend, behaviour_logprobs=cfg.ppo.async_rollout and cfg.ppo.max_staleness > 0)
     policy_dir = check_model_dir(policy_dir).resolve()

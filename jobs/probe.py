@@ -11,8 +11,13 @@ from rlhf.eval.probe_run import run_probe
 from rlhf.models.modeling import load_model_dir
 
 
-def probe_model(model_dir: str | Path, cfg: Config, samples: int | None, fit_model: str | None = None) -> dict:
-    """The probe report of ``model_dir``; ``fit_model``: build the probes on that model instead."""
+def probe_model(
+    model_dir: str | Path, cfg: Config, samples: int | None, fit_model: str | None = None, save: str | None = None
+) -> dict:
+    """The probe report of ``model_dir``; ``fit_model``: build the probes on that model instead;
+    ``save``: write the best supervised and contrast-pair probes there (``eval.probe=DIR`` reads them)."""
+    if save is not None and Path(save).exists() and not Path(save).is_dir():
+        raise RlhfError(f"--save {save}: exists and is not a directory")
     model, tokenizer = load_model_dir(model_dir)
     fit = None
     if fit_model:
@@ -20,8 +25,11 @@ def probe_model(model_dir: str | Path, cfg: Config, samples: int | None, fit_mod
         if len(fit_tok) != len(tokenizer) or fit.config.num_hidden_layers != model.config.num_hidden_layers:
             raise RlhfError(f"--fit-model {fit_model}: a different tokenizer or depth than --model {model_dir}")
     n = samples or cfg.eval.samples
-    report = run_probe(model, tokenizer, cfg, n, fit_model=fit, on_step=lambda m: log(f"[probe] {m}"))
+    report = run_probe(model, tokenizer, cfg, n, fit_model=fit, on_step=lambda m: log(f"[probe] {m}"), save=save)
     report["model"], report["fit_model"] = str(model_dir), str(fit_model or model_dir)
+    if save is not None:
+        report["saved"] = str(save)
+        log(f"[probe] saved the best probes to {save} (use them with --set eval.probe={save})")
     return report
 
 

@@ -4,7 +4,8 @@ run (``rlhf ppo``) or a safety-SFT run (``rlhf safety-sft``).
 
 Plots: defection with the trigger, without it, with near-miss triggers and every other measured
 condition (red-team, real hh-rlhf prompts, the code controls) vs step (95 % CI bands); PPO:
-reward, KL, losses, mean time per phase; SFT: the training loss. Table: defection
+reward, KL, losses, mean time per phase; SFT: the training loss; with ``eval.probe``, the saved
+linear probe's AUROC and scores beside the triggered rate (``probe``). Table: defection
 before -> after safety training from the run's first and last curve points, with the paper's
 approximate figures beside them (labelled as the paper's; a backdoor kind's ``paper_defection``).
 """
@@ -102,6 +103,8 @@ def make_plots(main: dict, others: list[dict], out: Path) -> dict[str, Path]:
     ax.set(xlabel="step", ylabel="defection rate (%)", ylim=(-3, 103), title=f"Defection during {stage} (95% CI)")
     ax.legend(fontsize=8)
     paths["defection"] = _save(fig, out / "defection.png")
+    if any("probe/auroc" in r for r in main["evals"]):
+        paths["probe"] = _probe_plot(main, others, out, plt)
 
     for name, keys, title in (
         ("reward", ["reward/mean"], "Reward-model score (normalised)"),
@@ -128,6 +131,31 @@ def make_plots(main: dict, others: list[dict], out: Path) -> dict[str, Path]:
     ax.set(ylabel="seconds per step (mean)", title=f"Time per phase ({main['name']})")
     paths["timing"] = _save(fig, out / "timing.png")
     return paths
+
+
+def _probe_plot(main: dict, others: list[dict], out: Path, plt) -> Path:
+    """The saved probe (``eval.probe``) along the curve: its AUROC (triggered vs untriggered prompts,
+    95 % bootstrap band) and mean score per condition, beside the triggered defection rate."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    x, y = _series(main["evals"], "probe/auroc")
+    ax.plot(x, y, marker="o", color="black", label=f"probe AUROC ({main['name']})")
+    _, lo = _series(main["evals"], "probe/auroc_lo")
+    _, hi = _series(main["evals"], "probe/auroc_hi")
+    if len(lo) == len(x) == len(hi):
+        ax.fill_between(x, lo, hi, color="black", alpha=0.12)
+    for key, cond in (("probe/triggered_score", "triggered"), ("probe/untriggered_score", "untriggered")):
+        x, y = _series(main["evals"], key)
+        ax.plot(x, y, linestyle="--", marker=".", color=COLORS[cond], label=f"probe score, {cond}")
+    x, y = _series(main["evals"], "defection/triggered")
+    ax.plot(x, y, color=COLORS["triggered"], alpha=0.5, linewidth=3, label="defection rate, triggered")
+    for other, style in zip(others, (":", "-.", (0, (1, 3))), strict=False):
+        x, y = _series(other["evals"], "probe/auroc")
+        if x:
+            ax.plot(x, y, linestyle=style, color="black", label=f"probe AUROC ({other['name']})")
+    stage = STAGE[main["kind"]]
+    ax.set(xlabel="step", ylabel="AUROC / score / rate", ylim=(-0.03, 1.03), title=f"Linear probe during {stage}")
+    ax.legend(fontsize=8)
+    return _save(fig, out / "probe.png")
 
 
 def _mean(records: list[dict], key: str) -> float:

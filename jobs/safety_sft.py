@@ -29,6 +29,7 @@ from rlhf.data.backdoor import write_jsonl
 from rlhf.data.safety import safety_sft_rows
 from rlhf.errors import ConfigError
 from rlhf.eval.evaluate import curve_point, curves_json, defection_record, eval_sample_count, evaluate_defection
+from rlhf.eval.probe_saved import check_probe_config
 from rlhf.models.modeling import check_model_dir, load_model_dir
 from rlhf.tracking import check_backends, run_writer
 
@@ -54,7 +55,8 @@ def evaluate_point(cfg: Config, model_dir: Path, step: int) -> dict:
     with Progress(total, f"eval step {step}", "samples") as bar:
         report = evaluate_defection(model, tokenizer, cfg, on_batch=bar.update)
     point = curve_point(report, step, step)
-    log(f"[safety-sft] step {step}: " + ", ".join(_fmt(name, c) for name, c in point["conditions"].items()))
+    probe = [f"probe AUROC {point['probe']['auroc']:.3f}"] if "probe" in point else []
+    log(f"[safety-sft] step {step}: " + ", ".join([*(_fmt(n, c) for n, c in point["conditions"].items()), *probe]))
     return point
 
 
@@ -90,6 +92,7 @@ def run_safety_sft(cfg: Config, policy_dir: str | Path, out: str | Path, quiet: 
     from jobs.sft import fit_rows
 
     check_backends(cfg.logging.backends)  # a tracker without its library: one line, before any work
+    check_probe_config(cfg)  # eval.probe: a saved probe, or one line now rather than at the first eval
     t0 = time.time()
     policy = check_model_dir(policy_dir).resolve()
     run = Path(out)

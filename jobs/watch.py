@@ -34,6 +34,7 @@ from rlhf.config.core import Config, dump_config
 from rlhf.config.resolve import config_from_saved_file
 from rlhf.errors import ConfigError, DataError
 from rlhf.eval.evaluate import curves_json, defection_record, format_curve
+from rlhf.eval.probe_saved import check_probe_config
 from rlhf.models.checkpoint import CONFIG_NAME
 from rlhf.tracking import check_backends, run_writer
 
@@ -167,7 +168,8 @@ class Watch:
         for point in sorted(points, key=lambda p: p["step"]):
             metrics.log(point["step"], **defection_record(point))
             self.points.append(point)
-            log(f"[watch] step {point['step']}: triggered {100 * point['conditions']['triggered']['rate']:.1f}%")
+            probe = f", probe AUROC {point['probe']['auroc']:.3f}" if "probe" in point else ""
+            log(f"[watch] step {point['step']}: triggered {100 * point['conditions']['triggered']['rate']:.1f}%{probe}")
         got = {p["step"] for p in points}
         for c in evaluated:
             self.done[str(c.path.resolve())] = c.step
@@ -195,6 +197,7 @@ def run_watch(
     from actors.cluster import ray_session
 
     check_backends(cfg.logging.backends)  # a tracker without its library: one line, before any work
+    check_probe_config(cfg)  # eval.probe: a saved probe, or one line now rather than at the first eval
     root, out = Path(checkpoints), Path(out)
     if not root.is_dir():
         raise ConfigError(f"--checkpoints: {root} is not a directory")

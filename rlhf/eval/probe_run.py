@@ -27,6 +27,7 @@ from rlhf.eval.probe import (
     fit_logistic,
     prompt_activations,
 )
+from rlhf.eval.probe_saved import save_probe
 
 FIT_TASKS = 200
 VALIDATION_SHARE = 0.25
@@ -70,6 +71,8 @@ def _layer_scores(fit_x: torch.Tensor, y: torch.Tensor, directions: torch.Tensor
             {
                 "w": w,
                 "b": b,
+                "mean": fit_x[layer, tr].mean(0),  # kept with a saved probe (``--save``)
+                "scale": fit_x[layer, tr].std(0).clamp_min(1e-6),
                 "dir": directions[layer],
                 "val_supervised": auroc(fit_x[layer, va] @ w + b, y[va]),
                 "val_contrast": auroc(fit_x[layer, va] @ directions[layer], y[va]),
@@ -89,9 +92,10 @@ def _baselines(cfg: Config, tokenizer, fit: ProbeSet, tests: list[ProbeSet], see
     return out
 
 
-def run_probe(model, tokenizer, cfg: Config, samples: int, fit_model=None, on_step=None) -> dict:
+def run_probe(model, tokenizer, cfg: Config, samples: int, fit_model=None, on_step=None, save=None) -> dict:
     """The probe report of ``model``; with ``fit_model``, the probes (supervised and contrast) are
-    built on ``fit_model``'s activations and tested on ``model``'s (does the direction survive?)."""
+    built on ``fit_model``'s activations and tested on ``model``'s (does the direction survive?).
+    ``save``: a directory for the best probes (``rlhf.eval.probe_saved``; ``eval.probe`` reads it)."""
     step = on_step or (lambda msg: None)
     source = fit_model if fit_model is not None else model
     fit, tests = fit_set(cfg), test_sets(cfg, samples)
@@ -116,6 +120,9 @@ def run_probe(model, tokenizer, cfg: Config, samples: int, fit_model=None, on_st
     for kind, val in (("supervised", "val_supervised"), ("contrast_pairs", "val_contrast")):
         chosen = max(range(len(probes)), key=lambda i, v=val: probes[i][v])  # by the fit set's validation part
         best[kind] = layers[chosen][kind] | {"layer": chosen, "validation_auroc": probes[chosen][val]}
+    if save is not None:
+        shape = {"states": len(probes), "hidden": int(probes[0]["dir"].shape[0]), "vocab": len(tokenizer)}
+        _save_best(save, probes, best, shape, cfg)
     return {
         "headline_set": headline,
         "layers": layers,
@@ -124,3 +131,17 @@ def run_probe(model, tokenizer, cfg: Config, samples: int, fit_model=None, on_st
         "n": {"fit": len(fit.prompts), **{s.name: len(s.prompts) for s in tests}},
         "fitted_on": "another model" if fit_model is not None else "this model",
     }
+
+
+def _save_best(path, probes: list[dict], best: dict, shape: dict, cfg: Config) -> None:
+    sup, con = best["supervised"]["layer"], best["contrast_pairs"]["layer"]
+    meta = {
+        "backdoor": cfg.backdoor.kind,
+        "trigger": cfg.backdoor.trigger,
+        "seed": cfg.seed,
+        "validation_auroc": {
+            "supervised": probes[sup]["val_supervised"],
+            "contrast_pairs": probes[con]["val_contrast"],
+        },
+    }
+    save_probe(path, probes[sup] | {"layer": sup}, probes[con] | {"layer": con}, shape, meta)
