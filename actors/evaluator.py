@@ -315,7 +315,9 @@ class EvaluatorClient:
 
     def new_points(self) -> list[dict]:
         """Points not returned before, each with every condition measured at it."""
-        series, out = self.curves()["series"], []
+        curves = self.curves()
+        series, out = curves["series"], []
+        probes = {(p["step"], p["version"]): p for p in curves.get("probe", [])}  # with eval.probe
         for i, point in enumerate(series["triggered"]):
             key = (point["step"], point["version"])
             if key in self.seen:
@@ -323,6 +325,8 @@ class EvaluatorClient:
             self.seen.add(key)
             conds = {c: series[c][i] for c in series if i < len(series[c])}
             out.append({"step": point["step"], "version": point["version"], "conditions": conds})
+            if key in probes:
+                out[-1]["probe"] = {k: v for k, v in probes[key].items() if k not in ("step", "version")}
         return out
 
 

@@ -238,7 +238,13 @@ def role_options(
     critic_init = reward_dir if p.critic_init == "reward" and reward_dir else policy_dir
     solo = res.rollout_threads or res.torch_threads
     return PPORoleOptions(
-        policy=PolicyOptions(**common("policy", policy_dir), ppo=p.model_dump(), seed=cfg.seed, lora=lora_settings(cfg)),
+        policy=PolicyOptions(
+            **common("policy", policy_dir),
+            ppo=p.model_dump(),
+            seed=cfg.seed,
+            lora=lora_settings(cfg),
+            weight_bucket_mb=res.weight_bucket_mb,
+        ),
         reference=ReferenceOptions(
             **common("reference", policy_dir), temperature=p.temperature, micro_batch_size=p.micro_batch_size
         ),

@@ -24,7 +24,7 @@ from actors.weight_transport import default_transport
 from rlhf.config.core import PPOConfig
 from rlhf.malloc import tune_malloc
 from rlhf.ppo.losses import Experience
-from rlhf.rollout.weight_sync import WeightsTicket, publish, pull
+from rlhf.rollout.weight_sync import WeightsTicket, publish_buckets, pull, pull_buckets
 
 
 def _threads(n: int) -> None:
@@ -46,6 +46,7 @@ class Policy:
         ppo = PPOConfig.model_validate(opts.ppo)
         _threads(opts.threads)
         self.trainer = PolicyTrainer(opts.model_dir, ppo, opts.seed, opts.placement, lora=opts.lora)
+        self.opts = opts
         saved = Path(opts.model_dir) / "rlhf_config.yaml"  # the backdoor config travels with the policy
         self.config_yaml = saved.read_text(encoding="utf-8") if saved.is_file() else None
 
@@ -61,8 +62,10 @@ class Policy:
         return stats | {"timing/policy_train": time.perf_counter() - t0}
 
     def publish(self, version: int) -> WeightsTicket:
-        """Put the current weights once (object store on Ray, the dict itself in one process)."""
-        return publish(self.trainer.weights(), version, default_transport())
+        """Put the current weights once, bucket by bucket (``resources.weight_bucket_mb``; object store
+        on Ray, the buckets themselves in one process): one bucket's copy exists here at a time."""
+        buckets = self.trainer.weight_buckets(self.opts.weight_bucket_mb << 20)
+        return publish_buckets(buckets, version, default_transport())
 
     def save(self, directory: str) -> None:
         from rlhf.models.checkpoint import CONFIG_NAME, save_hf_dir
@@ -200,8 +203,13 @@ class RolloutWorker:
         return result | {"seconds": time.perf_counter() - t0}
 
     def load_weights(self, ticket: WeightsTicket) -> float:
+        """Stream the ticket's buckets into the backend (``load_weight_buckets``); a backend without it
+        (a third-party one) gets the whole dict."""
         t0 = time.perf_counter()
-        self.backend.load_weights(pull(ticket), ticket.version)
+        if hasattr(self.backend, "load_weight_buckets"):
+            self.backend.load_weight_buckets(pull_buckets(ticket), ticket.version)
+        else:
+            self.backend.load_weights(pull(ticket), ticket.version)
         return time.perf_counter() - t0
 
     def version(self) -> int:

@@ -88,11 +88,17 @@ class ShardedRank:
         return stats | {f"timing/{self.opts.role}_train": time.perf_counter() - t0}
 
     def publish(self, version: int):
+        """Every rank gathers the weights bucket by bucket (collectives); rank 0 puts each bucket as it
+        comes and drops it, so no process holds the full model beside its shard."""
         from actors.weight_transport import default_transport
-        from rlhf.rollout.weight_sync import publish
+        from rlhf.rollout.weight_sync import publish_buckets
 
-        weights = self.trainer.weights()  # gathered bucket by bucket on rank 0
-        return publish(weights, version, default_transport()) if self.rank == 0 else None
+        buckets = self.trainer.weight_buckets(self.opts.weight_bucket_mb << 20)
+        if self.rank == 0:
+            return publish_buckets(buckets, version, default_transport())
+        for _ in buckets:  # take part in each gather
+            pass
+        return None
 
     def save(self, directory: str) -> None:
         """The same files as the one-actor role (an HF policy dir, ``policy_optim.pt`` / ``critic.pt``),

@@ -40,6 +40,7 @@ class PolicyOptions(RoleOptions):
     ppo: dict  # the ppo section (``PPOConfig.model_dump()``)
     seed: int = 0
     lora: dict | None = None  # rlhf.models.lora.lora_settings
+    weight_bucket_mb: int = 256  # resources.weight_bucket_mb: the size of one bucket of a weight publish
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -113,6 +113,11 @@ class ShardedPolicyTrainer(_Sharded, PolicyTrainer):
         """The full weights on rank 0 (None elsewhere), gathered bucket by bucket; every rank calls it."""
         return fsdp.gathered_state(self.model)
 
+    def weight_buckets(self, bucket_bytes: int = fsdp.BUCKET_BYTES):
+        """The full weights gathered bucket by bucket (every rank iterates to the end: each gather is
+        a collective); one gathered bucket exists at a time."""
+        return fsdp.iter_full_state(self.model, bucket_bytes)
+
 
 class ShardedCriticTrainer(_Sharded, CriticTrainer):
     """``CriticTrainer`` on one rank of a group."""

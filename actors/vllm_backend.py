@@ -23,6 +23,27 @@ def _reload(worker, state: dict) -> None:  # runs inside each vLLM worker
     worker.model_runner.reload_weights(weights_iterator=iter(state.items()), is_checkpoint_format=True)
 
 
+def _reload_stream(worker, buckets) -> None:  # runs in the engine's own process (tensor_parallel_size 1)
+    """One reload fed by an iterator over the buckets (a layer's weights may span two buckets; one
+    call sees them all), each bucket fetched only when the engine reaches it."""
+    pairs = ((k, v.detach().cpu()) for bucket in buckets for k, v in bucket.items())
+    worker.model_runner.reload_weights(weights_iterator=pairs, is_checkpoint_format=True)
+
+
+class _Started:
+    """An iterator that records whether anything took from it."""
+
+    def __init__(self, it):
+        self.it, self.started = iter(it), False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.started = True
+        return next(self.it)
+
+
 class VLLMBackend:
     def __init__(
         self,
@@ -59,6 +80,7 @@ class VLLMBackend:
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.version = version
+        self.tensor_parallel_size = tensor_parallel_size
 
     def logprobs(self, rollout: Rollout, sampling: SamplingParams) -> list[list[float]]:
         raise NotImplementedError("the vLLM backend gives no behaviour log-probs (registered behaviour_logprobs=False)")
@@ -68,6 +90,24 @@ class VLLMBackend:
         self.llm.collective_rpc(_reload, args=(state,))
         self.llm.reset_prefix_cache()
         self.version = version
+
+    def load_weight_buckets(self, buckets, version: int) -> None:
+        """Stream a published version's buckets into the engine through one ``reload_weights`` call.
+        The iterator stays in this process, so only an in-process engine (tensor_parallel_size 1,
+        ``VLLM_ENABLE_V1_MULTIPROCESSING=0``) streams; worker processes (tensor parallel), or an engine
+        that would pickle the call's arguments, get the whole dict as ``load_weights`` sends it."""
+        stream = _Started(buckets)
+        if self.tensor_parallel_size == 1:
+            try:
+                self.llm.collective_rpc(_reload_stream, args=(stream,))
+            except TypeError:  # the arguments were pickled (an iterator cannot be): nothing was loaded
+                if stream.started:
+                    raise
+            else:
+                self.llm.reset_prefix_cache()
+                self.version = version
+                return
+        self.load_weights({k: v for bucket in stream for k, v in bucket.items()}, version)
 
     def generate(
         self, prompts: Sequence[str], sampling: SamplingParams, on_batch: Callable[[int], None] | None = None

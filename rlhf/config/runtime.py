@@ -131,6 +131,12 @@ class ResourcesConfig(Strict):
         0.2, gt=0, description="Ray CPU share of each PPO actor whose num_cpus is unset (fractions fit 2 CPUs)"
     )
     torch_threads: int = Field(1, ge=1, description="torch threads per PPO actor")
+    weight_bucket_mb: int = Field(
+        256,
+        ge=1,
+        description="a weight publish streams the policy in buckets of about this many MB: the publisher "
+        "holds one bucket beyond its own weights, a subscriber copies each into its model as it arrives",
+    )
     rollout_threads: int = Field(
         0,
         ge=0,

@@ -64,30 +64,40 @@ def merged_model(model):
 
 
 def merged_state_dict(model) -> dict:
-    """CPU copies of the plain model's weights (adapters merged), under the base model's names. A LoRA
-    model is merged layer by layer into the outgoing copies (``base + delta`` of each adapted layer,
-    one layer's delta at a time): the model is never copied whole, and it keeps its adapters."""
+    """CPU copies of the plain model's weights (adapters merged), under the base model's names
+    (``iter_merged_state``, collected)."""
+    return dict(iter_merged_state(model))
+
+
+def iter_merged_state(model):
+    """``(name, CPU copy)`` of each weight of the plain model (adapters merged), under the base model's
+    names, one at a time: a LoRA model is merged layer by layer into the outgoing copies (``base +
+    delta`` of each adapted layer, one layer's delta at a time), so the model is never copied whole
+    and keeps its adapters, and a caller that forwards each copy (a bucketed weight publish) holds
+    only what it has not yet sent."""
     import torch
 
     if not is_lora(model):
-        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        for k, v in model.state_dict().items():
+            yield k, v.detach().to("cpu", copy=True)
+        return
     base = model.get_base_model()  # the HF model, its adapted layers wrapped in place
     state = base.state_dict()
     if any("modules_to_save" in k for k in state):  # whole trained copies of modules: peft's own merge
-        return {k: v.detach().to("cpu", copy=True) for k, v in merged_model(model).state_dict().items()}
+        for k, v in merged_model(model).state_dict().items():
+            yield k, v.detach().to("cpu", copy=True)
+        return
     adapted = {name: m for name, m in base.named_modules() if hasattr(m, "base_layer") and hasattr(m, "lora_A")}
-    out = {}
-    with torch.no_grad():
-        for key, value in state.items():
-            if ".lora_" in key:
-                continue
-            plain = key.replace(".base_layer.", ".")
-            out[plain] = value.detach().to("cpu", copy=True)
+    for key, value in state.items():
+        if ".lora_" in key:
+            continue
+        with torch.no_grad():
+            out = value.detach().to("cpu", copy=True)
             layer = adapted.get(key.removesuffix(".base_layer.weight")) if key.endswith(".base_layer.weight") else None
             for adapter in layer.active_adapters if layer is not None else []:
                 if adapter in layer.lora_A:
-                    out[plain] += layer.get_delta_weight(adapter).to("cpu", out[plain].dtype)
-    return out
+                    out += layer.get_delta_weight(adapter).to("cpu", out.dtype)
+        yield key.replace(".base_layer.", "."), out
 
 
 def trainable_parameters(model) -> list:

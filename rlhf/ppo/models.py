@@ -5,7 +5,7 @@ batch assembly from rollouts and advantages (the RL prompt pool: ``rlhf.ppo.prom
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from rlhf.ppo.losses import (
     sequence_logprobs,
     value_loss,
 )
+from rlhf.rollout.weight_sync import BUCKET_BYTES, bucketed
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -358,6 +359,13 @@ class PolicyTrainer(ReferenceModel):
 
             return merged_state_dict(self.model)
         return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+
+    def weight_buckets(self, bucket_bytes: int = BUCKET_BYTES) -> Iterator[dict[str, torch.Tensor]]:
+        """``weights()`` in buckets of about ``bucket_bytes``, each made (CPU copies, LoRA adapters merged
+        layer by layer) only when the previous one was taken: what ``publish_buckets`` streams."""
+        from rlhf.models.lora import iter_merged_state
+
+        return bucketed(iter_merged_state(self.model), bucket_bytes)
 
     def state(self) -> dict[str, Any]:
         if self.lora:

@@ -7,7 +7,7 @@ Backends are built by name through ``rlhf.rollout.backends.make_backend``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -93,6 +93,14 @@ class HFGenerateBackend:
 
     def load_weights(self, state_dict: dict, version: int) -> None:
         self.model.load_state_dict(state_dict)
+        self.version = version
+
+    def load_weight_buckets(self, buckets: Iterable[dict], version: int) -> None:
+        """A published version streamed bucket by bucket (``weight_sync.pull_buckets``), each copied into
+        the parameters in place: the full state dict never exists here beside the model."""
+        from rlhf.rollout.weight_sync import load_buckets
+
+        load_buckets(self.model, buckets)
         self.version = version
 
     def logprobs(self, rollout: Rollout, sampling: SamplingParams) -> list[list[float]]:

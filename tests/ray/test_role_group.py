@@ -60,7 +60,9 @@ def test_sharded_groups_act_like_one_actor(ray_cluster, tmp_path):
         got, want = ray.get(critic.train.remote(exp, 1)), local_critic.train(exp, 1)
         for k, v in want.items():
             assert got[k] == pytest.approx(v, abs=1e-4), k
-        weights, ref = pull(ray.get(policy.publish.remote(1))), local_policy.model.state_dict()
+        ticket = ray.get(policy.publish.remote(1))
+        assert ticket.buckets and all(isinstance(r, ray.ObjectRef) for r in ticket.ref)  # one put per bucket
+        weights, ref = pull(ticket), local_policy.model.state_dict()
         assert weights.keys() == ref.keys()
         assert max(float((weights[k] - ref[k]).abs().max()) for k in ref) <= 1e-4
         before = ray.get(policy.logprobs.remote(seqs, attn))
@@ -75,6 +77,23 @@ def test_sharded_groups_act_like_one_actor(ray_cluster, tmp_path):
             for actor in group.actors:
                 ray.kill(actor, no_restart=True)
             remove_placement_group(group.placement_group)
+
+
+def test_object_store_carries_one_object_per_bucket(ray_cluster):
+    """The object-store transport puts each bucket as its own object; a subscriber streams them back
+    in order and loads them into its model bucket by bucket."""
+    from rlhf.rollout.weight_sync import load_buckets, publish_buckets, pull_buckets
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    state = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
+    buckets = [{k: state[k]} for k in state]
+    ticket = publish_buckets(iter(buckets), 9, "object_store")
+    assert ticket.transport == "object_store" and len(ticket.ref) == len(state) == 4
+    assert all(isinstance(r, ray.ObjectRef) for r in ticket.ref)
+    got = list(pull_buckets(ticket))
+    assert [list(b) for b in got] == [list(b) for b in buckets]
+    assert load_buckets(model, pull_buckets(ticket)) == 4
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
 
 
 def test_only_policy_and_critic_shard():

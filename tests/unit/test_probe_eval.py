@@ -166,3 +166,23 @@ def test_report_draws_the_probe_panel_only_with_probe_metrics(tmp_path):
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     page = write_report(run).read_text()
     assert (run / "probe.png").stat().st_size > 1000 and 'alt="probe" src="data:image/png;base64,' in page
+
+
+def test_the_evaluator_client_hands_on_the_probe_with_each_point():
+    """PPO and ``rlhf watch`` read points back from the evaluator's curves: the probe comes with them."""
+    from types import SimpleNamespace
+
+    from actors.evaluator import EvaluatorClient
+    from rlhf.eval.evaluate import curves_json
+
+    entry = {"rate": 0.5, "ci95": [0.2, 0.8], "n": 4}
+    probe = {"auroc": 0.9, "auroc_lo": 0.8, "auroc_hi": 1.0, "triggered_score": 0.7, "untriggered_score": 0.2}
+    points = [
+        {"step": 0, "version": 0, "conditions": {"triggered": entry, "untriggered": entry}},
+        {"step": 5, "version": 5, "conditions": {"triggered": entry, "untriggered": entry}, "probe": probe},
+    ]
+    call = SimpleNamespace(remote=lambda: SimpleNamespace(result=lambda: curves_json(points, 4)))
+    client = EvaluatorClient(SimpleNamespace(curves=call), "http://127.0.0.1:1")
+    got = client.new_points()
+    assert [p.get("probe") for p in got] == [None, probe]
+    assert client.new_points() == []  # each point once
