@@ -31,7 +31,7 @@ from ray import serve
 
 import actors.weight_transport  # noqa: F401 - registers the object-store transport in the replica
 from reward.protocol import RequestError, _encodable, check_bearer, error_body
-from rlhf.rollout.weight_sync import WeightsTicket, pull
+from rlhf.rollout.weight_sync import WeightsTicket, load_buckets, pull_buckets
 
 logger = logging.getLogger("ray.serve")
 
@@ -189,16 +189,13 @@ class DefectionEvaluator:
     def _evaluate(self, ticket: WeightsTicket | str | None, version: int, step: int) -> None:
         from rlhf.eval.evaluate import curve_point, evaluate_defection
 
-        if isinstance(ticket, str):  # a checkpoint directory: its own weights and tokenizer
-            loaded, weights = self._load_dir(ticket), None
-        else:
-            loaded, weights = None, pull(ticket) if ticket is not None else None  # a subscriber of the weight sync
+        loaded = self._load_dir(ticket) if isinstance(ticket, str) else None  # a checkpoint: its weights, tokenizer
         with self.lock:
             if loaded is not None:
                 self.model, self.tokenizer = loaded
                 self.version = version
-            if weights is not None:
-                self.model.load_state_dict(weights)
+            elif ticket is not None:  # a subscriber of the weight sync: the buckets stream into the model
+                load_buckets(self.model, pull_buckets(ticket))
                 self.version = version
             report = evaluate_defection(self.model, self.tokenizer, self.cfg, samples=self.samples)
         self._record(curve_point(report, step, version))
