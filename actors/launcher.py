@@ -94,6 +94,7 @@ def role_resources(cfg: Config, name: str, device: str = "cpu") -> Resources:
         num_gpus=ray_share(gpus),
         max_restarts=r.max_restarts if r is not None else 0,
         num_workers=cfg.ppo.rollout_workers if name == "rollout" else (r.num_workers if r is not None else 1),
+        offload=r.offload if r is not None else False,
     )
 
 

@@ -72,7 +72,8 @@ class ShardedRank:
         dist.init_process_group("nccl" if cuda else "gloo", rank=self.rank, world_size=self.world)
         ppo = PPOConfig.model_validate(self.opts.ppo)
         cls = ShardedPolicyTrainer if self.opts.role == "policy" else ShardedCriticTrainer
-        self.trainer = cls(self.opts.model_dir, ppo, self.opts.seed, self.opts.placement)
+        offload = self.opts.resources.offload
+        self.trainer = cls(self.opts.model_dir, ppo, self.opts.seed, self.opts.placement, offload=offload)
 
     def logprobs(self, sequences, attention_mask, temperature=None, first: int = 0) -> torch.Tensor:
         return self.trainer.logprobs(sequences, attention_mask, temperature, first)

@@ -24,6 +24,7 @@ class Resources:
     num_gpus: float = 0.0  # a fraction shares one GPU; a whole number owns that many
     max_restarts: int = 0  # restarts after a crash (-1: forever); calls are retried as often
     num_workers: int = 1
+    offload: bool = False  # a sharded group (num_workers > 1): FSDP2 CPU offload of shards and AdamW state
 
 
 @dataclass(frozen=True, kw_only=True)

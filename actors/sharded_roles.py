@@ -64,9 +64,12 @@ def reduce_stats(stats: dict[str, float], world: int) -> dict[str, float]:
 class _Sharded:
     """Shard ``self.model`` over the default process group and rebuild the optimiser over the shards."""
 
-    def _shard(self, lr: float) -> None:
+    def _shard(self, lr: float, offload: bool = False) -> None:
+        """``offload``: FSDP2's ``CPUOffloadPolicy`` (``resources.<role>.offload``): the shards, their
+        gradients and the AdamW state live in host memory and the optimiser steps there; on a CPU
+        placement they are there already (the step runs the same)."""
         self.rank, self.world = fsdp.world()
-        self.model = fsdp.shard_model(self.model, self.place.precision, device=self.place.device)
+        self.model = fsdp.shard_model(self.model, self.place.precision, offload=offload, device=self.place.device)
         self.optimizer = _adamw(self.model, lr)
 
     def _minibatch(self, mb: Experience, backward) -> tuple[dict[str, float], float | None]:
@@ -85,11 +88,11 @@ class _Sharded:
 class ShardedPolicyTrainer(_Sharded, PolicyTrainer):
     """``PolicyTrainer`` on one rank of a group (not with LoRA)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, offload: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         if self.lora:
             raise ValueError("a sharded policy does not train LoRA adapters")
-        self._shard(self.cfg.policy_lr)
+        self._shard(self.cfg.policy_lr, offload)
 
     @torch.no_grad()
     def logprobs(self, sequences, attention_mask, temperature=None, first: int = 0) -> torch.Tensor:
@@ -122,9 +125,9 @@ class ShardedPolicyTrainer(_Sharded, PolicyTrainer):
 class ShardedCriticTrainer(_Sharded, CriticTrainer):
     """``CriticTrainer`` on one rank of a group."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, offload: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        self._shard(self.cfg.critic_lr)
+        self._shard(self.cfg.critic_lr, offload)
 
     @torch.no_grad()
     def values(self, sequences, attention_mask) -> torch.Tensor:

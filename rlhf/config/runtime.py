@@ -86,6 +86,11 @@ class RoleResources(Strict):
     num_workers: int = Field(
         1, ge=1, le=64, description="policy, critic: ranks of an FSDP2-sharded group, one actor each (1: one actor)"
     )
+    offload: bool = Field(
+        False,
+        description="policy, critic with num_workers > 1: FSDP2 CPU offload (shards, gradients and AdamW state in "
+        "host memory, the optimiser step on the CPU); a no-op move on CPU placements",
+    )
 
 
 class VLLMConfig(Strict):
@@ -165,7 +170,15 @@ class ResourcesConfig(Strict):
 
     @model_validator(mode="after")
     def _sharded_roles(self) -> ResourcesConfig:
+        for role in ("policy", "critic"):
+            if getattr(self, role).offload and getattr(self, role).num_workers == 1:
+                raise ValueError(
+                    f"resources.{role}.offload needs resources.{role}.num_workers > 1 (it is FSDP2's CPU offload "
+                    "of a sharded group; one actor keeps its weights and optimiser where its device is)"
+                )
         for role in ("reference", "reward", "rollout"):
+            if getattr(self, role).offload:
+                raise ValueError(f"resources.{role}.offload: only the sharded policy and critic offload")
             if getattr(self, role).num_workers != 1:
                 how = "ppo.rollout_workers sets the rollout workers" if role == "rollout" else "it is not sharded"
                 raise ValueError(f"resources.{role}.num_workers must be 1 ({how}); only policy and critic shard")
