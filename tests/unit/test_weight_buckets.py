@@ -238,3 +238,54 @@ def test_the_defection_evaluator_streams_a_published_version_into_its_model(poli
     replica._evaluate(publish_buckets(trainer.weight_buckets(SMALL_BUCKET), 4), 4, 2)
     assert replica.version == 4 and replica.points == [{"step": 2, "version": 4}]
     assert all(torch.equal(seen[k], v) for k, v in trainer.weights().items())
+
+
+class FakeRunner:
+    def __init__(self):
+        self.reloads: list[dict] = []
+
+    def reload_weights(self, weights_iterator, is_checkpoint_format):
+        assert is_checkpoint_format
+        loaded: dict = {}
+        for key, value in weights_iterator:
+            assert key not in loaded
+            loaded[key] = value
+        self.reloads.append(loaded)
+
+
+class FakeLLM:
+    """What the vLLM backend uses of ``vllm.LLM``; ``pickles``: an engine in worker processes, whose
+    ``collective_rpc`` serialises its arguments."""
+
+    def __init__(self, pickles: bool = False):
+        self.worker = type("Worker", (), {})()
+        self.worker.model_runner = FakeRunner()
+        self.pickles, self.resets = pickles, 0
+
+    def collective_rpc(self, fn, args=()):
+        if self.pickles:
+            import pickle
+
+            args = pickle.loads(pickle.dumps(args))
+        return [fn(self.worker, *args)]
+
+    def reset_prefix_cache(self):
+        self.resets += 1
+
+
+@pytest.mark.parametrize("pickles", [False, True], ids=["in-process", "pickling-engine"])
+def test_vllm_backend_feeds_every_bucket_to_one_reload(policy_dir, pickles):
+    """No vLLM here: a fake engine stands in for ``vllm.LLM``. In process the buckets reach ONE
+    ``reload_weights`` through an iterator (a layer split across buckets is loaded in one call); an
+    engine that pickles its arguments gets the whole dict, as ``load_weights`` sends it."""
+    from actors.vllm_backend import VLLMBackend
+
+    backend = object.__new__(VLLMBackend)
+    backend.llm, backend.version, backend.tensor_parallel_size = FakeLLM(pickles), 0, 1
+    trainer = PolicyTrainer(policy_dir, PPOConfig(), 0)
+    ticket = publish_buckets(trainer.weight_buckets(SMALL_BUCKET), 6)
+    backend.load_weight_buckets(pull_buckets(ticket), ticket.version)
+    runner = backend.llm.worker.model_runner
+    assert backend.version == 6 and backend.llm.resets == 1 and len(runner.reloads) == 1
+    want = trainer.weights()
+    assert runner.reloads[0].keys() == want.keys() and all(torch.equal(runner.reloads[0][k], v) for k, v in want.items())
