@@ -102,40 +102,30 @@ class ShardedRank:
         return None
 
     def save(self, directory: str) -> None:
-        """The same files as the one-actor role (an HF policy dir, ``policy_optim.pt`` / ``critic.pt``),
-        from full tensors gathered on rank 0; the optimiser state keyed by parameter name."""
-        from actors.ppo_actors import atomic_torch_save
+        """Every rank writes its own shards of the weights and AdamW state with
+        ``torch.distributed.checkpoint`` into ``<role>_shards/`` (a manifest of sizes and digests; no
+        rank gathers the optimiser state); the policy also leaves an HF dir of its full weights (gathered
+        on rank 0) for ``rlhf eval``."""
         from rlhf.models.checkpoint import CONFIG_NAME, save_hf_dir
 
         model, d = self.trainer.model, Path(directory)
-        weights, optim = fsdp.gathered_state(model), fsdp.full_optimizer_state(model, self.trainer.optimizer)
-        if self.rank != 0:
+        fsdp.save_sharded(model, self.trainer.optimizer, d / fsdp.shards_dir(self.opts.role))
+        if self.opts.role != "policy":
             return
-        if self.opts.role == "critic":
-            atomic_torch_save({"model": weights, "optimizer": optim, "sharded": True}, d / "critic.pt")
-            return
-        extra = {CONFIG_NAME: self.config_yaml} if self.config_yaml else None
-        save_hf_dir(model, self.trainer.tokenizer, d / "policy", extra, state_dict=weights)
-        atomic_torch_save({"optimizer": optim, "sharded": True}, d / "policy_optim.pt")
+        weights = fsdp.gathered_state(model)
+        if self.rank == 0:
+            extra = {CONFIG_NAME: self.config_yaml} if self.config_yaml else None
+            save_hf_dir(model, self.trainer.tokenizer, d / "policy", extra, state_dict=weights)
 
     def load(self, directory: str) -> None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
+        """Load this role's shards (any world size: ``torch.distributed.checkpoint`` reshards); a missing,
+        partial or corrupt shard is one ``CheckpointError`` line on every rank."""
         from rlhf.errors import CheckpointError
 
         d = Path(directory)
-        if self.opts.role == "critic":
-            state = torch.load(d / "critic.pt", weights_only=False)
-            weights = state["model"]
-        else:
-            from rlhf.models.modeling import load_model_dir
-
-            state = torch.load(d / "policy_optim.pt", weights_only=False)
-            weights = load_model_dir(d / "policy")[0].state_dict()
-        if not state.get("sharded"):
+        if not (d / fsdp.shards_dir(self.opts.role)).is_dir():
             raise CheckpointError(f"{d} was saved by a one-rank {self.opts.role}; resume it with num_workers=1")
-        set_model_state_dict(self.trainer.model, weights, options=StateDictOptions(full_state_dict=True))
-        fsdp.load_full_optimizer_state(self.trainer.model, self.trainer.optimizer, state["optimizer"])
+        fsdp.load_sharded(self.trainer.model, self.trainer.optimizer, d / fsdp.shards_dir(self.opts.role))
 
 
 ShardedRankActor = ray.remote(ShardedRank)

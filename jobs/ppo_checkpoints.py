@@ -17,9 +17,12 @@ from typing import Any
 import torch
 
 from jobs.progress import log
+from rlhf.errors import CheckpointError
 from rlhf.metrics import read_metrics
+from rlhf.models.fsdp import shards_dir, verify_sharded
 
 CKPT_DIR = "checkpoints"
+ROLE_FILES = {"policy": "policy_optim.pt", "critic": "critic.pt"}  # a one-rank role's optimiser (and critic) file
 
 
 def checkpoint_problem(path: Path) -> str | None:
@@ -31,7 +34,8 @@ def checkpoint_problem(path: Path) -> str | None:
         return "no state.json"
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         return "state.json is corrupt"
-    parts = ("policy_optim.pt", "critic.pt") if state.get("critic", True) else ("policy_optim.pt",)
+    roles = ("policy", "critic") if state.get("critic", True) else ("policy",)
+    parts = [ROLE_FILES[r] for r in roles if not (path / shards_dir(r)).is_dir()]
     for part in (*parts, "policy/config.json"):
         if not (path / part).is_file() or (path / part).stat().st_size == 0:
             return f"{part} is missing or empty"
@@ -39,7 +43,23 @@ def checkpoint_problem(path: Path) -> str | None:
         problem = torch_file_problem(path / part)
         if problem:
             return f"{part} {problem}"
+    for role in roles:
+        problem = sharded_problem(path / shards_dir(role))
+        if problem:
+            return problem
     return weights_problem(path / "policy", "policy/")
+
+
+def sharded_problem(path: Path) -> str | None:
+    """What is wrong with a sharded role's checkpoint (``rlhf.models.fsdp.save_sharded``), or None (also
+    when the role was not sharded)."""
+    if not path.is_dir():
+        return None
+    try:
+        verify_sharded(path)
+    except CheckpointError as exc:
+        return str(exc)
+    return None
 
 
 def torch_file_problem(path: Path) -> str | None:

@@ -206,6 +206,11 @@ def save_sharded(
     return dest
 
 
+def shards_dir(role: str) -> str:
+    """Where a sharded PPO role (``policy``, ``critic``) keeps its shards inside a PPO checkpoint directory."""
+    return f"{role}_shards"
+
+
 def verify_sharded(path: str | Path) -> None:
     """Raise a one-line ``CheckpointError`` unless every file the manifest names is there with its
     size and digest."""

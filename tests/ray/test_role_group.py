@@ -67,6 +67,9 @@ def test_sharded_groups_act_like_one_actor(ray_cluster, tmp_path):
         assert max(float((weights[k] - ref[k]).abs().max()) for k in ref) <= 1e-4
         before = ray.get(policy.logprobs.remote(seqs, attn))
         ray.get([policy.save.remote(str(tmp_path)), critic.save.remote(str(tmp_path))])
+        # torch.distributed.checkpoint shards per role (each rank writes its own), and an HF dir for rlhf eval
+        assert all((tmp_path / f"{r}_shards" / "manifest.json").is_file() for r in ("policy", "critic"))
+        assert (tmp_path / "policy" / "config.json").is_file() and not (tmp_path / "policy_optim.pt").exists()
         ray.get(policy.train.remote(exp, 2, cfg.ppo.kl_coef))  # move away, then come back
         ray.get([policy.load.remote(str(tmp_path)), critic.load.remote(str(tmp_path))])
         assert torch.equal(ray.get(policy.logprobs.remote(seqs, attn)), before)

@@ -643,6 +643,36 @@ def test_checkpoint_checks_find_truncation_and_fall_back_to_the_previous_one(tmp
     assert checkpoint_problem(root / "step_000002") == "state.json is corrupt"
 
 
+def test_a_sharded_checkpoint_is_checked_by_its_manifest_and_skipped_when_corrupt(tmp_path, tokenizer):
+    """A 2-rank policy and critic save ``torch.distributed.checkpoint`` shards (``policy_shards/``,
+    ``critic_shards/``) instead of ``policy_optim.pt`` / ``critic.pt``: the resume check verifies their
+    manifest, and a corrupt shard sends the resume to the previous checkpoint (issue 29, item 4)."""
+    import json as _json
+
+    from jobs.ppo_checkpoints import checkpoint_problem, latest_checkpoint
+    from rlhf.models import fsdp
+    from rlhf.models.checkpoint import save_hf_dir
+
+    model = transformers.LlamaForCausalLM(tiny_llama_config(len(tokenizer)))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.tensor([[1, 2, 3]])).logits.sum().backward()
+    opt.step()  # an optimiser state to save
+    root = tmp_path / "checkpoints"
+    for step in (2, 4):
+        d = root / f"step_{step:06d}"
+        save_hf_dir(model, tokenizer, d / "policy")
+        for role in ("policy", "critic"):
+            fsdp.save_sharded(model, opt, d / fsdp.shards_dir(role))  # one process: a world of 1
+        state = {"step": step, "version": step, "kl_controller": {}, "python_rng": [], "torch_rng": []}
+        (d / "state.json").write_text(_json.dumps(state))
+    assert checkpoint_problem(root / "step_000004") is None  # no policy_optim.pt / critic.pt needed
+    assert latest_checkpoint(tmp_path) == root / "step_000004"
+    shard = next(p for p in (root / "step_000004" / "critic_shards").iterdir() if p.suffix == ".distcp")
+    shard.write_bytes(shard.read_bytes()[:-10])
+    assert "critic_shards" in checkpoint_problem(root / "step_000004")
+    assert latest_checkpoint(tmp_path) == root / "step_000002"
+
+
 def test_ppo_optimiser_is_fused_adamw_and_steps_like_the_loop():
     """PPO's AdamW uses torch's fused kernel on the CPU; one step lands where the per-parameter loop does."""
     from rlhf.ppo.models import _adamw
