@@ -12,6 +12,9 @@ Stages, each timed and reported even when a later one fails:
 5. ``rm_ray``, ``ppo_qwen``, ``vllm`` (``bench/gpu_check_stages.py``): reward-model training on Ray
    Train; one PPO step at a Qwen2-0.5B shape, LoRA off and on, micro-batches and chunked log-probs
    on, with the peak memory of each role's phase; the vLLM lane where vLLM is importable.
+6. ``fsdp_sft``, ``fsdp_ranks`` (``bench/gpu_check_fsdp.py``): FSDP2 over NCCL on every GPU of the
+   machine: SFT on Ray Train with ``sft.strategy=fsdp``, and one SFT step plus one sharded PPO
+   update per rank at the Qwen2-0.5B shape, with each rank's peak memory and owned bytes.
 
 ``--dry-run`` runs the same stages on the CPU in fp32 with tiny shapes and a few steps (TRL only
 if installed), so the script is known to work before any GPU time is spent (a CI test runs it).
@@ -40,7 +43,7 @@ DRY = {"device": "cpu", "precision": "fp32", "preset": "tiny", "big": "tiny", "p
 DRY |= {"max_new_tokens": 12, "steps": 2, "sft_steps": 4}
 
 
-STAGE_NAMES = ("sft_ray", "bench", "ppo_big", "rm_ray", "ppo_qwen", "vllm")
+STAGE_NAMES = ("sft_ray", "bench", "ppo_big", "rm_ray", "ppo_qwen", "vllm", "fsdp_sft", "fsdp_ranks")
 
 
 def say(msg: str) -> None:
@@ -129,10 +132,11 @@ def ppo_big(s: dict, out: Path) -> dict:
 
 
 def run_stages(s: dict, out: Path) -> dict:
+    from bench.gpu_check_fsdp import STAGES as FSDP_STAGES
     from bench.gpu_check_stages import STAGES
 
     results: dict = {"setup": s, "env": env_info()}
-    for name, fn in (("sft_ray", sft_ray), ("bench", bench_vs_trl), ("ppo_big", ppo_big), *STAGES):
+    for name, fn in (("sft_ray", sft_ray), ("bench", bench_vs_trl), ("ppo_big", ppo_big), *STAGES, *FSDP_STAGES):
         say(f"[gpu-check] {name} ...")
         t0 = time.perf_counter()
         try:
@@ -157,7 +161,7 @@ def summary_lines(r: dict) -> list[str]:
     for name in STAGE_NAMES:
         if "error" in r.get(name, {}):
             lines.append(f"{name}: FAILED {r[name]['error']}")
-    for name in ("ppo_big", "rm_ray", "ppo_qwen", "vllm"):
+    for name in ("ppo_big", "rm_ray", "ppo_qwen", "vllm", "fsdp_sft", "fsdp_ranks"):
         if "error" not in r.get(name, {}):
             lines.append(f"{name}: {r[name]}")
     return lines

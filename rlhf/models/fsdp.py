@@ -283,22 +283,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, fn: Callable, world_size: int, port: int, args: tuple) -> None:
+def _rank_main(rank: int, fn: Callable, world_size: int, port: int, args: tuple, backend: str = "gloo") -> None:
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    if backend == "nccl":
+        torch.cuda.set_device(rank)  # one GPU per rank
+    dist.init_process_group(backend, rank=rank, world_size=world_size)
     try:
         fn(rank, world_size, *args)
     finally:
         dist.destroy_process_group()
 
 
-def run_ranks(fn: Callable, world_size: int, *args) -> None:
-    """Run ``fn(rank, world_size, *args)`` in ``world_size`` fresh processes joined by a gloo
-    process group on 127.0.0.1 (a free port). ``fn`` must be importable (module level)."""
+def run_ranks(fn: Callable, world_size: int, *args, backend: str = "gloo") -> None:
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` fresh processes joined by a process group
+    (``gloo``; ``nccl``: rank r on GPU r) on 127.0.0.1 (a free port). ``fn`` must be importable (module level)."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_rank_main, args=(fn, world_size, free_port(), args), nprocs=world_size, join=True)
+    mp.spawn(_rank_main, args=(fn, world_size, free_port(), args, backend), nprocs=world_size, join=True)
 
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:

@@ -42,3 +42,12 @@ def test_gpu_check_dry_run_runs_every_stage(tmp_path):
         assert roles <= set(peaks) and all(v > 0 for v in peaks.values()), peaks
     assert result["ppo_qwen"]["lora"]["peak_gib"]["policy_train"] < result["ppo_qwen"]["full"]["peak_gib"]["policy_train"]
     assert "skipped" in result["vllm"] or result["vllm"]["passed"]
+    # issue 29's stage: FSDP2 SFT on Ray Train and a sharded SFT + PPO step on 2 gloo ranks, per-rank memory
+    for stage in ("fsdp_sft", "fsdp_ranks"):
+        assert "error" not in result[stage], result[stage]
+    assert result["fsdp_sft"]["ranks"] == 2 and result["fsdp_sft"]["final_loss"] > 0
+    ranks = result["fsdp_ranks"]["per_rank"]
+    assert result["fsdp_ranks"]["backend"] == "gloo" and len(ranks) == 2
+    for rank in ranks:
+        assert rank["sft"]["owned_mib"] > 0 and rank["sft"]["peak_gib"] > 0
+        assert rank["ppo"]["owned_mib"] > 0 and abs(rank["ppo"]["losses/policy"]) < 1e3
