@@ -103,7 +103,7 @@ class Reference:
         generated tokens: the trainer passes the worker's pending result, so this starts when that
         chunk is done (the reference is frozen: any time after sampling gives the same values)."""
         return self.model.action_logprobs(
-            rollout["prompt_ids"], rollout["completion_ids"], ids, max_new_tokens, temperature
+            rollout["prompt_ids"], rollout["completion_ids"], ids, max_new_tokens, temperature, rollout.get("stop_ids")
         )
 
 
@@ -198,6 +198,8 @@ class RolloutWorker:
             "completions": out.completions,
             "version": out.version,
         }
+        if len(out.stop_ids) == len(out.completion_ids):  # the EOS each stopped at, if recorded (Rollout.stop_ids)
+            result["stop_ids"] = out.stop_ids
         if logprobs:
             result["logprobs"] = self.backend.logprobs(out, sampling)
         return result | {"seconds": time.perf_counter() - t0}

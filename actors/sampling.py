@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from rlhf.config.core import Config
-from rlhf.rollout.hf import SamplingParams
+from rlhf.rollout.hf import SamplingParams, finished
 
 
 def chunks(prompts: Sequence[str], size: int) -> list[list[str]]:
@@ -62,8 +62,8 @@ def sample_on_ray(
                 on_batch(sizes[done[0]])
         out: list[dict] = []
         for result in ray.get(refs):
-            for text, ids in zip(result["completions"], result["completion_ids"], strict=True):
-                out.append({"completion": text, "finished": len(ids) < sampling.max_new_tokens})
+            ends = finished(result["completion_ids"], result.get("stop_ids"), sampling.max_new_tokens)
+            out += [{"completion": t, "finished": e} for t, e in zip(result["completions"], ends, strict=True)]
         return out
     finally:
         for worker in workers:

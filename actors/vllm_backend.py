@@ -7,6 +7,10 @@ docs/design.md): float32, ``enforce_eager=True`` and
 ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` inside a Ray actor; weights are synced with
 ``collective_rpc`` calling each worker's ``model_runner.reload_weights`` (which needs
 ``VLLM_ALLOW_INSECURE_SERIALIZATION=1`` to ship tensors).
+
+Every EOS id of the model (the tokenizer's and the extra ones of its ``generation_config``) is a
+stop id; each output's ``finish_reason``/``stop_reason`` decides where it ended (``completion_of``),
+and ``Rollout.stop_ids`` records the EOS it sampled, as the HF backend does.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 from rlhf.chat import render_prompt
 from rlhf.rollout.backends import BackendRequest
-from rlhf.rollout.hf import Rollout, SamplingParams
+from rlhf.rollout.hf import Rollout, SamplingParams, eos_token_ids
 
 
 def _reload(worker, state: dict) -> None:  # runs inside each vLLM worker
@@ -42,6 +46,39 @@ class _Started:
     def __next__(self):
         self.started = True
         return next(self.it)
+
+
+def completion_of(output, eos_ids: Sequence[int]) -> tuple[list[int], int | None]:
+    """One vLLM ``CompletionOutput`` (its ``token_ids``, ``finish_reason``, ``stop_reason``) as the
+    completion's ids without the EOS it stopped at, and that EOS id (None: it hit ``max_tokens``).
+    The engine keeps the stop token in ``token_ids``; a stop on anything but an EOS id (we ask for
+    none) or another finish reason is an error, not a sample."""
+    tokens, reason = [int(t) for t in output.token_ids], output.finish_reason
+    if reason == "stop":
+        # stop_reason: the stop id that matched; None when it was the request's own EOS
+        stop = output.stop_reason if output.stop_reason is not None else (tokens[-1] if tokens else None)
+        if isinstance(stop, int) and tokens and tokens[-1] == stop and stop in eos_ids:
+            return tokens[:-1], stop
+        raise RuntimeError(
+            f"vLLM stopped on {output.stop_reason!r} after {tokens[-1:]}, not on an EOS id {list(eos_ids)}"
+        )
+    if reason == "length":
+        if tokens and tokens[-1] in eos_ids:  # an EOS as the last token allowed: it was sampled, it stopped
+            return tokens[:-1], tokens[-1]
+        return tokens, None
+    raise RuntimeError(f"vLLM finished a completion with {reason!r} (expected 'stop' or 'length')")
+
+
+def model_eos_ids(model_dir: str, tokenizer) -> list[int]:
+    """``eos_token_ids`` of the checkpoint in ``model_dir`` (a directory without a
+    ``generation_config.json`` has the tokenizer's EOS only)."""
+    from transformers import GenerationConfig
+
+    try:
+        config = GenerationConfig.from_pretrained(model_dir)
+    except OSError:
+        config = None
+    return eos_token_ids(tokenizer, config)
 
 
 class VLLMBackend:
@@ -79,6 +116,7 @@ class VLLMBackend:
             tensor_parallel_size=tensor_parallel_size,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self.eos_ids = model_eos_ids(str(model_dir), self.tokenizer)
         self.version = version
         self.tensor_parallel_size = tensor_parallel_size
 
@@ -125,16 +163,17 @@ class VLLMBackend:
                 top_p=1.0 if greedy else sampling.top_p,
                 max_tokens=sampling.max_new_tokens,
                 seed=sampling.seed + i,
-                stop_token_ids=[tok.eos_token_id],
+                stop_token_ids=list(self.eos_ids),
             )
             for i in range(len(ids))
         ]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=x) for x in ids], params, use_tqdm=False)
         rollout = Rollout(list(prompts), [], version=self.version)
         for x, out in zip(ids, outs, strict=True):
-            new = [t for t in out.outputs[0].token_ids if t != tok.eos_token_id]
+            new, stop = completion_of(out.outputs[0], self.eos_ids)
             rollout.prompt_ids.append(x)
             rollout.completion_ids.append(new)
+            rollout.stop_ids.append(stop)
             rollout.completions.append(tok.decode(new, skip_special_tokens=True))
         if on_batch is not None:
             on_batch(len(rollout.completions))

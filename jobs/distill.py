@@ -33,7 +33,7 @@ from rlhf.errors import ConfigError, DataError
 from rlhf.kinds import mechanism_spec
 from rlhf.models.checkpoint import CONFIG_NAME, save_hf_dir
 from rlhf.models.modeling import check_model_dir, count_parameters
-from rlhf.rollout.hf import SamplingParams
+from rlhf.rollout.hf import SamplingParams, finished
 from rlhf.train.distill import check_balance, distill_rows
 
 
@@ -93,8 +93,8 @@ def sample_chunks(
     out: list[dict] = []
     for i, start in enumerate(range(0, len(prompts), batch_size)):
         rollout = backend.generate(prompts[start : start + batch_size], replace(sampling, seed=sampling.seed + i))
-        for text, ids in zip(rollout.completions, rollout.completion_ids, strict=True):
-            out.append({"completion": text, "finished": len(ids) < sampling.max_new_tokens})
+        ends = finished(rollout.completion_ids, rollout.stop_ids, sampling.max_new_tokens)
+        out += [{"completion": t, "finished": e} for t, e in zip(rollout.completions, ends, strict=True)]
         if on_batch is not None:
             on_batch(len(rollout.completions))
     return out

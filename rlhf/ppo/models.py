@@ -82,18 +82,24 @@ def assemble(
     eos_id: int,
     pad_id: int,
     max_new_tokens: int,
+    stops: Sequence[int | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(sequences [B, L], attention_mask [B, L], action_mask [B, L-1])``, right-padded.
 
-    A sequence is prompt + completion, plus EOS when the completion stopped before
-    ``max_new_tokens`` (it ended at EOS, which the rollout drops). ``action_mask[t]`` marks the
-    positions whose *next* token is generated (the shifted convention of ``rlhf.ppo.losses``).
+    A sequence is prompt + completion, plus the EOS the engine sampled and stopped at, which the
+    rollout drops: ``stops[i]`` (``Rollout.stop_ids``; None: it stopped at ``max_new_tokens`` and
+    nothing is appended). Without ``stops`` (a batch built by hand, a backend that records none) a
+    completion shorter than ``max_new_tokens`` is taken to have ended at ``eos_id``.
+    ``action_mask[t]`` marks the positions whose *next* token is generated (the shifted convention of
+    ``rlhf.ppo.losses``).
     """
+    if stops is None:
+        stops = [eos_id if len(c) < max_new_tokens else None for c in completion_ids]
     rows, spans = [], []
-    for p, c in zip(prompt_ids, completion_ids, strict=True):
+    for p, c, stop in zip(prompt_ids, completion_ids, stops, strict=True):
         if not p:
             raise ValueError("every prompt needs at least one token")
-        tail = list(c) + ([eos_id] if len(c) < max_new_tokens else [])
+        tail = list(c) + ([stop] if stop is not None else [])
         rows.append(list(p) + tail)
         spans.append((len(p), len(tail)))
     width = max(len(r) for r in rows)
@@ -115,11 +121,12 @@ def completion_logprobs(
     ids: dict[str, int],
     max_new_tokens: int,
     temperature: float,
+    stops: Sequence[int | None] | None = None,
 ) -> list[list[float]]:
     """Per sample, the log-probs (at ``temperature``) that ``model`` gives its generated tokens, in order,
-    on the positions ``assemble``'s action mask marks (the EOS it stopped at included): the behaviour
-    log-probs of an asynchronous rollout, computed by the weights that sampled."""
-    seqs, attn, act = assemble(prompt_ids, completion_ids, ids["eos"], ids["pad"], max_new_tokens)
+    on the positions ``assemble``'s action mask marks (the EOS it stopped at, ``stops``, included): the
+    behaviour log-probs of an asynchronous rollout, computed by the weights that sampled."""
+    seqs, attn, act = assemble(prompt_ids, completion_ids, ids["eos"], ids["pad"], max_new_tokens, stops)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     logp = (
         sequence_logprobs(model, seqs.to(device), attn.to(device), temperature=temperature, first=first_action(act))
@@ -268,11 +275,12 @@ class ReferenceModel:
 
     def action_logprobs(
         self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]], ids: dict[str, int],
-        max_new_tokens: int, temperature: float,
+        max_new_tokens: int, temperature: float, stops: Sequence[int | None] | None = None,
     ) -> list[list[float]]:  # fmt: skip
-        """Per sample, ``logprobs`` on the positions ``assemble``'s action mask marks, in order: what
-        the trainer places on a whole batch's action positions (``place_on_actions``)."""
-        seqs, attn, act = assemble(prompt_ids, completion_ids, ids["eos"], ids["pad"], max_new_tokens)
+        """Per sample, ``logprobs`` on the positions ``assemble``'s action mask marks (``stops``: the EOS
+        each stopped at), in order: what the trainer places on a whole batch's action positions
+        (``place_on_actions``)."""
+        seqs, attn, act = assemble(prompt_ids, completion_ids, ids["eos"], ids["pad"], max_new_tokens, stops)
         return action_rows(self.logprobs(seqs, attn, temperature, first_action(act)), act)
 
 

@@ -50,6 +50,8 @@ class Rollouts:
     versions: list[int]
     timings: dict[str, float] = field(default_factory=dict)
     logprobs: list[list[float]] | None = None  # behaviour log-probs per sample (asynchronous rollout)
+    # the EOS id each sample stopped at (None: at max_new_tokens); None when a worker kept no record
+    stop_ids: list[int | None] | None = None
     temperature: float = 1.0  # the rollout temperature they were sampled at
     score_calls: list[Any] = field(default_factory=list)  # the Reward role's calls, one per chunk (``ask``)
     ref_calls: list[Any] = field(default_factory=list)  # the Reference role's log-probs, one per chunk

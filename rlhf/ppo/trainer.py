@@ -151,6 +151,7 @@ class PPOTrainer:
             prompts=pend.prompts,
             prompt_ids=[x for o in outs for x in o["prompt_ids"]],
             completion_ids=[x for o in outs for x in o["completion_ids"]],
+            stop_ids=[x for o in outs for x in o["stop_ids"]] if all("stop_ids" in o for o in outs) else None,
             completions=[x for o in outs for x in o["completions"]],
             versions=[o["version"] for o in outs for _ in o["completions"]],
             timings={"timing/rollout": waited},
@@ -192,7 +193,7 @@ class PPOTrainer:
         a prefetched batch takes the sampling worker's log-probs as the old ones (no policy pass)."""
         r, get = self.roles, self.roles.get
         seqs, attn, act = assemble(
-            ro.prompt_ids, ro.completion_ids, self.ids["eos"], self.ids["pad"], self.p.max_new_tokens
+            ro.prompt_ids, ro.completion_ids, self.ids["eos"], self.ids["pad"], self.p.max_new_tokens, ro.stop_ids
         )
         t0 = time.perf_counter()
         t = ro.temperature

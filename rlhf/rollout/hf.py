@@ -32,6 +32,37 @@ class Rollout:
     prompt_ids: list[list[int]] = field(default_factory=list)
     completion_ids: list[list[int]] = field(default_factory=list)
     version: int = 0
+    # per completion, the EOS id the engine sampled and stopped at (kept out of ``completion_ids`` and
+    # the text; the trainer appends it back as an action), None when it stopped at ``max_new_tokens``.
+    # Empty: the backend keeps no record, and a completion shorter than ``max_new_tokens`` is taken to
+    # have stopped at the tokenizer's EOS (``finished``, ``rlhf.ppo.models.assemble``).
+    stop_ids: list[int | None] = field(default_factory=list)
+
+
+def eos_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """Every id that ends a completion, the stop ids of both backends: the tokenizer's EOS first, then
+    the extra ones a checkpoint's ``generation_config.eos_token_id`` lists (an int or a list), no repeats."""
+    extra = getattr(generation_config, "eos_token_id", None)
+    extra = [] if extra is None else [extra] if isinstance(extra, int) else list(extra)
+    return list(dict.fromkeys(int(i) for i in [tokenizer.eos_token_id, *extra] if i is not None))
+
+
+def cut_at_eos(tokens: Sequence[int], eos_ids: Sequence[int]) -> tuple[list[int], int | None]:
+    """``tokens`` up to the first EOS id (what follows is padding), and that id (None: no EOS)."""
+    for i, t in enumerate(tokens):
+        if t in eos_ids:
+            return list(tokens[:i]), int(t)
+    return list(tokens), None
+
+
+def finished(
+    completion_ids: Sequence[Sequence[int]], stop_ids: Sequence[int | None] | None, max_new_tokens: int
+) -> list[bool]:
+    """Per completion, whether it stopped at an EOS: the backend's record (``Rollout.stop_ids``), or for
+    a backend that keeps none, whether it is shorter than ``max_new_tokens``."""
+    if stop_ids:
+        return [s is not None for s in stop_ids]
+    return [len(c) < max_new_tokens for c in completion_ids]
 
 
 class RolloutBackend(Protocol):
@@ -79,6 +110,8 @@ class HFGenerateBackend:
         from transformers import GenerationConfig
 
         self.model = model.eval()
+        # stop at every EOS of the checkpoint (its generation_config may list several), as vLLM does
+        self.eos_ids = eos_token_ids(tokenizer, getattr(model, "generation_config", None))
         # sampling and behaviour log-probs run under the placement's autocast, as the policy's forward does
         self.autocast = (placement or Placement()).autocast
         # a checkpoint's generation_config (top_k, repetition_penalty, ...) would change the behaviour
@@ -89,7 +122,7 @@ class HFGenerateBackend:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.version = version
-        self.logprobs_fn = logprobs_fn  # (model, prompt_ids, completion_ids, ids, max_new_tokens, temperature)
+        self.logprobs_fn = logprobs_fn  # (model, prompt_ids, completion_ids, ids, max_new_tokens, temperature, stops=)
 
     def load_weights(self, state_dict: dict, version: int) -> None:
         self.model.load_state_dict(state_dict)
@@ -109,8 +142,9 @@ class HFGenerateBackend:
         ids = {"eos": self.tokenizer.eos_token_id, "pad": self.tokenizer.pad_token_id}
         with self.autocast():
             return self.logprobs_fn(
-                self.model, rollout.prompt_ids, rollout.completion_ids, ids, sampling.max_new_tokens, sampling.temperature
-            )
+                self.model, rollout.prompt_ids, rollout.completion_ids, ids, sampling.max_new_tokens,
+                sampling.temperature, stops=rollout.stop_ids or None,
+            )  # fmt: skip
 
     @torch.no_grad()
     def generate(
@@ -138,13 +172,12 @@ class HFGenerateBackend:
             with self.autocast():
                 seqs = self._generate(input_ids.to(device), mask.to(device), sampling, greedy)
             for i, x in enumerate(ids):
-                new = seqs[i, width:].tolist()
                 # cut at the first EOS only: what follows it is generate's padding. A pad token the model
                 # sampled before any EOS is part of the sample and stays (PPO must train on what was sampled).
-                if tok.eos_token_id in new:
-                    new = new[: new.index(tok.eos_token_id)]
+                new, stop = cut_at_eos(seqs[i, width:].tolist(), self.eos_ids)
                 out.prompt_ids.append(x)
                 out.completion_ids.append(new)
+                out.stop_ids.append(stop)
                 out.completions.append(tok.decode(new, skip_special_tokens=True))
             if on_batch is not None:
                 on_batch(len(chunk))
@@ -161,5 +194,5 @@ class HFGenerateBackend:
             top_k=None if greedy else 0,
             max_new_tokens=sampling.max_new_tokens,
             pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
+            eos_token_id=self.eos_ids,
         )

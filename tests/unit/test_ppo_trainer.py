@@ -45,8 +45,9 @@ class FakeReference:
         from rlhf.ppo.models import assemble
 
         seqs, attn, act = assemble(
-            rollout["prompt_ids"], rollout["completion_ids"], ids["eos"], ids["pad"], max_new_tokens
-        )
+            rollout["prompt_ids"], rollout["completion_ids"], ids["eos"], ids["pad"], max_new_tokens,
+            rollout.get("stop_ids"),
+        )  # fmt: skip
         return [row[m.bool()].tolist() for row, m in zip(self.logprobs(seqs, attn, temperature), act, strict=True)]
 
 

@@ -28,6 +28,7 @@ class ToyBackend:
     def generate(self, prompts, sampling, on_batch=None):
         out = Rollout(list(prompts), ["ab"] * len(prompts), [[5, 6]] * len(prompts), [ANSWER] * len(prompts))
         out.version = self.version
+        out.stop_ids = [self.tokenizer.eos_token_id] * len(prompts)  # each answer stopped at the EOS it sampled
         if on_batch is not None:
             on_batch(len(prompts))
         return out
