@@ -18,14 +18,13 @@ from rlhf.models.device import Placement, to_host
 from rlhf.models.modeling import load_model_dir
 from rlhf.models.optim import OptimConfig, make_optimizer
 from rlhf.ppo.advantages import estimator
+from rlhf.ppo.logprobs import first_action, sequence_logprobs
 from rlhf.ppo.losses import (
     Experience,
-    first_action,
     kl_estimate,
     masked_mean,
     masked_whiten,
     policy_loss,
-    sequence_logprobs,
     value_loss,
 )
 from rlhf.rollout.weight_sync import BUCKET_BYTES, bucketed

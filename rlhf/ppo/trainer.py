@@ -27,10 +27,10 @@ import torch
 from rlhf.config.core import Config
 from rlhf.eval.evaluate import defection_record
 from rlhf.ppo.advantages import check_estimator
+from rlhf.ppo.logprobs import first_action
 from rlhf.ppo.losses import (
     Experience,
     FixedKLController,
-    first_action,
     masked_mean,
     rollout_temperature,
     truncated_is_weights,

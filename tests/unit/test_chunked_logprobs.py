@@ -1,4 +1,4 @@
-"""Log-probs and entropy in chunks over the sequence (issue 28, item 10; ``rlhf.ppo.losses``): the same
+"""Log-probs and entropy in chunks over the sequence (issue 28, item 10; ``rlhf.ppo.logprobs``): the same
 numbers and gradients as the one-pass path within 1e-5, at a fraction of its peak memory.
 
 Peak memory is measured with the torch profiler (``profile_memory=True``): every allocation and free
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhf.ppo.losses import head_split, sequence_logprobs
+from rlhf.ppo.logprobs import head_split, sequence_logprobs
 
 VOCAB = 32_000
 

@@ -7,15 +7,14 @@ import math
 import pytest
 import torch
 
+from rlhf.ppo.logprobs import entropy_from_logits, logprobs_from_logits
 from rlhf.ppo.losses import (
     AdaptiveKLController,
     Experience,
     FixedKLController,
-    entropy_from_logits,
     gae,
     kl_estimate,
     kl_penalised_rewards,
-    logprobs_from_logits,
     make_kl_controller,
     masked_mean,
     masked_sum,

@@ -1,4 +1,4 @@
-"""``rlhf.ppo.losses.sequence_logprobs``: next-token log-probs and entropies of a HF causal LM against a
+"""``rlhf.ppo.logprobs.sequence_logprobs``: next-token log-probs and entropies of a HF causal LM against a
 token-by-token loop, and the first-action shortcut (``first``, ``first_action``) against the full
 pass, gradients included."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhf.ppo.losses import first_action, sequence_logprobs
+from rlhf.ppo.logprobs import first_action, sequence_logprobs
 
 
 @pytest.fixture(scope="module")
