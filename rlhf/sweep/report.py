@@ -28,13 +28,17 @@ def _png(fig) -> str:
 
 
 def cell_facets(plan: Plan) -> dict[str, dict[str, Any]]:
-    """cell id -> mechanism, size (model preset or path), method, control, seed."""
-    out = {}
+    """cell id -> mechanism, size (model preset or path; with a dose axis, the dose too, so the
+    per-size tables keep one row per dose instead of mixing doses), method, control, seed."""
+    from rlhf.sweep.dose import dose_axis
+
+    axis, out = dose_axis(plan.sweep.grid), {}
     for cell in plan.cells:
         cfg = build_config(cell_tree(plan.sweep, cell.values))
+        size = cfg.model.path or cfg.model.preset
         out[cell.id] = {
             "mechanism": cfg.backdoor.mechanism,
-            "size": cfg.model.path or cfg.model.preset,
+            "size": f"{size}, {axis}={cell.values[axis]:g}" if axis else size,
             "method": cell.values.get("method", "safety_sft"),
             "control": bool(cell.values.get("control", False)),
             "seed": cfg.seed,

@@ -46,6 +46,26 @@ def test_the_dose_sweep_file_uses_fresh_seeds_and_every_rate():
     assert plan.cells[0].values["seed"] == 3 and plan.cells[23].values["seed"] == 3  # seed-first order
 
 
+def test_the_per_size_tables_keep_one_row_per_dose():
+    """With a dose axis, the summary's rows are per (mechanism, size, dose): a seed's standard cell at
+    one rate must not replace its cell at another (it did: the table showed the last rate only)."""
+    from rlhf.sweep.report import cell_facets
+    from rlhf.sweep.table import bar_rows
+
+    plan = plan_sweep(load_sweep(ROOT / "sweeps" / "persistence-dose.yaml"))
+    facets = cell_facets(plan)
+    assert facets[plan.cells[0].id]["size"] == "tiny, safety_sft.lr=3e-05"
+    after = {3e-5: 1.0, 1e-3: 0.1}
+    rows = [
+        {"cell": c.id, "status": "done", "triggered_before": 1.0, "reward_before": 0.5, "reward_after": 0.5,
+         "triggered_after": 0.0 if c.values["control"] else after[c.values["safety_sft.lr"]]}
+        for c in plan.cells
+        if c.values["seed"] == 3 and c.values["backdoor.mechanism"] == "normal" and c.values["safety_sft.lr"] in after
+    ]  # fmt: skip
+    got = {b["size"]: b["standard"]["mean"] for b in bar_rows(rows, facets)}
+    assert got == {"tiny, safety_sft.lr=3e-05": 1.0, "tiny, safety_sft.lr=0.001": 0.1}
+
+
 def test_the_small_dose_and_gpu_size_sweeps_use_fresh_seeds():
     """Item 3's small preset (one fresh seed per rate) and item 5's size trend prepared for one GPU."""
     small = load_sweep(ROOT / "sweeps" / "persistence-dose-small.yaml")
