@@ -79,6 +79,11 @@ class RolloutBackend(Protocol):
 
     def load_weights(self, state_dict: dict, version: int) -> None: ...
 
+    def load_weight_buckets(self, buckets: Iterable[dict], version: int) -> None:
+        """Optional: load a published version bucket by bucket (``rlhf.rollout.weight_sync``), never the
+        whole model at once; a backend without it gets ``load_weights`` with the whole dict."""
+        ...
+
     def logprobs(self, rollout: Rollout, sampling: SamplingParams) -> list[list[float]]:
         """Per sample, the log-probs the current weights give its generated tokens (the behaviour
         log-probs of an asynchronous rollout); a backend that cannot raises ``NotImplementedError``

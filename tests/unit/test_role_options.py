@@ -198,7 +198,8 @@ def test_vllm_rendezvous_is_pinned_to_loopback_only_on_a_cluster_of_our_own(monk
     assert _opts(*VLLM, "ray.address=auto").rollout.engine["host_ip"] is None
     made = {}
     fake = types.ModuleType("vllm")
-    fake.LLM = type("LLM", (), {"__init__": lambda self, **kw: made.update(kw), "get_tokenizer": lambda self: None})
+    tokenizer = types.SimpleNamespace(eos_token_id=2)  # the engine's tokenizer: its EOS is a stop id
+    fake.LLM = type("LLM", (), {"__init__": lambda self, **kw: made.update(kw), "get_tokenizer": lambda self: tokenizer})
     monkeypatch.setitem(sys.modules, "vllm", fake)
     from actors.vllm_backend import VLLMBackend, from_request
     from rlhf.rollout.backends import BackendRequest
